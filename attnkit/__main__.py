@@ -1,0 +1,7 @@
+"""``python -m attnkit`` runs the CLI."""
+
+import sys
+
+from attnkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+"""Functional API: validation at the boundary, dispatch to a backend, autograd wiring."""
+
+from attnkit.ops.attention import attention
+
+__all__ = ["attention"]

@@ -1,0 +1,1 @@
+"""Plain PyTorch implementations: the oracle of every kernel. Never imports Triton."""
