@@ -12,7 +12,9 @@ decision without storing a mask. The contract every backend follows:
 - the first output word ``x`` gives ``u = (x >> 8) * 2**-24`` in [0, 1); the score is kept when
   ``u >= dropout_p``.
 
-Only integer arithmetic below 2**63 is used, so the result is exact on every device.
+Only integer arithmetic below 2**63 is used, so the result is exact on every device. In a Triton
+kernel the same word is ``tl.random.philox(seed, j, i, batch * num_heads + head, 0)[0]`` with
+32-bit counters (tests/test_philox.py checks the two agree).
 """
 
 from __future__ import annotations
