@@ -1,5 +1,15 @@
 """Layers built on ``attnkit.ops``."""
 
+from attnkit.nn.gqa import GroupedQueryAttention
+from attnkit.nn.mla import MultiHeadLatentAttention
+from attnkit.nn.norms import RMSNorm
+from attnkit.nn.projections import LowRankProjection
 from attnkit.nn.rotary import RotaryEmbedding
 
-__all__ = ["RotaryEmbedding"]
+__all__ = [
+    "RotaryEmbedding",
+    "GroupedQueryAttention",
+    "MultiHeadLatentAttention",
+    "RMSNorm",
+    "LowRankProjection",
+]
