@@ -148,7 +148,8 @@ def test_mask_errors():
         attnkit.attention(q, k, v, attn_mask=torch.ones(6, dtype=torch.bool))
 
 
-def test_backend_errors():
+def test_backend_errors(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors without Triton's interpreter
     q, k, v = _qkv()
     with pytest.raises(ValueError, match=r"backend must be one of 'auto', 'triton', 'reference', "
                                          r"got 'cuda'"):

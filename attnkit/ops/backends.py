@@ -31,6 +31,9 @@ class Backend:
     name: str
     unsupported_reason: Callable[[AttentionCall], str | None]
     run: Callable[[AttentionCall], tuple[torch.Tensor, torch.Tensor]]
+    # Whether "auto" may pick it for this call (the Triton backend: CUDA tensors only, never
+    # the CPU interpreter); an explicit backend= request ignores this.
+    auto_eligible: Callable[[AttentionCall], bool] = lambda call: True
 
 
 def _reference_run(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +55,24 @@ _UNREGISTERED = {
 }
 
 
+def _load_triton() -> None:
+    """Register the Triton backend on first use; a missing triton keeps the reason above."""
+    if "triton" in _REGISTRY or "triton" in _LOAD_FAILED:
+        return
+    try:
+        from attnkit.ops import _triton_backend
+    except ImportError as err:  # triton not installed, or the kernels failed to import
+        _LOAD_FAILED["triton"] = str(err)
+        if getattr(err, "name", None) == "triton":
+            _UNREGISTERED["triton"] = "triton is not installed (pip install triton)"
+        return
+    register(Backend(name="triton", unsupported_reason=_triton_backend.unsupported_reason,
+                     run=_triton_backend.run, auto_eligible=_triton_backend.auto_eligible))
+
+
+_LOAD_FAILED: dict[str, str] = {}
+
+
 def register(backend: Backend) -> None:
     """Add or replace a backend; used by ``attnkit.kernels`` when Triton imports."""
     _REGISTRY[backend.name] = backend
@@ -64,6 +85,7 @@ def known_backends() -> list[str]:
 
 def reasons(call: AttentionCall) -> dict[str, str | None]:
     """Each backend's reason it cannot serve ``call`` (None when it can)."""
+    _load_triton()
     out: dict[str, str | None] = {}
     for name in PREFERENCE:
         backend = _REGISTRY.get(name)
@@ -77,10 +99,12 @@ def select(call: AttentionCall, requested: str) -> Backend:
     Raises:
         ValueError: the requested backend cannot serve the call (every backend's reason listed).
     """
+    _load_triton()
     if requested == "auto":
         for name in PREFERENCE:
             backend = _REGISTRY.get(name)
-            if backend is not None and backend.unsupported_reason(call) is None:
+            if (backend is not None and backend.auto_eligible(call)
+                    and backend.unsupported_reason(call) is None):
                 return backend
     why = reasons(call)
     if requested != "auto" and why.get(requested) is None and requested in _REGISTRY:

@@ -34,6 +34,8 @@ class AttentionCall:
     dropout_p: float
     dropout_seed: int
     return_lse: bool
+    # Backward without atomics (bitwise reproducible); see ``attnkit.attention``.
+    deterministic: bool = False
 
     @property
     def packed(self) -> bool:

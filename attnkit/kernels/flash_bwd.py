@@ -1,0 +1,507 @@
+"""Flash-attention backward in Triton: a preprocess, a dK/dV kernel and a dQ kernel.
+
+With ``p = softmax(s)`` recomputed from the saved LSE, ``delta_i = sum_d dO_i * O_i`` and
+``dp = dO @ v^T`` (times the dropout keep mask over ``1 - p_drop``)::
+
+    dv = p_dropped^T @ dO        ds = p * (dp - delta)  (* (1 - tanh^2) with softcap)
+    dk = scale * ds^T @ q        dq = scale * ds @ k
+
+Three launches:
+
+1. ``_bwd_preprocess``: ``delta`` float32, laid out like the LSE.
+2. ``_bwd_dkdv_kernel``: one program per (key tile, batch x KV head). It keeps its K/V tile and
+   dK/dV accumulators on chip and loops over the query heads of its group (GQA/MQA: dK/dV are
+   reduced over the group in-kernel, K/V never repeated) and over the query tiles that can see
+   the key tile. In the fast mode it also adds each tile's dQ share into a float32 buffer with
+   atomics (order-dependent rounding).
+3. ``_bwd_dq_kernel`` (deterministic mode): one program per (query tile, batch x query head)
+   recomputes the scores and accumulates dQ on chip: no atomics, bitwise reproducible, at the
+   cost of recomputing ``q @ k^T`` and ``dO @ v^T`` once more (about 7 instead of 5 matmuls).
+
+Scores are recomputed in the transposed layout ``k @ q^T`` in the dK/dV kernel so ``p^T`` and
+``ds^T`` feed the dK/dV products without a transpose. Fully masked rows have LSE ``-inf``; the
+kernels read it as ``+inf`` so their probabilities, and all their gradients, are exactly zero.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from attnkit.kernels.flash_common import (
+    LOG2E,
+    dot_precision,
+    head_block,
+    interpreting,
+    mask_args,
+    scores,
+    seed_words,
+    seq_bucket,
+    tile_key_range,
+    visible_scores,
+)
+from attnkit.kernels.philox import dropout_keep
+
+
+def _bwd_configs() -> list[triton.Config]:
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w, st in ((64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2),
+                                  (64, 128, 8, 3), (128, 128, 8, 2))]
+
+
+def _prune_bwd(configs, named_args, **kwargs):
+    """Keep tile shapes whose on-chip state fits wide heads."""
+    width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
+                kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
+    kept = []
+    for cfg in configs:
+        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        if width >= 256 and (bm * bn > 32 * 64 or cfg.num_stages > 1):
+            continue
+        if width == 128 and bm * bn > 64 * 128:
+            continue
+        kept.append(cfg)
+    if width >= 256 and not interpreting():
+        kept = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=1),
+                triton.Config({"BLOCK_M": 16, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+    return kept or configs[:1]
+
+
+@triton.jit
+def _bwd_preprocess(out_ptr, do_ptr, delta_ptr, cu_q_ptr,
+                    stride_ob, stride_os, stride_oh, stride_db, stride_ds, stride_dh,
+                    stride_lb, stride_lh, seq_q,
+                    HQ: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+                    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``delta[b, h, i] = sum_d out[b, i, h, d] * dout[b, i, h, d]`` in float32."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + b)
+        seqlen_q = tl.load(cu_q_ptr + b + 1) - q_start
+    else:
+        q_start = pid_m * 0
+        seqlen_q = seq_q
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    valid = (rows[:, None] < seqlen_q) & (offs_dv[None, :] < DV)
+    o = tl.load(out_ptr + b.to(tl.int64) * stride_ob + (q_start + rows[:, None]).to(tl.int64)
+                * stride_os + h * stride_oh + offs_dv[None, :], mask=valid, other=0.0)
+    do = tl.load(do_ptr + b.to(tl.int64) * stride_db + (q_start + rows[:, None]).to(tl.int64)
+                 * stride_ds + h * stride_dh + offs_dv[None, :], mask=valid, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(delta_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start + rows,
+             delta, mask=rows < seqlen_q)
+
+
+@triton.jit
+def tile_query_range(start_n, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr):
+    """Query tiles that see the key tile ``[start_n, start_n + BLOCK_N)``.
+
+    Returns ``(lo, mid_lo, mid_hi, hi)``: queries ``[lo, hi)`` see some key of the tile (``lo``
+    a multiple of BLOCK_M); tiles inside ``[mid_lo, mid_hi)`` see every key of the tile (no
+    element-wise masks; empty when the key tile runs past ``seqlen_k``).
+    """
+    offset = seqlen_k - seqlen_q
+    last = tl.minimum(start_n + BLOCK_N, seqlen_k) - 1  # last valid key of the tile
+    lo = 0
+    hi = seqlen_q
+    full_lo = 0
+    full_hi = seqlen_q
+    if IS_CAUSAL:  # j <= i + offset  <=>  i >= j - offset
+        lo = tl.maximum(lo, start_n - offset)
+        full_lo = tl.maximum(full_lo, last - offset)
+    if WIN_RIGHT >= 0:  # j <= i + offset + r
+        lo = tl.maximum(lo, start_n - offset - WIN_RIGHT)
+        full_lo = tl.maximum(full_lo, last - offset - WIN_RIGHT)
+    if WIN_LEFT >= 0:  # j >= i + offset - l  <=>  i <= j - offset + l
+        hi = tl.minimum(hi, last - offset + WIN_LEFT + 1)
+        full_hi = tl.minimum(full_hi, start_n - offset + WIN_LEFT + 1)
+    if start_n + BLOCK_N > seqlen_k:
+        full_hi = full_lo
+    lo = tl.minimum(tl.maximum(lo, 0), seqlen_q)
+    lo = (lo // BLOCK_M) * BLOCK_M
+    hi = tl.maximum(hi, lo)
+    mid_lo = tl.minimum(tl.maximum(((full_lo + BLOCK_M - 1) // BLOCK_M) * BLOCK_M, lo), hi)
+    mid_hi = tl.maximum(tl.minimum((full_hi // BLOCK_M) * BLOCK_M, hi), mid_lo)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base,
+                stride_qs, stride_dos, stride_dqs, lo, hi, cols, seqlen_q, seqlen_k, offset,
+                b, h, bh, qk_scale, softcap_scale, dq_scale, k0, k1, dropout_p,
+                kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                D: tl.constexpr, DV: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr, EDGE: tl.constexpr,
+                HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
+                DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate dK ``[N, D]`` and dV ``[N, DV]`` of one key tile over query tiles ``[lo, hi)``."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        rows = start_m + offs_m
+        row_ok = rows < seqlen_q
+        q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None],
+                      mask=row_ok[None, :] & (offs_d[:, None] < D), other=0.0)  # [D, M]
+        do = tl.load(do_base + rows[:, None] * stride_dos + offs_dv[None, :],
+                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [M, DV]
+        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        s_t, t_t = scores(k_tile, q_t, qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [N, M]
+        s_t = visible_scores(s_t, rows[None, :], cols[:, None], seqlen_q, seqlen_k, offset, b, h,
+                             kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                             stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE, HAS_KPM, MASK_KIND)
+        p_t = tl.exp2(s_t - lse[None, :])  # [N, M]
+        dp_t = tl.dot(v_tile, tl.trans(do), input_precision=DOT_PREC)  # [N, M]
+        if DROPOUT:
+            keep = dropout_keep(k0, k1, rows[None, :], cols[:, None], bh, dropout_p)
+            inv_keep = 1.0 / (1.0 - dropout_p)
+            p_drop = tl.where(keep, p_t * inv_keep, 0.0)
+            dp_t = tl.where(keep, dp_t * inv_keep, 0.0)
+        else:
+            p_drop = p_t
+        dv = tl.dot(p_drop.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        ds_t = p_t * (dp_t - delta[None, :])
+        if SOFTCAP:
+            ds_t = ds_t * (1.0 - t_t * t_t)
+        ds_lp = ds_t.to(q_t.dtype)
+        dk = tl.dot(ds_lp, tl.trans(q_t), dk, input_precision=DOT_PREC)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(ds_lp), k_tile, input_precision=DOT_PREC) * dq_scale  # [M, D]
+            tl.atomic_add(dq_base + rows[:, None] * stride_dqs + offs_d[None, :], dq,
+                          mask=row_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
+    return dk, dv
+
+
+@triton.autotune(configs=_bwd_configs(), key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET",
+                                               "DTYPE_KEY", "GROUP", "ATOMIC_DQ"],
+                 prune_configs_by={"early_config_prune": _prune_bwd},
+                 reset_to_zero=["dq_ptr"])
+@triton.jit
+def _bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
+    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+    stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
+    stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
+    stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
+    seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
+    HQ: tl.constexpr, HK: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+    DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
+    SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    DOT_PREC: tl.constexpr, SEQ_BUCKET: tl.constexpr, DTYPE_KEY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HK
+    hk = pid_bh % HK
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + b)
+        seqlen_q = tl.load(cu_q_ptr + b + 1) - q_start
+        k_start = tl.load(cu_k_ptr + b)
+        seqlen_k = tl.load(cu_k_ptr + b + 1) - k_start
+    else:
+        q_start = pid_n * 0
+        seqlen_q = seq_q
+        k_start = pid_n * 0
+        seqlen_k = seq_k
+    start_n = pid_n * BLOCK_N
+    if start_n >= seqlen_k:
+        return
+    offset = seqlen_k - seqlen_q
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    col_ok = cols < seqlen_k
+    k_rows = b.to(tl.int64) * stride_kb + (k_start + cols[:, None]).to(tl.int64) * stride_ks
+    k_tile = tl.load(k_ptr + k_rows + hk * stride_kh + offs_d[None, :],
+                     mask=col_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [N, D]
+    v_rows = b.to(tl.int64) * stride_vb + (k_start + cols[:, None]).to(tl.int64) * stride_vs
+    v_tile = tl.load(v_ptr + v_rows + hk * stride_vh + offs_dv[None, :],
+                     mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [N, DV]
+    k0 = 0
+    k1 = 0
+    if DROPOUT:
+        k0 = tl.load(seed_ptr).to(tl.uint32)
+        k1 = tl.load(seed_ptr + 1).to(tl.uint32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    lo, mid_lo, mid_hi, hi = tile_query_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N,
+                                              IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        bh = b * HQ + h
+        q_base = q_ptr + b.to(tl.int64) * stride_qb + q_start.to(tl.int64) * stride_qs \
+            + h * stride_qh
+        do_base = do_ptr + b.to(tl.int64) * stride_dob + q_start.to(tl.int64) * stride_dos \
+            + h * stride_doh
+        dq_base = dq_ptr + b.to(tl.int64) * stride_dqb + q_start.to(tl.int64) * stride_dqs \
+            + h * stride_dqh
+        lse_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start
+        delta_base = delta_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh \
+            + q_start
+        dk, dv = _dkdv_tiles(
+            dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+            stride_dos, stride_dqs, lo, mid_lo, cols, seqlen_q, seqlen_k, offset, b, h, bh,
+            qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
+            stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
+            IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
+            ATOMIC_DQ, DOT_PREC)
+        dk, dv = _dkdv_tiles(
+            dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+            stride_dos, stride_dqs, mid_lo, mid_hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
+            qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
+            stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
+            IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
+            ATOMIC_DQ, DOT_PREC)
+        dk, dv = _dkdv_tiles(
+            dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+            stride_dos, stride_dqs, mid_hi, hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
+            qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
+            stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
+            IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
+            ATOMIC_DQ, DOT_PREC)
+    dk = dk * scale
+    dk_rows = b.to(tl.int64) * stride_dkb + (k_start + cols[:, None]).to(tl.int64) * stride_dks
+    tl.store(dk_ptr + dk_rows + hk * stride_dkh + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty),
+             mask=col_ok[:, None] & (offs_d[None, :] < D))
+    dv_rows = b.to(tl.int64) * stride_dvb + (k_start + cols[:, None]).to(tl.int64) * stride_dvs
+    tl.store(dv_ptr + dv_rows + hk * stride_dvh + offs_dv[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, hi, rows,
+              seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1, dropout_p,
+              kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              D: tl.constexpr, DV: tl.constexpr, IS_CAUSAL: tl.constexpr,
+              WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr, EDGE: tl.constexpr,
+              HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
+              DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate dQ ``[M, D]`` (unscaled) of one query tile over key tiles ``[lo, hi)``."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        col_ok = cols < seqlen_k
+        k_tile = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :],
+                         mask=col_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [N, D]
+        v_t = tl.load(v_base + cols[None, :] * stride_vn + offs_dv[:, None],
+                      mask=col_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)  # [DV, N]
+        s, t = scores(q, tl.trans(k_tile), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [M, N]
+        s = visible_scores(s, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset, b, h,
+                           kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                           stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE, HAS_KPM, MASK_KIND)
+        p = tl.exp2(s - lse[:, None])
+        dp = tl.dot(do, v_t, input_precision=DOT_PREC)  # [M, N]
+        if DROPOUT:
+            keep = dropout_keep(k0, k1, rows[:, None], cols[None, :], bh, dropout_p)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq = tl.dot(ds.to(k_tile.dtype), k_tile, dq, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.autotune(configs=_bwd_configs(), key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET",
+                                               "DTYPE_KEY"],
+                 prune_configs_by={"early_config_prune": _prune_bwd})
+@triton.jit
+def _bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
+    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+    stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
+    stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
+    seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
+    HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
+    SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    SEQ_BUCKET: tl.constexpr, DTYPE_KEY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    hk = h // GROUP
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + b)
+        seqlen_q = tl.load(cu_q_ptr + b + 1) - q_start
+        k_start = tl.load(cu_k_ptr + b)
+        seqlen_k = tl.load(cu_k_ptr + b + 1) - k_start
+    else:
+        q_start = pid_m * 0
+        seqlen_q = seq_q
+        k_start = pid_m * 0
+        seqlen_k = seq_k
+    start_m = pid_m * BLOCK_M
+    if start_m >= seqlen_q:
+        return
+    offset = seqlen_k - seqlen_q
+    rows = start_m + tl.arange(0, BLOCK_M)
+    row_ok = rows < seqlen_q
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_rows = b.to(tl.int64) * stride_qb + (q_start + rows[:, None]).to(tl.int64) * stride_qs
+    q = tl.load(q_ptr + q_rows + h * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [M, D]
+    do_rows = b.to(tl.int64) * stride_dob + (q_start + rows[:, None]).to(tl.int64) * stride_dos
+    do = tl.load(do_ptr + do_rows + h * stride_doh + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [M, DV]
+    l_base = b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start + rows
+    lse = tl.load(lse_ptr + l_base, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(delta_ptr + l_base, mask=row_ok, other=0.0)
+    k0 = 0
+    k1 = 0
+    if DROPOUT:
+        k0 = tl.load(seed_ptr).to(tl.uint32)
+        k1 = tl.load(seed_ptr + 1).to(tl.uint32)
+    bh = b * HQ + h
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + k_start.to(tl.int64) * stride_ks + hk * stride_kh
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + k_start.to(tl.int64) * stride_vs + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo, mid_lo, mid_hi, hi = tile_key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N,
+                                            IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, lo, mid_lo, rows,
+                   seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
+                   dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                   stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                   True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, mid_lo, mid_hi,
+                   rows, seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
+                   dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                   stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                   False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, mid_hi, hi, rows,
+                   seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
+                   dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                   stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                   True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+    dq = dq * scale
+    dq_rows = b.to(tl.int64) * stride_dqb + (q_start + rows[:, None]).to(tl.int64) * stride_dqs
+    tl.store(dq_ptr + dq_rows + h * stride_dqh + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
+def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(batch, seq, head) strides of a dense ``[b, s, h, d]`` or packed ``[t, h, d]`` tensor."""
+    return (0, *t.stride()[:2]) if varlen else tuple(t.stride()[:3])
+
+
+def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              out: torch.Tensor, lse: torch.Tensor, *, grad_lse: torch.Tensor | None = None,
+              causal: bool, window: tuple[int, int],
+              scale: float, softcap: float, key_padding_mask: torch.Tensor | None,
+              attn_mask: torch.Tensor | None, cu_seqlens_q: torch.Tensor | None,
+              cu_seqlens_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
+              dropout_p: float, dropout_seed: int, deterministic: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(dq, dk, dv)`` of ``flash_fwd``'s output, from the saved ``out`` and ``lse``.
+
+    Args:
+        do: gradient of ``out``, same shape (made contiguous in its last dim here).
+        q, k, v, out, lse: the forward's inputs and results (shapes of ``flash_fwd``).
+        grad_lse: gradient of the LSE (same shape) when the caller used it, else None; it
+            enters as ``delta - grad_lse``.
+        deterministic: True computes dQ in its own kernel (no atomics, bitwise reproducible,
+            about 1.3x the backward's matmul work); False adds dQ with float32 atomics from
+            the dK/dV kernel (faster; run-to-run rounding differences).
+        Other arguments: as for ``flash_fwd``.
+
+    Returns:
+        ``(dq, dk, dv)`` in the dtypes and shapes of ``q``, ``k``, ``v``. Rows that saw no key
+        get zero gradients.
+
+    Example:
+        >>> # dq, dk, dv = flash_bwd(do, q, k, v, out, lse, causal=True, ..., deterministic=True)
+    """
+    varlen = cu_seqlens_q is not None
+    hq, hk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    dv_dim = v.shape[-1]
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
+    sq, sk = max_seqlen_q, max_seqlen_k
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0 or batch == 0 or sq == 0 or sk == 0:
+        return torch.zeros_like(q), dk.zero_(), dv.zero_()
+    lstrides = (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
+    delta = torch.empty_like(lse)  # [b, hq, sq] or [hq, total_q]
+    qs, ks, vs = _strides(q, varlen), _strides(k, varlen), _strides(v, varlen)
+    os_, dos = _strides(out, varlen), _strides(do, varlen)
+    seed = seed_words(dropout_seed, q.device)
+    cu_q = cu_seqlens_q if varlen else seed
+    cu_k = cu_seqlens_k if varlen else seed
+    pre_block = 64 if not interpreting() else 16
+    _bwd_preprocess[(triton.cdiv(sq, pre_block), batch * hq)](
+        out, do, delta, cu_q, *os_, *dos, *lstrides, sq, HQ=hq, DV=dv_dim,
+        BLOCK_DV=head_block(dv_dim), VARLEN=varlen, BLOCK_M=pre_block)
+    if grad_lse is not None:
+        delta.sub_(grad_lse)
+
+    mask_t, mask_kind, mstrides = mask_args(attn_mask, q, k)
+    kpm = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else q
+    kpm_stride = key_padding_mask.stride(0) if key_padding_mask is not None else 0
+    if softcap > 0:
+        qk_scale, softcap_scale = 2.0 * scale / softcap * LOG2E, softcap * LOG2E
+    else:
+        qk_scale, softcap_scale = scale * LOG2E, 1.0
+    left, right = window
+    if causal:
+        right = 0
+    common = dict(D=d, DV=dv_dim, BLOCK_D=head_block(d), BLOCK_DV=head_block(dv_dim),
+                  VARLEN=varlen, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
+                  HAS_WINDOW=(left, right) != (-1, -1), HAS_KPM=key_padding_mask is not None,
+                  MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
+                  DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
+                  DTYPE_KEY=str(q.dtype))
+    atomic = not deterministic
+    dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic \
+        else torch.empty_like(q)
+    dqs = _strides(dq_acc, varlen)
+
+    def kv_grid(meta):
+        return (triton.cdiv(sk, meta["BLOCK_N"]), batch * hk)
+
+    _bwd_dkdv_kernel[kv_grid](
+        q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
+        *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen), *lstrides,
+        kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
+        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, **common)
+    if atomic:
+        return dq_acc.to(q.dtype), dk, dv
+
+    def q_grid(meta):
+        return (triton.cdiv(sq, meta["BLOCK_M"]), batch * hq)
+
+    _bwd_dq_kernel[q_grid](
+        q, k, v, do, lse, delta, dq_acc, cu_q, cu_k, seed, kpm, mask_t,
+        *qs, *ks, *vs, *dos, *dqs, *lstrides, kpm_stride, *mstrides,
+        sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
+        HQ=hq, GROUP=hq // hk, **common)
+    return dq_acc, dk, dv

@@ -1,0 +1,155 @@
+"""Pieces shared by attnkit's flash-attention kernels: masks, scores, tile ranges, launch args.
+
+Visibility of key ``j`` to query ``i`` (``offset = seq_k - seq_q``, bottom-right)::
+
+    causal:           j <= i + offset
+    window (l, r):    i + offset - l <= j <= i + offset + r   (-1: unbounded)
+    key padding:      kpm[b, j]         bool attn_mask: mask[b, h, i, j]
+
+Scores are kept in base 2 (``log2(e)`` folded into the scale) so the softmax uses ``exp2``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def head_block(dim: int) -> int:
+    """The power-of-two tile width covering a head dim (at least 16, the dot's minimum)."""
+    return max(16, triton.next_power_of_2(dim))
+
+
+def seq_bucket(seq: int) -> int:
+    """Autotune key for sequence lengths: 0 (<= 1k), 1 (<= 4k), 2 (longer)."""
+    return 0 if seq <= 1024 else (1 if seq <= 4096 else 2)
+
+
+@triton.jit
+def visible_scores(s, rows, cols, seqlen_q, seqlen_k, offset, b, h, kpm_ptr, stride_kpm_b,
+                  mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn,
+                  IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
+                  EDGE: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Apply every mask to base-2 scores ``s``; ``rows``/``cols`` index the sequence.
+
+    ``rows``/``cols`` are 2-D and broadcast to ``s``'s shape: ``[M, 1]``/``[1, N]`` for
+    ``s [M, N]``, or ``[1, M]``/``[N, 1]`` for transposed scores ``s [N, M]``.
+
+    ``MASK_KIND``: 0 none, 1 bool attn_mask, 2 additive attn_mask. Masked scores become -inf.
+    """
+    if EDGE:
+        ok = cols < seqlen_k
+        diag = rows + offset
+        if IS_CAUSAL:
+            ok = ok & (cols <= diag)
+        if WIN_LEFT >= 0:
+            ok = ok & (cols >= diag - WIN_LEFT)
+        if WIN_RIGHT >= 0:
+            ok = ok & (cols <= diag + WIN_RIGHT)
+        s = tl.where(ok, s, float("-inf"))
+    if HAS_KPM:
+        keep = tl.load(kpm_ptr + b * stride_kpm_b + cols, mask=cols < seqlen_k, other=0)
+        s = tl.where(keep != 0, s, float("-inf"))
+    if MASK_KIND != 0:
+        m_ptrs = (mask_ptr + b * stride_mb + h * stride_mh + rows * stride_mm
+                  + cols * stride_mn)
+        in_bounds = (rows < seqlen_q) & (cols < seqlen_k)
+        if MASK_KIND == 1:
+            allowed = tl.load(m_ptrs, mask=in_bounds, other=0)
+            s = tl.where(allowed != 0, s, float("-inf"))
+        else:
+            extra = tl.load(m_ptrs, mask=in_bounds, other=0.0).to(tl.float32)
+            s = s + extra * 1.4426950408889634
+    return s
+
+
+@triton.jit
+def scores(a, b, qk_scale, softcap_scale, SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Base-2 scores ``a @ b`` (``q [M, D] @ k^T [D, N]`` or ``k [N, D] @ q^T [D, M]``).
+
+    Returns ``(s, t)``: scaled (and softcapped) base-2 scores before masks, and with
+    ``SOFTCAP`` the tanh value ``t`` (its derivative ``1 - t^2`` serves the backward).
+    """
+    qk = tl.dot(a, b, input_precision=DOT_PREC)
+    if SOFTCAP:
+        # softcap * tanh(x / softcap), x = scale * qk; tanh through exp2 (exact at +-inf).
+        x = qk * qk_scale  # qk_scale = scale / softcap * 2 * log2(e) here
+        t = 1.0 - 2.0 / (tl.exp2(x) + 1.0)
+        return t * softcap_scale, t  # softcap_scale = softcap * log2(e)
+    return qk * qk_scale, qk
+
+
+@triton.jit
+def tile_key_range(start_m, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr):
+    """Key tiles of a query tile ``[start_m, start_m + BLOCK_M)``.
+
+    Returns ``(lo, mid_lo, mid_hi, hi)``: keys ``[lo, hi)`` are visible to some row (``lo`` a
+    multiple of BLOCK_N), tiles inside ``[mid_lo, mid_hi)`` are visible to every row of the tile
+    and need no element-wise masks.
+    """
+    offset = seqlen_k - seqlen_q
+    last = tl.minimum(start_m + BLOCK_M, seqlen_q) - 1  # last valid row of the tile
+    lo = 0
+    hi = seqlen_k
+    full_lo = 0
+    full_hi = seqlen_k
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, last + offset + 1)
+        full_hi = tl.minimum(full_hi, start_m + offset + 1)
+    if WIN_RIGHT >= 0:
+        hi = tl.minimum(hi, last + offset + WIN_RIGHT + 1)
+        full_hi = tl.minimum(full_hi, start_m + offset + WIN_RIGHT + 1)
+    if WIN_LEFT >= 0:
+        lo = tl.maximum(lo, start_m + offset - WIN_LEFT)
+        full_lo = tl.maximum(full_lo, last + offset - WIN_LEFT)
+    lo = tl.maximum(lo, 0)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    hi = tl.maximum(hi, lo)
+    mid_lo = tl.minimum(tl.maximum(((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo), hi)
+    mid_hi = tl.maximum(tl.minimum((full_hi // BLOCK_N) * BLOCK_N, hi), mid_lo)
+    # Tiles in [mid_lo, mid_hi) start at a multiple of BLOCK_N and end at or before full_hi.
+    mid_hi = mid_lo + ((mid_hi - mid_lo) // BLOCK_N) * BLOCK_N
+    return lo, mid_lo, mid_hi, hi
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """Precision of ``tl.dot``: float32 inputs use tf32 tensor cores (documented precision:
+    about 1e-3 relative, like PyTorch with ``allow_tf32``); fp16/bf16 are exact products."""
+    return "tf32"
+
+
+def seed_words(seed: int, device: torch.device) -> torch.Tensor:
+    """The 64-bit dropout seed as two int64 words ``[low, high]`` on ``device``."""
+    return torch.tensor([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], dtype=torch.int64,
+                        device=device)
+
+
+def mask_args(attn_mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor):
+    """(tensor, kind, strides) of a 4-D ``attn_mask`` broadcast to ``[b, hq, sq, sk]``.
+
+    Broadcast dims get stride 0, so the kernel reads the mask tile by tile in place.
+    """
+    if attn_mask is None:
+        return q, 0, (0, 0, 0, 0)
+    target = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    view = attn_mask.expand(target)
+    if view.dtype == torch.bool:
+        view = view.view(torch.uint8) if view.is_contiguous() else view.to(torch.uint8)
+        kind = 1
+    else:
+        kind = 2
+    strides = tuple(0 if attn_mask.shape[i] == 1 else view.stride(i) for i in range(4))
+    return view, kind, strides
+

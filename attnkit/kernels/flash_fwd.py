@@ -1,0 +1,287 @@
+"""Flash-attention forward in Triton: one program per (query tile, batch x query head).
+
+Computes ``out = softmax(mask(softcap(scale * q k^T) + additive)) @ v`` with the online softmax
+in float32 (base 2), and saves the natural-log LSE for the backward. Shapes are those of
+``attnkit.attention``: dense q ``[b, sq, hq, d]``, k ``[b, sk, hk, d]``, v ``[b, sk, hk, dv]``;
+packed ``[total, h, d]`` with int32 ``cu_seqlens`` ``[n + 1]``. The head dims are padded to the
+next power of two inside the kernel with masked loads (d = 80, 96, 192 work; dv may differ).
+
+Only the key tiles a query tile can see are visited: with causal masks and windows the loop runs
+over ``[lo, hi)``, the keys visible to at least one row of the tile, and only the tiles on the
+edges of the visible band pay for element-wise masking (``_fwd_tiles`` with ``EDGE=True``).
+
+Visibility of key ``j`` to query ``i`` (``offset = seq_k - seq_q``, bottom-right)::
+
+    causal:           j <= i + offset
+    window (l, r):    i + offset - l <= j <= i + offset + r   (-1: unbounded)
+    key padding:      kpm[b, j]         bool attn_mask: mask[b, h, i, j]
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from attnkit.kernels.flash_common import (
+    LOG2E,
+    dot_precision,
+    head_block,
+    interpreting,
+    mask_args,
+    scores,
+    seed_words,
+    seq_bucket,
+    tile_key_range,
+    visible_scores,
+)
+from attnkit.kernels.philox import dropout_keep
+
+
+def _fwd_configs() -> list[triton.Config]:
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    configs = []
+    for bm, bn, warps, stages in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3),
+                                  (64, 64, 4, 3), (128, 32, 4, 3)):
+        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps,
+                                     num_stages=stages))
+    return configs
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    """Drop configs whose tiles would not fit shared memory/registers for wide heads."""
+    width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
+                kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
+    kept = []
+    for cfg in configs:
+        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        if width >= 256 and (bn > 64 or cfg.num_stages > 2):
+            continue
+        if width >= 128 and bm * bn > 128 * 64 and cfg.num_warps < 8:
+            continue
+        kept.append(cfg)
+    if width >= 256 and not interpreting():
+        kept = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2)]
+    return kept or configs[:1]
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, rows,
+               seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1, dropout_p,
+               kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               D: tl.constexpr, DV: tl.constexpr, IS_CAUSAL: tl.constexpr,
+               WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr, EDGE: tl.constexpr,
+               HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
+               DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Online-softmax accumulation over key tiles ``[lo, hi)`` (``lo`` a multiple of BLOCK_N)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None]  # [D, N]
+        v_ptrs = v_base + cols[:, None] * stride_vn + offs_dv[None, :]  # [N, DV]
+        if EDGE:
+            k_tile = tl.load(k_ptrs, mask=(cols[None, :] < seqlen_k) & (offs_d[:, None] < D),
+                             other=0.0)
+        else:
+            k_tile = tl.load(k_ptrs, mask=offs_d[:, None] < D, other=0.0)
+        s, _ = scores(q, k_tile, qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [M, N]
+        s = visible_scores(s, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset, b, h,
+                           kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                           stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE, HAS_KPM, MASK_KIND)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if DROPOUT:
+            keep = dropout_keep(k0, k1, rows[:, None], cols[None, :], bh, dropout_p)
+            p = tl.where(keep, p, 0.0)
+        if EDGE:
+            v_tile = tl.load(v_ptrs, mask=(cols[:, None] < seqlen_k) & (offs_dv[None, :] < DV),
+                             other=0.0)
+        else:
+            v_tile = tl.load(v_ptrs, mask=offs_dv[None, :] < DV, other=0.0)
+        acc = tl.dot(p.to(v_tile.dtype), v_tile, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+@triton.autotune(configs=_fwd_configs(), key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET",
+                                               "DTYPE_KEY"],
+                 prune_configs_by={"early_config_prune": _prune_fwd})
+@triton.jit
+def _flash_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
+    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
+    seq_q, seq_k, qk_scale, softcap_scale, dropout_p,
+    HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
+    SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    SEQ_BUCKET: tl.constexpr, DTYPE_KEY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    hk = h // GROUP
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + b)
+        seqlen_q = tl.load(cu_q_ptr + b + 1) - q_start
+        k_start = tl.load(cu_k_ptr + b)
+        seqlen_k = tl.load(cu_k_ptr + b + 1) - k_start
+    else:
+        q_start = pid_m * 0  # an int32 scalar tensor, like the packed case
+        seqlen_q = seq_q
+        k_start = pid_m * 0
+        seqlen_k = seq_k
+    start_m = pid_m * BLOCK_M
+    if start_m >= seqlen_q:
+        return
+    offset = seqlen_k - seqlen_q
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_base = q_ptr + b.to(tl.int64) * stride_qb + q_start.to(tl.int64) * stride_qs \
+        + h * stride_qh
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + k_start.to(tl.int64) * stride_ks \
+        + hk * stride_kh
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + k_start.to(tl.int64) * stride_vs \
+        + hk * stride_vh
+    q = tl.load(q_base + rows[:, None] * stride_qs + offs_d[None, :],
+                mask=(rows[:, None] < seqlen_q) & (offs_d[None, :] < D), other=0.0)  # [M, D]
+
+    k0 = 0
+    k1 = 0
+    if DROPOUT:
+        k0 = tl.load(seed_ptr).to(tl.uint32)
+        k1 = tl.load(seed_ptr + 1).to(tl.uint32)
+    bh = b * HQ + h
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    lo, mid_lo, mid_hi, hi = tile_key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N,
+                                            IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    # Edge tiles before the fully visible band (window's left edge), the band, the edge after.
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, lo, mid_lo, rows, seqlen_q,
+        seqlen_k,
+        offset, b, h, bh, qk_scale, softcap_scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b,
+        mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV,
+        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, mid_lo, mid_hi, rows, seqlen_q,
+        seqlen_k,
+        offset, b, h, bh, qk_scale, softcap_scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b,
+        mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV,
+        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, mid_hi, hi, rows, seqlen_q,
+        seqlen_k,
+        offset, b, h, bh, qk_scale, softcap_scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b,
+        mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV,
+        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+
+    seen = l_i > 0.0
+    inv = tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)
+    if DROPOUT:
+        inv = inv * (1.0 / (1.0 - dropout_p))
+    out = acc * inv[:, None]
+    # lse (natural log) = ln(2) * (m + log2(l)); -inf for rows that saw no key.
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    o_base = out_ptr + b.to(tl.int64) * stride_ob + q_start.to(tl.int64) * stride_os \
+        + h * stride_oh
+    tl.store(o_base + rows[:, None] * stride_os + offs_dv[None, :],
+             out.to(out_ptr.dtype.element_ty),
+             mask=(rows[:, None] < seqlen_q) & (offs_dv[None, :] < DV))
+    l_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh
+    tl.store(l_base + q_start + rows, lse, mask=rows < seqlen_q)
+
+def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+              window: tuple[int, int], scale: float, softcap: float,
+              key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None,
+              cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
+              max_seqlen_q: int, max_seqlen_k: int, dropout_p: float, dropout_seed: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel; inputs must already be validated (``attnkit.attention``).
+
+    Args:
+        q, k, v: dense ``[b, sq, hq, d]``/``[b, sk, hk, d]``/``[b, sk, hk, dv]`` or packed
+            ``[total, h, d]``; last dim contiguous; fp16, bf16 or fp32 (tf32 dots).
+        attn_mask: 4-D, broadcastable to ``[b, hq, sq, sk]``.
+
+    Returns:
+        ``(out, lse)``: out in q's layout with head dim dv and q's dtype; lse float32
+        ``[b, hq, sq]`` (packed ``[hq, total_q]``).
+
+    Example:
+        >>> # on CUDA (or under TRITON_INTERPRET=1)
+        >>> # out, lse = flash_fwd(q, k, v, causal=True, window=(-1, -1), scale=0.125, ...)
+    """
+    varlen = cu_seqlens_q is not None
+    hq, hk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    dv = v.shape[-1]
+    if varlen:
+        batch = cu_seqlens_q.shape[0] - 1
+        out = torch.empty(*q.shape[:-1], dv, device=q.device, dtype=q.dtype)  # [tq, hq, dv]
+        lse = torch.empty(hq, q.shape[0], device=q.device, dtype=torch.float32)  # [hq, tq]
+        sq, sk = max_seqlen_q, max_seqlen_k
+        qs, ks, vs, os_ = ((0, *t.stride()) for t in (q, k, v, out))
+        lstrides = (0, lse.stride(0))
+    else:
+        batch, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+        out = torch.empty(*q.shape[:-1], dv, device=q.device, dtype=q.dtype)  # [b, sq, hq, dv]
+        lse = torch.empty(batch, hq, sq, device=q.device, dtype=torch.float32)  # [b, hq, sq]
+        qs, ks, vs, os_ = (t.stride() for t in (q, k, v, out))
+        lstrides = (lse.stride(0), lse.stride(1))
+    if out.numel() == 0 or batch == 0 or sq == 0:
+        lse.fill_(float("-inf"))
+        return out.zero_(), lse
+    if sk == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return out, lse
+    mask_t, mask_kind, mstrides = mask_args(attn_mask, q, k)
+    kpm = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else q
+    kpm_stride = key_padding_mask.stride(0) if key_padding_mask is not None else 0
+    seed = seed_words(dropout_seed, q.device)
+    cu_q = cu_seqlens_q if varlen else seed
+    cu_k = cu_seqlens_k if varlen else seed
+    if softcap > 0:
+        qk_scale = 2.0 * scale / softcap * LOG2E
+        softcap_scale = softcap * LOG2E
+    else:
+        qk_scale = scale * LOG2E
+        softcap_scale = 1.0
+    left, right = window
+    if causal:
+        right = 0  # causal and any right window intersect to the diagonal itself
+
+    def grid(meta):
+        return (triton.cdiv(sq, meta["BLOCK_M"]), batch * hq)
+
+    _flash_fwd_kernel[grid](
+        q, k, v, out, lse, cu_q, cu_k, seed, kpm, mask_t,
+        qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2],
+        os_[0], os_[1], os_[2], lstrides[0], lstrides[1], kpm_stride, *mstrides,
+        sq, sk, qk_scale, softcap_scale, float(dropout_p),
+        HQ=hq, GROUP=hq // hk, D=d, DV=dv, BLOCK_D=head_block(d), BLOCK_DV=head_block(dv),
+        VARLEN=varlen, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
+        HAS_WINDOW=(left, right) != (-1, -1), HAS_KPM=key_padding_mask is not None,
+        MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
+        DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
+        DTYPE_KEY=str(q.dtype),
+    )
+    return out, lse

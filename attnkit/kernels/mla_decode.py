@@ -1,0 +1,166 @@
+"""Triton split-KV decode for absorbed MLA: every head against one shared latent + rope key.
+
+One program handles one (split of the keys, sequence, tile of ``BLOCK_M`` rows), a row being one
+(new token, head) pair. Each key tile is read once as ``latent [N, r]`` and ``rope [N, p]``; the
+latent tile serves twice, as the key (``q_latent @ latent^T``) and as the value (``p @ latent``),
+so the cache is read once per tile of heads. Partial results of the splits are merged by
+``attnkit.kernels.decode``'s combine kernel. See ``attnkit.reference.mla_decode`` for the math.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from attnkit.kernels.decode import _combine_kernel, choose_splits, interpreting
+from attnkit.ops.mla_decode import MLADecodeCall
+
+
+def default_config() -> dict:
+    """Launch options: rows (heads) per tile, key tile, warps, stages (H100 sweep)."""
+    if interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+
+
+@triton.jit
+def _mla_kernel(
+    ql_ptr, qr_ptr, lat_ptr, rope_ptr, seqlens_ptr, table_ptr, out_ptr, lse_ptr,
+    stride_qlb, stride_qln, stride_qlh, stride_qrb, stride_qrn, stride_qrh,
+    stride_cb, stride_cs, stride_rb, stride_rs, stride_tb,
+    stride_ob, stride_on, stride_oh, stride_os, stride_lb, stride_lh, stride_ls,
+    n_new, heads, num_splits, scale,
+    R: tl.constexpr, P: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
+    CAUSAL: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    split = tl.program_id(0)
+    bi = tl.program_id(1)
+    tile = tl.program_id(2)
+    length = tl.load(seqlens_ptr + bi)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # row = token * heads + head
+    row_ok = rows < n_new * heads
+    tok = rows // heads
+    head = rows % heads
+    qpos = length - n_new + tok
+
+    hi = length
+    if CAUSAL:
+        last_tok = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // heads, n_new - 1)
+        hi = tl.minimum(hi, length - n_new + last_tok + 1)
+    span = tl.maximum(hi, 0)
+    per_split = tl.cdiv(tl.cdiv(span, num_splits), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, hi)
+
+    offs_r = tl.arange(0, R)
+    offs_p = tl.arange(0, P)
+    b64 = bi.to(tl.int64)
+    ql = tl.load(ql_ptr + (b64 * stride_qlb + tok * stride_qln + head * stride_qlh)[:, None]
+                 + offs_r[None, :], mask=row_ok[:, None], other=0.0)  # [M, R]
+    qr = tl.load(qr_ptr + (b64 * stride_qrb + tok * stride_qrn + head * stride_qrh)[:, None]
+                 + offs_p[None, :], mask=row_ok[:, None], other=0.0)  # [M, P]
+    qk_scale = scale * 1.4426950408889634
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, R], tl.float32)
+    for kstart in range(start, end, BLOCK_N):
+        cols = kstart + tl.arange(0, BLOCK_N)
+        col_ok = cols < end
+        if PAGED:
+            page = tl.load(table_ptr + b64 * stride_tb + cols // PAGE, mask=col_ok,
+                           other=0).to(tl.int64)
+            c_rows = page * stride_cb + (cols % PAGE) * stride_cs
+            r_rows = page * stride_rb + (cols % PAGE) * stride_rs
+        else:
+            c_rows = b64 * stride_cb + cols.to(tl.int64) * stride_cs
+            r_rows = b64 * stride_rb + cols.to(tl.int64) * stride_rs
+        lat = tl.load(lat_ptr + c_rows[:, None] + offs_r[None, :], mask=col_ok[:, None],
+                      other=0.0)  # [N, R]
+        rk = tl.load(rope_ptr + r_rows[:, None] + offs_p[None, :], mask=col_ok[:, None],
+                     other=0.0)  # [N, P]
+        if IEEE:
+            s = tl.dot(ql, tl.trans(lat), input_precision="ieee")
+            s += tl.dot(qr, tl.trans(rk), input_precision="ieee")
+        else:
+            s = tl.dot(ql, tl.trans(lat))
+            s += tl.dot(qr, tl.trans(rk))  # [M, N]
+        s = s * qk_scale
+        visible = col_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= qpos[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
+        m_i = m_new
+
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    o_rows = b64 * stride_ob + tok * stride_on + head * stride_oh + split * stride_os
+    tl.store(out_ptr + o_rows[:, None] + offs_r[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(lse_ptr + b64 * stride_lb + head * stride_lh + split * stride_ls + tok, lse,
+             mask=row_ok)
+
+
+def mla_decode_fwd(call: MLADecodeCall, *, num_splits: int | None = None,
+                   config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the MLA decode kernel; returns out ``[b, n, h, r]`` and lse float32 ``[b, h, n]``.
+
+    Needs power-of-two ``r`` and ``p`` (DeepSeek's 512 and 64) of at least 16.
+
+    Raises:
+        ValueError: ``r`` or ``p`` not a power of two >= 16.
+    """
+    ql, qr, lat, rope = call.q_latent, call.q_rope, call.latent_cache, call.rope_cache
+    ql, qr, lat, rope = (t if t.stride(-1) == 1 else t.contiguous() for t in (ql, qr, lat, rope))
+    b, n, h, r = ql.shape
+    p = qr.shape[-1]
+    for name, dim in (("kv_lora_rank", r), ("rope_dim", p)):
+        if dim < 16 or dim & (dim - 1):
+            raise ValueError(f"{name} must be a power of two >= 16 for the Triton MLA kernel, "
+                             f"got {dim}")
+    rows = n * h
+    if num_splits is None:
+        num_splits = choose_splits(programs=b * triton.cdiv(rows, 64), keys=call.capacity,
+                                   device=ql.device)
+    out = torch.empty(b, n, h, r, device=ql.device, dtype=ql.dtype)
+    lse = torch.empty(b, h, n, device=ql.device, dtype=torch.float32)
+    if b == 0:
+        return out, lse
+    if num_splits > 1:
+        part = torch.empty(num_splits, b, n, h, r, device=ql.device, dtype=torch.float32)
+        part_lse = torch.empty(num_splits, b, h, n, device=ql.device, dtype=torch.float32)
+        dst, dst_lse, s_os, s_ls = part, part_lse, part.stride(0), part_lse.stride(0)
+    else:
+        dst, dst_lse, s_os, s_ls = out, lse, 0, 0
+    table = call.block_table if call.paged else call.cache_seqlens
+
+    config = config or default_config()
+    grid = (num_splits, b, triton.cdiv(rows, config["BLOCK_M"]))
+    _mla_kernel[grid](
+        ql, qr, lat, rope, call.cache_seqlens, table, dst, dst_lse,
+        ql.stride(0), ql.stride(1), ql.stride(2), qr.stride(0), qr.stride(1), qr.stride(2),
+        lat.stride(0), lat.stride(1), rope.stride(0), rope.stride(1), table.stride(0),
+        dst.stride(-4), dst.stride(-3), dst.stride(-2), s_os,
+        dst_lse.stride(-3), dst_lse.stride(-2), s_ls,
+        n, h, num_splits, call.scale,
+        R=r, P=p, PAGE=lat.shape[1] if call.paged else 1, PAGED=call.paged, CAUSAL=call.causal,
+        SPLIT=num_splits > 1, IEEE=ql.dtype == torch.float32, **config,
+    )
+    if num_splits > 1:
+        _combine_kernel[(b * n * h,)](
+            part, part_lse, out, lse, part.stride(0), part_lse.stride(0), num_splits, n, h,
+            DV=r, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_DV=r)
+    return out, lse

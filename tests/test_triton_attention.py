@@ -1,0 +1,131 @@
+"""The Triton flash-attention kernels under ``TRITON_INTERPRET=1`` (CPU CI), tiny shapes.
+
+Every case runs forward and all gradients through ``attnkit.attention(backend="triton")`` and
+checks them against the float64 oracle by the tolerance rule (``tests/flash_check.py``). The
+interpreter is slow, so shapes are small but awkward (17, 33, unequal lengths, head dims 80/96
+and 192/128). bf16 is covered by the GPU suite: Triton's interpreter has no bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attnkit
+from attnkit.ops import backends
+from tests.flash_check import Case, check
+
+needs_kernels = pytest.mark.skipif(
+    not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or TRITON_INTERPRET=1")
+pytest.importorskip("triton")
+
+F32 = torch.float32
+CASES = {
+    "mha": Case((2, 17, 17, 2, 2, 32, 32)),
+    "gqa-causal-sq>sk-d80-dv48": Case((2, 33, 17, 4, 2, 80, 48), causal=True),
+    "causal-sk>sq": Case((1, 17, 33, 2, 2, 32, 32), causal=True),
+    "mqa-d96-dv64": Case((1, 17, 17, 4, 1, 96, 64), causal=True),
+    "sliding-window": Case((1, 33, 33, 2, 1, 32, 32), causal=True, window=(5, 0)),
+    "window-both": Case((1, 33, 40, 2, 1, 32, 32), window=(3, 7)),
+    "window-right": Case((1, 17, 17, 2, 2, 32, 32), window=(-1, 2)),
+    "softcap": Case((1, 17, 17, 2, 1, 32, 32), causal=True, softcap=2.0),
+    "key-padding": Case((2, 17, 17, 2, 1, 32, 32), kpm=True),
+    "bool-mask-full": Case((2, 17, 19, 2, 1, 32, 32), mask=("bool", "full")),
+    "bool-mask-rows-causal": Case((2, 17, 17, 2, 2, 32, 32), causal=True, mask=("bool", "rows")),
+    "additive-mask-heads": Case((2, 17, 17, 2, 1, 32, 32), mask=("additive", "heads")),
+    "additive-mask-keys-kpm": Case((2, 17, 17, 2, 1, 32, 32), kpm=True,
+                                   mask=("additive", "keys")),
+    "dropout": Case((2, 17, 17, 2, 1, 32, 32), causal=True, dropout_p=0.3),
+    "packed-empty-segments": Case((0, 0, 0, 2, 1, 32, 32), causal=True,
+                                  segments=((5, 9), (0, 3), (17, 17), (4, 0), (1, 6))),
+    "packed-window-dropout": Case((0, 0, 0, 2, 2, 32, 32), window=(2, 1), dropout_p=0.2,
+                                  segments=((7, 7), (19, 11))),
+    "mla-d192-dv128": Case((1, 17, 17, 2, 1, 192, 128), causal=True),
+    "decode-sq1": Case((2, 1, 29, 4, 2, 32, 32), causal=True),
+    "lse-gradient": Case((1, 17, 23, 2, 1, 32, 32), causal=True, lse_grad=True),
+    "custom-scale": Case((1, 17, 17, 2, 1, 32, 32), options={"scale": 0.3}),
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_kernels_match_oracle_fp32(case):
+    check(case, dtype=F32, device="cpu")
+
+
+@needs_kernels
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "deterministic"])
+def test_fp16_and_both_backward_modes(deterministic):
+    case = Case((2, 33, 17, 4, 2, 80, 48), causal=True, kpm=True)
+    check(case, dtype=torch.float16, device="cpu", deterministic=deterministic)
+
+
+@needs_kernels
+def test_deterministic_backward_is_reproducible():
+    case = Case((1, 33, 33, 4, 1, 32, 32), causal=True)
+    first = check(case, dtype=F32, device="cpu", deterministic=True)
+    second = check(case, dtype=F32, device="cpu", deterministic=True)
+    for name in ("dq", "dk", "dv"):
+        assert torch.equal(first[name], second[name]), name
+
+
+@needs_kernels
+def test_fully_masked_rows_zero_out_minus_inf_lse_zero_grads():
+    q = torch.randn(1, 9, 2, 32, requires_grad=True)
+    k = torch.randn(1, 4, 2, 32, requires_grad=True)
+    v = torch.randn(1, 4, 2, 32, requires_grad=True)
+    out, lse = attnkit.attention(q, k, v, causal=True, return_lse=True, backend="triton")
+    # sq 9 > sk 4, bottom-right causal: the first 5 queries see no key.
+    assert torch.all(out[:, :5] == 0)
+    assert torch.all(lse[:, :, :5] == -math.inf)
+    out.sum().backward()
+    assert torch.all(q.grad[:, :5] == 0)
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_auto_never_picks_the_interpreter():
+    q = torch.randn(1, 5, 2, 32)
+    assert backends.select(_call(q), "auto").name == "reference"
+
+
+def _call(q, **overrides):
+    from attnkit.ops.attention import _validate
+    opts = dict(causal=False, window=(-1, -1), scale=None, softcap=0.0, key_padding_mask=None,
+                attn_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                max_seqlen_k=None, dropout_p=0.0, generator=None, return_lse=False,
+                backend="triton")
+    opts.update(overrides)
+    return _validate(q, q, q, **opts)
+
+
+@needs_kernels
+def test_unsupported_calls_say_why():
+    q = torch.randn(1, 5, 2, 32, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"triton: float64 is not supported by the kernels; "
+                                         r"use backend='reference'"):
+        attnkit.attention(q, q, q, backend="triton")
+    wide = torch.randn(1, 5, 2, 320)
+    with pytest.raises(ValueError, match=r"head dims up to 256 are supported by the kernels, got "
+                                         r"q/k 320 and v 320"):
+        attnkit.attention(wide, wide, wide, backend="triton")
+    q = torch.randn(1, 5, 2, 32)
+    mask = torch.zeros(5, 5, requires_grad=True)
+    with pytest.raises(ValueError, match=r"attn_mask requires grad: the kernels do not compute"):
+        attnkit.attention(q, q, q, attn_mask=mask, backend="triton")
+
+
+def test_cpu_without_interpreter_names_the_fix(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.randn(1, 5, 2, 32)
+    with pytest.raises(ValueError, match=r"inputs are on cpu: the Triton kernels need CUDA "
+                                         r"tensors \(set TRITON_INTERPRET=1"):
+        attnkit.attention(q, q, q, backend="triton")
+
+
+def test_deterministic_must_be_bool():
+    q = torch.randn(1, 5, 2, 32)
+    with pytest.raises(TypeError, match=r"deterministic must be a bool, got int"):
+        attnkit.attention(q, q, q, deterministic=1)
