@@ -5,6 +5,8 @@ plain PyTorch reference backend everywhere and on Triton kernels on CUDA.
 """
 
 from attnkit.ops.attention import attention
+from attnkit.ops.decode import decode_attention
+from attnkit.ops.mla_decode import mla_decode_attention
 from attnkit.ops.positions import (
     positions_from_boundaries,
     positions_from_cu_seqlens,
@@ -28,6 +30,8 @@ from attnkit.nn.rotary import RotaryEmbedding
 __version__ = "0.1.0"
 
 __all__ = [
+    "decode_attention",
+    "mla_decode_attention",
     "attention",
     "apply_rope",
     "rope",
