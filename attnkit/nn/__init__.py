@@ -3,8 +3,10 @@
 from attnkit.nn.gqa import GroupedQueryAttention
 from attnkit.nn.mla import MultiHeadLatentAttention
 from attnkit.nn.norms import RMSNorm
+from attnkit.nn.nsa import NativeSparseAttention
 from attnkit.nn.projections import LowRankProjection
 from attnkit.nn.rotary import RotaryEmbedding
+from attnkit.nn.routed import SparseRoutedAttention
 
 __all__ = [
     "RotaryEmbedding",
@@ -12,4 +14,6 @@ __all__ = [
     "MultiHeadLatentAttention",
     "RMSNorm",
     "LowRankProjection",
+    "NativeSparseAttention",
+    "SparseRoutedAttention",
 ]

@@ -1,5 +1,21 @@
 """Functional API: validation at the boundary, dispatch to a backend, autograd wiring."""
 
 from attnkit.ops.attention import attention
+from attnkit.ops.sparse import (
+    compressed_attention,
+    route_segments,
+    routed_attention,
+    select_blocks,
+    selected_attention,
+    topk_token_attention,
+)
 
-__all__ = ["attention"]
+__all__ = [
+    "attention",
+    "compressed_attention",
+    "route_segments",
+    "routed_attention",
+    "select_blocks",
+    "selected_attention",
+    "topk_token_attention",
+]
