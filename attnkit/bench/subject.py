@@ -1,0 +1,64 @@
+"""attnkit's own attention as a benchmark op: public ``attnkit.attention`` and nothing else.
+
+The op passes ``backend=settings.backend`` through; the row records which backend actually served
+the call (``auto`` falls back to the reference until the Triton kernels can serve it), so a
+reference-backend number is never mistaken for a kernel's.
+
+Example:
+    >>> ATTNKIT.name, ATTNKIT.subject
+    ('attnkit', True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+import attnkit
+from attnkit.bench.cases import AttentionCase
+from attnkit.bench.registry import Op, Settings, Unsupported
+
+
+def _options(case: AttentionCase, inputs: dict, settings: Settings) -> dict:
+    opts = dict(causal=case.causal, window=case.window, backend=settings.backend)
+    if case.packed:
+        cu, longest = inputs["cu_seqlens"], inputs["max_seqlen"]
+        opts.update(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=longest, max_seqlen_k=longest)
+    return opts
+
+
+def serving_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, opts: dict) -> str:
+    """Name of the backend ``attnkit.attention(q, k, v, **opts)`` dispatches to.
+
+    Raises:
+        Unsupported: the requested backend cannot serve the call (attnkit's reasons).
+    """
+    from attnkit.ops import backends
+    from attnkit.ops.attention import _validate
+
+    full = dict(scale=None, softcap=0.0, key_padding_mask=None, attn_mask=None,
+                cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
+                dropout_p=0.0, generator=None, return_lse=False)
+    full.update(opts)
+    try:
+        call = _validate(q, k, v, **full)
+        return backends.select(call, full["backend"]).name
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from exc
+
+
+def _build(case: AttentionCase, inputs: dict, settings: Settings) -> Callable[[], torch.Tensor]:
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    opts = _options(case, inputs, settings)
+    chosen = serving_backend(q, k, v, opts)
+
+    def forward() -> torch.Tensor:
+        return attnkit.attention(q, k, v, **opts)  # [b, s, hq, dv] or [total, hq, dv]
+
+    forward.detail = f"backend {chosen}"
+    return forward
+
+
+ATTNKIT = Op(name="attnkit", build=_build, subject=True,
+             label="attnkit.attention (backend as requested; the row names the one that served)")
