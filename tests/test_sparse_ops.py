@@ -611,3 +611,27 @@ def test_routing_errors():
         sparse.route_segments(q, k, segment_size=0, top_k=1)
     with pytest.raises(ValueError, match=r"route_k must have the shape of k \[1, 8, 2, 8\]"):
         sparse.routed_attention(q, k, v, segment_size=2, top_k=1, route_k=k[:, :4])
+
+
+def test_row_blocks_and_recompute_match_oracle(monkeypatch):
+    """Long sequences run in query blocks, recomputed in backward: same numbers."""
+    from attnkit.reference import sparse as reference_sparse
+    monkeypatch.setattr(reference_sparse, "_SCORE_BUDGET", 1)  # 16 query rows per block
+    torch.manual_seed(16)
+    gen = torch.Generator().manual_seed(16)
+    q, k, v = _rand(1, 50, 4, 8, grad=True), _rand(1, 50, 2, 8, grad=True), \
+        _rand(1, 50, 2, 8, grad=True)
+    idx = _random_indices(1, 50, 2, 3, 4, gen)
+    for got, want in ((sparse.selected_attention(q, k, v, idx, block=4),
+                       oracle_selected(q, k, v, idx, 4, 8 ** -0.5)[0]),
+                      (sparse.topk_token_attention(q, k, v, top_tokens=6),
+                       oracle_topk(q, k, v, 6, 8 ** -0.5)[0])):
+        assert_exact64("out", got, want)
+        for g_got, g_want in zip(_grads(got, (q, k, v)), _grads(want, (q, k, v))):
+            assert_exact64("grad", g_got, g_want)
+    kc = _mean_summaries(k.detach(), 4, 2)
+    choice = oracle_block_choice(q.detach(), kc, block=4, stride=2, sel=4, n=3, init=1, local=2,
+                                 scale=8 ** -0.5)
+    got_idx = sparse.select_blocks(q, kc, compress_block=4, compress_stride=2, select_block=4,
+                                   num_selected=3)
+    assert torch.equal(got_idx, _index_tensor(choice, 1, 50, 2, 3))

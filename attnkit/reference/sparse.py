@@ -77,6 +77,12 @@ def _attend_rows(qb: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: to
     return out.reshape(b, m, hk * g, v.shape[-1]), lse.reshape(b, hk * g, m)
 
 
+def _attend_masked_rows(qb: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_fn: MaskFn,
+                        start: int, stop: int, scale: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _attend_rows(qb, k, v, mask_fn(start, stop), scale)
+
+
 def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_fn: MaskFn,
                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ``[b, s, h, d]`` attention where ``mask_fn(start, stop)`` gives each row block's keys.
@@ -100,12 +106,11 @@ def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_fn
     outs, lses = [], []
     for start in range(0, sq, rows):
         stop = min(sq, start + rows)
-        visible = mask_fn(start, stop)
-        if recompute:
-            o, lse = checkpoint(_attend_rows, qg[:, start:stop], kc, vc, visible, scale,
-                                use_reentrant=False)
+        if recompute:  # the mask is rebuilt in backward too, never stored
+            o, lse = checkpoint(_attend_masked_rows, qg[:, start:stop], kc, vc, mask_fn, start,
+                                stop, scale, use_reentrant=False)
         else:
-            o, lse = _attend_rows(qg[:, start:stop], kc, vc, visible, scale)
+            o, lse = _attend_masked_rows(qg[:, start:stop], kc, vc, mask_fn, start, stop, scale)
         outs.append(o)
         lses.append(lse)
     return torch.cat(outs, dim=1).to(q.dtype), torch.cat(lses, dim=2)
