@@ -1,5 +1,7 @@
 """Layers built on ``attnkit.ops``."""
 
+from attnkit.nn.builder import build_attention
+from attnkit.nn.config import AttentionConfig, CausalSelfAttention
 from attnkit.nn.gqa import GroupedQueryAttention
 from attnkit.nn.mla import MultiHeadLatentAttention
 from attnkit.nn.norms import RMSNorm
@@ -14,6 +16,9 @@ __all__ = [
     "MultiHeadLatentAttention",
     "RMSNorm",
     "LowRankProjection",
+    "AttentionConfig",
+    "CausalSelfAttention",
+    "build_attention",
     "NativeSparseAttention",
     "SparseRoutedAttention",
 ]
