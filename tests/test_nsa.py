@@ -34,7 +34,7 @@ def _layer(seed=0, **overrides):
 
 VARIANTS = {
     "paper": dict(),
-    "mean-static": dict(compressor="mean", gate="static"),
+    "mean-static": dict(compressor="mean", gate="static", independent_kv=False),
     "fine-tokens": dict(fine_tokens=3, compressor="mean"),
     "group4-no-rope": dict(num_heads=8, num_kv_heads=2, rope=None, select_block=6,
                            compress_block=6, compress_stride=3),
@@ -60,10 +60,16 @@ def test_nsa_matches_oracle_composition():
     x = torch.randn(2, 23, 16, dtype=F64)
     out = layer(x)
     parts = layer.branches(x)
-    q, k, v = parts.q, parts.k, parts.v
-    # summaries: the MLP compressor on explicit windows
-    for name, src, phi, got in (("k_cmp", k, layer.k_compress, parts.k_cmp),
-                                ("v_cmp", v, layer.v_compress, parts.v_cmp)):
+    q = parts.q
+    # per-branch keys and values: slices of the fused projections, keys RoPE'd
+    k_all = layer.rope.rotate(layer.k_proj(x).view(2, 23, 6, 4), torch.arange(23))
+    v_all = layer.v_proj(x).view(2, 23, 6, 4)
+    for n in range(3):
+        assert_exact64(f"k[{n}]", parts.k[n], k_all[:, :, 2 * n:2 * n + 2])
+        assert_exact64(f"v[{n}]", parts.v[n], v_all[:, :, 2 * n:2 * n + 2])
+    # summaries: the MLP compressor on explicit windows of the compressed branch's tokens
+    for name, src, phi, got in (("k_cmp", parts.k[0], layer.k_compress, parts.k_cmp),
+                                ("v_cmp", parts.v[0], layer.v_compress, parts.v_cmp)):
         rows = [phi(src[:, i * 2:i * 2 + 4].transpose(1, 2)) for i in range(10)]
         assert_exact64(name, got, torch.stack(rows, dim=1))
     scale = 0.5
@@ -72,8 +78,8 @@ def test_nsa_matches_oracle_composition():
                                  scale=scale)
     idx = _index_tensor(choice, 2, 23, 2, 3)
     assert torch.equal(parts.block_indices, idx)
-    slc, _ = oracle_selected(q, k, v, idx, 4, scale)
-    win, _ = attention64(q, k, v, causal=True, window=(4, 0))
+    slc, _ = oracle_selected(q, parts.k[1], parts.v[1], idx, 4, scale)
+    win, _ = attention64(q, parts.k[2], parts.v[2], causal=True, window=(4, 0))
     gates = torch.sigmoid(layer.gate_proj(x)).view(2, 23, 3, 8, 1)
     mixed = gates[:, :, 0] * cmp + gates[:, :, 1] * slc + gates[:, :, 2] * win
     assert_exact64("out", out, layer.o_proj(mixed.reshape(2, 23, 32)))
@@ -83,7 +89,7 @@ def test_nsa_fine_tokens_matches_oracle():
     layer = _layer(seed=2, fine_tokens=3)
     x = torch.randn(1, 17, 16, dtype=F64)
     parts = layer.branches(x)
-    want, _ = oracle_topk(parts.q, parts.k, parts.v, 3, 0.5)
+    want, _ = oracle_topk(parts.q, parts.k[1], parts.v[1], 3, 0.5)
     assert parts.block_indices is None
     assert_exact64("selected", parts.selected, want)
 
@@ -97,16 +103,16 @@ def test_full_selection_and_window_are_dense_causal(packed):
         x = x.reshape(1, 62, 16)
         cu = torch.tensor([0, 31, 62], dtype=torch.int32)
         parts = layer.branches(x, cu_seqlens=cu)
-        dense = attnkit.attention(parts.q, parts.k, parts.v, causal=True, cu_seqlens_q=cu,
-                                  cu_seqlens_k=cu)
+        opts = dict(cu_seqlens_q=cu, cu_seqlens_k=cu)
     else:
         parts = layer.branches(x)
-        dense = attnkit.attention(parts.q, parts.k, parts.v, causal=True)
-    assert_exact64("selected", parts.selected, dense)
-    assert_exact64("window", parts.window, dense)
+        opts = {}
+    for n, name in ((1, "selected"), (2, "window")):
+        dense = attnkit.attention(parts.q, parts.k[n], parts.v[n], causal=True, **opts)
+        assert_exact64(name, getattr(parts, name), dense)
     fine = _layer(seed=3, fine_tokens=31, window=31).branches(x[:1, :31])
     assert_exact64("fine", fine.selected,
-                   attnkit.attention(fine.q, fine.k, fine.v, causal=True))
+                   attnkit.attention(fine.q, fine.k[1], fine.v[1], causal=True))
 
 
 def test_documents_are_separate_sequences():
@@ -120,6 +126,14 @@ def test_documents_are_separate_sequences():
     mask = torch.zeros(1, 30, dtype=torch.bool)
     mask[0, 11] = True
     assert_exact64("mask", layer(x, boundaries=mask), separate)
+
+
+def test_shared_kv_variant():
+    layer = _layer(seed=9, independent_kv=False)
+    assert layer.k_proj.out_features == layer.v_proj.out_features == 8
+    assert _layer(seed=9).k_proj.out_features == 24  # compressed, selected, window
+    parts = layer.branches(torch.randn(1, 12, 16, dtype=F64))
+    assert parts.k[0] is parts.k[1] is parts.k[2] and parts.v[0] is parts.v[2]
 
 
 def test_static_gates_start_at_one_half():
@@ -136,7 +150,7 @@ def test_selection_passes_no_gradient_but_selected_kv_get_one():
     x = torch.randn(1, 21, 16, dtype=F64)
     parts = layer.branches(x)
     assert not parts.block_indices.requires_grad
-    k_grad, v_grad = torch.autograd.grad(parts.selected.sum(), (parts.k, parts.v),
+    k_grad, v_grad = torch.autograd.grad(parts.selected.sum(), (parts.k[1], parts.v[1]),
                                          retain_graph=True)
     assert k_grad.abs().sum() > 0 and v_grad.abs().sum() > 0
     # the summaries decide the selection but receive no gradient through it
@@ -206,9 +220,10 @@ def test_block_compressor_mean_and_mlp():
                                                 r"head_dim \(4\)"),
     (dict(rope=10000.0), TypeError, r"rope must be None or an attnkit.nn.RotaryEmbedding"),
     (dict(scale=-1.0), ValueError, r"scale must be a positive finite number, got -1.0"),
+    (dict(independent_kv=1), TypeError, r"independent_kv must be a bool, got int"),
 ], ids=["stride-gt-block", "block-not-multiple", "select-not-multiple", "too-few-blocks",
         "window-zero", "fine-zero", "compressor", "gate", "heads", "rope-dim", "rope-type",
-        "scale"])
+        "scale", "independent-kv"])
 def test_nsa_config_errors(overrides, exc, match):
     with pytest.raises(exc, match=match):
         _layer(**overrides)

@@ -1,8 +1,10 @@
 """``NativeSparseAttention``: NSA (Yuan et al. 2025) on ``attnkit.ops``, exact semantics.
 
-Three branches read the same RoPE'd queries, keys and values; per-head gates mix them::
+Three branches read the same RoPE'd queries and, as in the paper ("independent keys and values
+for three branches", against shortcut learning), their own keys and values; gates mix them::
 
-    x -> q_proj, k_proj, v_proj -> RoPE -> q, k, v                         [b, s, h, d]
+    x -> q_proj -> RoPE -> q                                                [b, s, hq, d]
+    x -> k_proj, v_proj -> (k, v) for each of compressed / selected / window -> RoPE on k
       compressed: k, v -> windows (block l, stride d) -> BlockCompressor -> k_cmp, v_cmp
                   o_cmp = compressed_attention(q, k_cmp, v_cmp)           (block visible once
                                                                             its last token <= t)
@@ -52,15 +54,17 @@ GATES = ("input", "static")
 class NSABranches(NamedTuple):
     """What one ``NativeSparseAttention`` call computes before the output projection.
 
-    ``q, k, v``: RoPE'd heads ``[b, s, h, d]`` (packed: ``[total, h, d]``); ``k_cmp, v_cmp``:
-    summaries; ``block_indices``: the selection (None with ``fine_tokens``); ``compressed,
+    ``q``: RoPE'd queries ``[b, s, hq, d]`` (packed: ``[total, hq, d]``); ``k, v``: the keys
+    (RoPE'd) and values of each branch, a tuple (compressed-branch tokens, selected, window) of
+    ``[b, s, hk, d]`` (the same tensor three times with ``independent_kv=False``); ``k_cmp,
+    v_cmp``: summaries; ``block_indices``: the selection (None with ``fine_tokens``); ``compressed,
     selected, window``: branch outputs ``[b, s, hq, d]``; ``gates``: ``[..., 3, hq]`` in the order
     compressed, selected, window (``[3, hq]`` for static gates).
     """
 
     q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
+    k: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    v: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     k_cmp: torch.Tensor
     v_cmp: torch.Tensor
     block_indices: torch.Tensor | None
@@ -97,6 +101,9 @@ class NativeSparseAttention(nn.Module):
         window: the sliding window branch attends to the last ``window`` positions (query
             included).
         gate: ``"input"`` (``sigmoid(Linear(x))``) or ``"static"`` (per-head logits, init 0).
+        independent_kv: True (the paper): each branch has its own keys and values, ``k_proj`` and
+            ``v_proj`` output ``3 * num_kv_heads * head_dim`` (compressed, selected, window, in
+            that order). False: one set shared by the branches (the zerfoo variant).
         rope: a ``RotaryEmbedding`` for ``head_dim``, or None (no RoPE). Shareable.
         scale: score scale of every branch (default ``head_dim ** -0.5``).
 
@@ -132,6 +139,7 @@ class NativeSparseAttention(nn.Module):
         gate: str = "input",
         rope: RotaryEmbedding | None = None,
         scale: float | None = None,
+        independent_kv: bool = True,
     ) -> None:
         super().__init__()
         check_int("hidden_size", hidden_size, minimum=1)
@@ -159,6 +167,8 @@ class NativeSparseAttention(nn.Module):
             check_int("fine_tokens", fine_tokens, minimum=1)
         check_int("window", window, minimum=1)
         check_choice("gate", gate, GATES)
+        if not isinstance(independent_kv, bool):
+            raise TypeError(f"independent_kv must be a bool, got {type(independent_kv).__name__}")
         if scale is None:
             scale = 1.0 / math.sqrt(head_dim)
         scale = check_number("scale", scale)
@@ -171,12 +181,14 @@ class NativeSparseAttention(nn.Module):
         self.select_block, self.select_blocks = select_block, select_blocks
         self.init_blocks, self.local_blocks = init_blocks, local_blocks
         self.fine_tokens, self.window, self.gate, self.scale = fine_tokens, window, gate, scale
+        self.independent_kv = independent_kv
         self.rope = check_rope(rope, head_dim, what="head_dim")
 
         q_dim, kv_dim = num_heads * head_dim, num_kv_heads * head_dim
         self.q_proj = nn.Linear(hidden_size, q_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, kv_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, kv_dim, bias=False)
+        kv_sets = 3 if independent_kv else 1
+        self.k_proj = nn.Linear(hidden_size, kv_sets * kv_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, kv_sets * kv_dim, bias=False)
         self.o_proj = nn.Linear(q_dim, hidden_size, bias=False)
         self.k_compress = BlockCompressor(head_dim, compress_block, kind=compressor)
         self.v_compress = BlockCompressor(head_dim, compress_block, kind=compressor)
@@ -250,18 +262,21 @@ class NativeSparseAttention(nn.Module):
             x = x.reshape(1, b * s, self.hidden_size)  # documents packed along one row
             b, s = 1, b * s
         hq, hk, d = self.num_heads, self.num_kv_heads, self.head_dim
+        sets = 3 if self.independent_kv else 1
         q = self.q_proj(x).view(b, s, hq, d)
-        k = self.k_proj(x).view(b, s, hk, d)
-        v = self.v_proj(x).view(b, s, hk, d)
+        k = self.k_proj(x).view(b, s, sets * hk, d)  # branches' heads side by side
+        v = self.v_proj(x).view(b, s, sets * hk, d)
         if self.rope is not None:
             pos = resolve_positions(positions, b, s, x.device, cu)  # [s] or [b, s]
             q, k = self.rope.rotate(q, pos), self.rope.rotate(k, pos)
         if cu is not None:
             q, k, v = q[0], k[0], v[0]  # [total, h, d]
+        ks = k.split(hk, dim=-2) * (3 // sets)  # (compressed, selected, window)
+        vs = v.split(hk, dim=-2) * (3 // sets)
 
         windows = dict(block=self.compress_block, stride=self.compress_stride, cu_seqlens=cu)
-        k_cmp = self.k_compress(compression_windows(k, **windows))  # [b, nc, hk, d]
-        v_cmp = self.v_compress(compression_windows(v, **windows))
+        k_cmp = self.k_compress(compression_windows(ks[0], **windows))  # [b, nc, hk, d]
+        v_cmp = self.v_compress(compression_windows(vs[0], **windows))
         o_cmp = compressed_attention(q, k_cmp, v_cmp, scale=self.scale, **windows)
 
         if self.fine_tokens is None:
@@ -270,14 +285,14 @@ class NativeSparseAttention(nn.Module):
                                 select_block=self.select_block, num_selected=self.select_blocks,
                                 init_blocks=self.init_blocks, local_blocks=self.local_blocks,
                                 scale=self.scale, cu_seqlens=cu)  # [b, s, hk, n], no grad
-            o_slc = selected_attention(q, k, v, idx, block=self.select_block, scale=self.scale,
-                                       cu_seqlens=cu)
+            o_slc = selected_attention(q, ks[1], vs[1], idx, block=self.select_block,
+                                       scale=self.scale, cu_seqlens=cu)
         else:
             idx = None
-            o_slc = topk_token_attention(q, k, v, top_tokens=self.fine_tokens, scale=self.scale,
-                                         cu_seqlens=cu)
+            o_slc = topk_token_attention(q, ks[1], vs[1], top_tokens=self.fine_tokens,
+                                         scale=self.scale, cu_seqlens=cu)
 
-        o_win = attention(q, k, v, causal=True, window=(self.window - 1, 0), scale=self.scale,
+        o_win = attention(q, ks[2], vs[2], causal=True, window=(self.window - 1, 0), scale=self.scale,
                           cu_seqlens_q=cu, cu_seqlens_k=cu)
         if self.gate_proj is not None:
             gates = torch.sigmoid(self.gate_proj(x)).view(b, s, 3, hq)  # [b, s, 3, hq]
@@ -285,7 +300,7 @@ class NativeSparseAttention(nn.Module):
                 gates = gates[0]  # [total, 3, hq]
         else:
             gates = torch.sigmoid(self.gate_logits)  # [3, hq]
-        return NSABranches(q=q, k=k, v=v, k_cmp=k_cmp, v_cmp=v_cmp, block_indices=idx,
+        return NSABranches(q=q, k=tuple(ks), v=tuple(vs), k_cmp=k_cmp, v_cmp=v_cmp, block_indices=idx,
                            compressed=o_cmp, selected=o_slc, window=o_win, gates=gates)
 
     def extra_repr(self) -> str:
@@ -297,4 +312,6 @@ class NativeSparseAttention(nn.Module):
                  f"window={self.window}", f"gate={self.gate!r}"]
         if self.fine_tokens is not None:
             parts.append(f"fine_tokens={self.fine_tokens}")
+        if not self.independent_kv:
+            parts.append("independent_kv=False")
         return ", ".join(parts)
