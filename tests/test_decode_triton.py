@@ -52,7 +52,8 @@ def test_public_op_with_triton_backend_half_precision():
 def test_split_heuristic_fills_the_gpu_and_respects_short_caches():
     from attnkit.kernels.decode import choose_splits
     cpu = torch.device("cpu")
-    assert choose_splits(programs=512, keys=32768, device=cpu) == 1
+    assert choose_splits(programs=512, keys=8192, device=cpu) == 1
+    assert choose_splits(programs=512, keys=32768, device=cpu) == 4
     assert choose_splits(programs=8, keys=32768, device=cpu) == 33
     assert choose_splits(programs=8, keys=300, device=cpu) == 1
     assert choose_splits(programs=1, keys=4096, device=cpu) == 16

@@ -89,7 +89,7 @@ class PagedKVCache:
         self._refs = [0] * num_blocks
         self._seqs: dict[int, _Sequence] = {}
         self._next_id = 0
-        self._step: tuple[list[int], int, torch.Tensor, torch.Tensor] | None = None
+        self._step: tuple | None = None  # (ids, n, pages, offsets, positions)
         self.cache_seqlens = torch.zeros(0, dtype=torch.int32, device=self.device)
         self.block_table = torch.zeros(0, 1, dtype=torch.int32, device=self.device)
 
@@ -104,6 +104,11 @@ class PagedKVCache:
     def sequences(self) -> list[int]:
         """Ids of the live sequences, in creation order."""
         return list(self._seqs)
+
+    @property
+    def step_positions(self) -> torch.Tensor | None:
+        """int64 ``[b, n]`` positions of the current step's new tokens (None before one)."""
+        return None if self._step is None else self._step[4]
 
     @property
     def bytes_per_token(self) -> int:
@@ -235,7 +240,7 @@ class PagedKVCache:
         flat_pos = positions.reshape(-1)  # [b * n]
         rows = torch.arange(len(seqs), device=self.device).repeat_interleave(n)
         pages = self.block_table[rows, flat_pos // bs].long()
-        self._step = (ids, n, pages, flat_pos % bs)
+        self._step = (ids, n, pages, flat_pos % bs, positions)
         return positions
 
     def _trim(self, seq: _Sequence, n: int) -> None:
@@ -256,7 +261,7 @@ class PagedKVCache:
         if self._step is None:
             raise ValueError("call begin_step(n, seq_ids) before write (the step reserves the "
                              "pages written)")
-        ids, n, pages, offsets = self._step
+        ids, n, pages, offsets, _ = self._step
         kp, vp = self.k[layer], self.v[layer]
         k = check_rows("k", k, (len(ids), n, kp.shape[2], kp.shape[3]), self.dtype,
                        self.device, "[batch, n, kv_heads, head_dim]")

@@ -62,6 +62,11 @@ class StaticKVCache:
         self._positions: torch.Tensor | None = None  # [b, n] of the current step
 
     @property
+    def step_positions(self) -> torch.Tensor | None:
+        """int64 ``[batch, n]`` positions of the current step's new tokens (None before one)."""
+        return self._positions
+
+    @property
     def bytes_per_token(self) -> int:
         """Bytes of K and V stored per token, all layers."""
         per = sum(k.shape[2] * k.shape[3] + v.shape[2] * v.shape[3]

@@ -21,7 +21,7 @@ def default_config() -> dict:
     """Launch options: rows (heads) per tile, key tile, warps, stages (H100 sweep)."""
     if interpreting():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
-    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=1)
 
 
 @triton.jit

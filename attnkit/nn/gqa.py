@@ -28,6 +28,7 @@ from attnkit.nn.norms import RMSNorm
 from attnkit.nn.rotary import RotaryEmbedding
 from attnkit.ops._checks import check_int, check_number
 from attnkit.ops.attention import attention
+from attnkit.ops.decode import decode_attention
 
 __all__ = ["GroupedQueryAttention"]
 
@@ -57,6 +58,7 @@ class GroupedQueryAttention(nn.Module):
         softcap: when > 0, scores become ``softcap * tanh(scores / softcap)`` (Gemma 2).
         scale: score scale (default ``head_dim ** -0.5``; Gemma 2: ``query_pre_attn_scalar ** -0.5``).
         kv_hidden_size: width of ``context`` for cross-attention (default ``hidden_size``).
+        layer_idx: this layer's index in a KV cache (``forward(..., cache=)``).
 
     Raises:
         TypeError: an argument of the wrong type (e.g. rope not a RotaryEmbedding).
@@ -90,8 +92,12 @@ class GroupedQueryAttention(nn.Module):
         softcap: float = 0.0,
         scale: float | None = None,
         kv_hidden_size: int | None = None,
+        layer_idx: int | None = None,
     ) -> None:
         super().__init__()
+        if layer_idx is not None:
+            check_int("layer_idx", layer_idx, minimum=0)
+        self.layer_idx = layer_idx
         check_int("hidden_size", hidden_size, minimum=1)
         check_int("num_heads", num_heads, minimum=1)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -194,6 +200,7 @@ class GroupedQueryAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        cache=None,
     ) -> torch.Tensor:
         """Attend from ``x`` to itself (or to ``context``) and project back to ``hidden_size``.
 
@@ -207,6 +214,10 @@ class GroupedQueryAttention(nn.Module):
                 attention stays within each document (block-diagonal) and RoPE restarts.
             context: ``[b, s_ctx, kv_hidden_size]``: cross-attention (K/V from context; the layer
                 must be non-causal and without RoPE).
+            cache: an ``attnkit.cache`` KV cache (static or paged) on which ``begin_step(n)``
+                was called for these ``n = s`` new tokens: their keys and values are written at
+                layer ``layer_idx`` and x attends to everything cached through
+                ``attnkit.decode_attention`` (positions default to the step's).
 
         Returns:
             ``[b, s, hidden_size]`` in x's dtype.
@@ -217,6 +228,8 @@ class GroupedQueryAttention(nn.Module):
                 positions without RoPE; cu_seqlens with attention_mask or context.
         """
         check_hidden("x", x, self.hidden_size)
+        if cache is not None:
+            return self._forward_cached(x, cache, positions, attention_mask, cu_seqlens, context)
         b, s, _ = x.shape
         kv_input = self._check_context(context, x)  # [b, s_k, kv_hidden]
         if cu_seqlens is not None:
@@ -236,6 +249,29 @@ class GroupedQueryAttention(nn.Module):
             q, k = self.rope.rotate(q, pos), self.rope.rotate(k, pos)
 
         out = self._attend(q, k, v, padding, cu_seqlens)  # [b, s, hq, d]
+        return self.o_proj(out.reshape(b, s, self.num_heads * self.head_dim))
+
+    def _forward_cached(self, x, cache, positions, attention_mask, cu_seqlens, context):
+        """Incremental decoding: write this step's K/V to ``cache``, attend over all of it."""
+        if self.layer_idx is None:
+            raise ValueError("cache was given but the layer has no layer_idx: build it with "
+                             "layer_idx=<its index in the cache>")
+        if attention_mask is not None or cu_seqlens is not None or context is not None:
+            raise ValueError("cache cannot be combined with attention_mask, cu_seqlens or "
+                             "context (ragged lengths live in the cache)")
+        b, s, _ = x.shape
+        q, k, v = self._project(x, x)  # [b, s, hq, d], [b, s, hk, d] x2
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            pos = cache.step_positions if positions is None else positions  # [b, s]
+            if pos is None:
+                raise ValueError("call cache.begin_step(n) before the layers of a step")
+            q, k = self.rope.rotate(q, pos), self.rope.rotate(k, pos)
+        cache.write(self.layer_idx, k, v)
+        out = decode_attention(q, *cache.layer(self.layer_idx), **cache.decode_kwargs(),
+                               causal=self.causal, window=self.window, softcap=self.softcap,
+                               scale=self.scale)  # [b, s, hq, d]
         return self.o_proj(out.reshape(b, s, self.num_heads * self.head_dim))
 
     def _check_context(self, context: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from attnkit.nn.norms import RMSNorm
 from attnkit.nn.rotary import RotaryEmbedding
 from attnkit.ops._checks import check_int, check_number
 from attnkit.ops.attention import attention
+from attnkit.ops.mla_decode import mla_decode_attention
 from attnkit.ops.rope_scaling import YarnScaling
 
 __all__ = ["MultiHeadLatentAttention", "yarn_softmax_scale"]
@@ -72,6 +73,7 @@ class MultiHeadLatentAttention(nn.Module):
         bias: biases on ``q_a_proj``, ``kv_a_proj_with_mqa`` and ``o_proj`` (HF ``attention_bias``).
         dropout: attention-probability dropout in training mode.
         scale: explicit score scale (overrides the default above).
+        layer_idx: this layer's index in a ``LatentKVCache`` (``forward(..., cache=)``).
 
     Raises:
         TypeError: arguments of the wrong type.
@@ -104,8 +106,12 @@ class MultiHeadLatentAttention(nn.Module):
         bias: bool = False,
         dropout: float = 0.0,
         scale: float | None = None,
+        layer_idx: int | None = None,
     ) -> None:
         super().__init__()
+        if layer_idx is not None:
+            check_int("layer_idx", layer_idx, minimum=0)
+        self.layer_idx = layer_idx
         check_int("hidden_size", hidden_size, minimum=1)
         check_int("num_heads", num_heads, minimum=1)
         if kv_lora_rank is None:
@@ -178,6 +184,7 @@ class MultiHeadLatentAttention(nn.Module):
         positions: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        cache=None,
     ) -> torch.Tensor:
         """Latent attention over ``x``.
 
@@ -187,6 +194,10 @@ class MultiHeadLatentAttention(nn.Module):
                 ``cu_seqlens``, restarting in each document).
             attention_mask: key padding ``[b, s]``, bool or 0/1 ints, True/1 = keep.
             cu_seqlens: int32 ``[n_docs + 1]``: documents packed along x's sequence.
+            cache: an ``attnkit.cache.LatentKVCache`` on which ``begin_step(n)`` was called:
+                the step's latent and rope key are written at layer ``layer_idx`` and the
+                queries attend in latent space with the absorbed weights
+                (``attnkit.mla_decode_attention``); per-head K/V are never formed.
 
         Returns:
             ``[b, s, hidden_size]`` in x's dtype.
@@ -195,6 +206,8 @@ class MultiHeadLatentAttention(nn.Module):
             TypeError / ValueError: wrong types or shapes; cu_seqlens with attention_mask.
         """
         check_hidden("x", x, self.hidden_size)
+        if cache is not None:
+            return self._forward_cached(x, cache, positions, attention_mask, cu_seqlens)
         b, s, _ = x.shape
         if cu_seqlens is not None:
             if attention_mask is not None:
@@ -215,6 +228,38 @@ class MultiHeadLatentAttention(nn.Module):
         k, v = self._expand(latent, k_rot)  # [b, s_k, h, nope + r], [b, s_k, h, dv]
         q = torch.cat((q_nope, q_rot), dim=-1)  # [b, s, h, nope + r]
         out = self._attend(q, k, v, padding, cu_seqlens)  # [b, s, h, dv]
+        return self.o_proj(out.reshape(b, s, h * self.v_head_dim))
+
+    def _forward_cached(self, x, cache, positions, attention_mask, cu_seqlens):
+        """Absorbed-weight decoding over a latent cache.
+
+        ``q_latent[h] = q_nope[h] @ W_uk[h]`` (``[b, n, h, kv_lora_rank]``), attention against
+        the cached ``[latent, rope_key]`` with the latent as value, then ``out[h] @ W_uv[h]^T``.
+        """
+        if self.layer_idx is None:
+            raise ValueError("cache was given but the layer has no layer_idx: build it with "
+                             "layer_idx=<its index in the cache>")
+        if attention_mask is not None or cu_seqlens is not None:
+            raise ValueError("cache cannot be combined with attention_mask or cu_seqlens")
+        b, s, _ = x.shape
+        h, nope, rdim = self.num_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
+        pos = cache.step_positions if positions is None else positions  # [b, s]
+        if pos is None:
+            raise ValueError("call cache.begin_step(n) before the layers of a step")
+        q = self._queries(x).view(b, s, h, self.qk_head_dim)
+        q_nope, q_rot = q.split([nope, rdim], dim=-1)  # [b, s, h, nope], [b, s, h, r]
+        latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, rdim], dim=-1)
+        latent = self.kv_a_layernorm(latent)  # [b, s, kv_lora_rank]
+        q_rot = self.rope.rotate(q_rot, pos)
+        k_rot = self.rope.rotate(k_rot.view(b, s, 1, rdim), pos).view(b, s, rdim)
+        cache.write(self.layer_idx, latent, k_rot)
+        w = self.kv_b_proj.weight.view(h, nope + self.v_head_dim, self.kv_lora_rank)
+        w_uk, w_uv = w[:, :nope], w[:, nope:]  # [h, nope, c], [h, dv, c]
+        q_latent = torch.einsum("bshn,hnc->bshc", q_nope, w_uk)  # [b, s, h, c]
+        out = mla_decode_attention(q_latent, q_rot, *cache.layer(self.layer_idx),
+                                   **cache.decode_kwargs(), causal=self.causal,
+                                   scale=self.scale)  # [b, s, h, c]
+        out = torch.einsum("bshc,hvc->bshv", out, w_uv)  # [b, s, h, dv]
         return self.o_proj(out.reshape(b, s, h * self.v_head_dim))
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
