@@ -331,13 +331,15 @@ def test_select_blocks_packed_restarts_per_document():
 
 
 def test_select_blocks_ties_go_to_lower_blocks():
-    # identical summaries: every visible window scores the same, so the free slots go to the
-    # lowest-index blocks after the forced ones
+    # identical summaries: every visible window gets the same probability; at t = 33 there are
+    # 16 visible windows, so p = 1/16 and every block score is an exact binary fraction: blocks
+    # 1..7 tie exactly, and the free slots go to the lowest of them after the forced ones
     q = _rand(1, 40, 4, 8)
     kc = _rand(1, 1, 2, 8).expand(1, 19, 2, 8).contiguous()
     idx = sparse.select_blocks(q, kc, compress_block=4, compress_stride=2, select_block=4,
                                num_selected=5, init_blocks=1, local_blocks=1)
-    assert idx[0, 39, 0].tolist() == [0, 1, 2, 3, 9]
+    assert idx[0, 33, 0].tolist() == [0, 1, 2, 3, 8]
+    assert idx[0, 2, 1].tolist() == [0, -1, -1, -1, -1]  # sees no summary yet
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,6 +466,15 @@ def test_route_segments_matches_oracle(shape, seg, top_k):
     idx = sparse.route_segments(q, k, segment_size=seg, top_k=top_k)
     want = _index_tensor(oracle_routes(q, k, seg=seg, top_k=top_k), b, s, hk, top_k + 1)
     assert torch.equal(idx, want)
+
+
+def test_route_segments_ties_go_to_lower_segments():
+    # all keys 1 and integer queries: every centroid is exactly 1 and every cosine the same
+    q = torch.randint(-3, 4, (1, 30, 4, 8)).to(F64)
+    k = torch.ones(1, 30, 2, 8, dtype=F64)
+    idx = sparse.route_segments(q, k, segment_size=4, top_k=3)
+    assert idx[0, 29, 0].tolist() == [0, 1, 2, 7]
+    assert idx[0, 5, 1].tolist() == [0, 1, -1, -1]
 
 
 @pytest.mark.parametrize("shape", DENSE_SHAPES[:3], ids=SHAPE_IDS[:3])

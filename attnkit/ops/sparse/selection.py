@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnkit.ops._checks import check_int, check_ndim, check_tensor
+from attnkit.ops._checks import check_int, check_tensor
 from attnkit.ops.sparse import _validate, backends
 from attnkit.reference import sparse as reference
 
@@ -112,8 +112,6 @@ def select_blocks(
     # shapes: compressed attention's layout rules, with k_cmp standing in for v_cmp
     cu = _validate.check_compressed_layout(q, k_cmp, k_cmp, cu_seqlens, compress_block, compress_stride)
     _validate.check_heads(q, k_cmp)
-    if cu is None:
-        check_ndim("q", q, 4, "[batch, seq, heads, head_dim]")
     call = SelectCall(q=q, k_cmp=k_cmp, compress_block=compress_block,
                       compress_stride=compress_stride, select_block=select_block,
                       num_selected=num_selected, init_blocks=init_blocks,
