@@ -4,6 +4,8 @@ and the MLA latent cache. Each raises ``CacheOverflowError`` before writing past
 from attnkit.cache.errors import CacheOverflowError
 from attnkit.cache.latent import LatentKVCache
 from attnkit.cache.paged import PagedKVCache
+from attnkit.cache.rope_write import write_rotated
 from attnkit.cache.static import StaticKVCache
 
-__all__ = ["CacheOverflowError", "LatentKVCache", "PagedKVCache", "StaticKVCache"]
+__all__ = ["CacheOverflowError", "LatentKVCache", "PagedKVCache", "StaticKVCache",
+           "write_rotated"]

@@ -270,6 +270,12 @@ class PagedKVCache:
         kp[pages, offsets] = k.reshape(-1, kp.shape[2], kp.shape[3])  # [b * n, hk, d]
         vp[pages, offsets] = v.reshape(-1, vp.shape[2], vp.shape[3])
 
+    def step_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's slots as int64 ``(page, offset)``, each ``[b * n]``."""
+        if self._step is None:
+            raise ValueError("call begin_step(n, seq_ids) first")
+        return self._step[2], self._step[3]
+
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(k_pool, v_pool)`` of one layer, for ``decode_attention``."""
         check_layer(layer, self.num_layers)

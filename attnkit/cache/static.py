@@ -137,6 +137,14 @@ class StaticKVCache:
             positions = positions.to(self.device, torch.int64)
         return positions
 
+    def step_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's slots as int64 ``(batch index, position)``, each ``[b * n]``."""
+        if self._positions is None:
+            raise ValueError("call begin_step(n) first")
+        b, n = self._positions.shape
+        rows = torch.arange(b, device=self.device).repeat_interleave(n)
+        return rows, self._positions.reshape(-1)
+
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(k_cache, v_cache)`` of one layer, for ``decode_attention``."""
         check_layer(layer, self.num_layers)

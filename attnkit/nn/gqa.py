@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnkit.cache.rope_write import write_rotated
 from attnkit.nn._inputs import (
     check_dropout,
     check_hidden,
@@ -267,8 +268,13 @@ class GroupedQueryAttention(nn.Module):
             pos = cache.step_positions if positions is None else positions  # [b, s]
             if pos is None:
                 raise ValueError("call cache.begin_step(n) before the layers of a step")
-            q, k = self.rope.rotate(q, pos), self.rope.rotate(k, pos)
-        cache.write(self.layer_idx, k, v)
+            q = self.rope.rotate(q, pos)
+            cos, sin = self.rope(pos.expand(b, s) if pos.ndim == 1 else pos)  # [b, s, r/2]
+            # RoPE on the keys fused with the cache write (one Triton pass on CUDA).
+            write_rotated(cache, self.layer_idx, k, v, cos, sin, style=self.rope.style,
+                          rotary_dim=self.rope.rotary_dim)
+        else:
+            cache.write(self.layer_idx, k, v)
         out = decode_attention(q, *cache.layer(self.layer_idx), **cache.decode_kwargs(),
                                causal=self.causal, window=self.window, softcap=self.softcap,
                                scale=self.scale)  # [b, s, hq, d]
