@@ -46,7 +46,7 @@ def test_nsa_is_causal(variant):
     layer = _layer(**VARIANTS[variant])
     x = torch.randn(2, 29, 16, dtype=F64)
     out = layer(x)
-    for t in (0, 6, 13, 27):
+    for t in (0, 13, 26):
         changed = x.clone()
         changed[:, t + 1:] = torch.randn(2, 28 - t, 16, dtype=F64)
         again = layer(changed)

@@ -88,15 +88,17 @@ def test_positions_restart_at_document_boundaries():
 
 
 def test_routed_gradcheck_every_parameter():
-    layer = _layer(seed=4, hidden_size=8, segment_size=3, top_k=1)
-    x = torch.randn(1, 10, 8, dtype=F64, requires_grad=True)
+    # full (not fast-mode) gradcheck: tiny, so every input's column is checked
+    layer = _layer(seed=4, hidden_size=6, num_heads=2, num_kv_heads=1, head_dim=2,
+                   segment_size=2, top_k=1, rope=RotaryEmbedding(2))
+    x = torch.randn(1, 7, 6, dtype=F64, requires_grad=True)
     names = [n for n, _ in layer.named_parameters()]
     params = [p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters()]
     assert set(names) == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}
 
     def run(x_, *ps):
         return functional_call(layer, dict(zip(names, ps)), (x_,),
-                               {"boundaries": [4]})
+                               {"boundaries": [3]})
 
     assert torch.autograd.gradcheck(run, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
