@@ -5,6 +5,7 @@
 #   benchmarks/gpu_run.sh prefill memory  # only these stages
 #   QUICK=1 benchmarks/gpu_run.sh prefill # fewer shapes (validation)
 #   BACKEND=triton benchmarks/gpu_run.sh  # attnkit backend to time (default: auto)
+#   RESUME=dir benchmarks/gpu_run.sh prefill  # continue from dir/prefill.json of a stopped run
 #
 # Run from the repository root on the GPU machine; installs nothing (uses python3's torch,
 # triton, rich, matplotlib). Each stage writes $OUT/<stage>.log, benchmark stages also
@@ -40,8 +41,13 @@ for stage in "${stages[@]}"; do
         "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
         rc=$?
     elif printf '%s\n' $suites | grep -qx -- "$stage"; then
+        resume=()
+        if [ -n "${RESUME:-}" ] && [ -f "$RESUME/$stage.json" ]; then
+            resume=(--resume "$RESUME/$stage.json")
+        fi
         "$PYTHON" -m attnkit bench --suite "$stage" --backend "$BACKEND" "${quick[@]}" \
-            --json "$OUT/$stage.json" --plot "$OUT/$stage.png" 2>&1 | tee "$OUT/$stage.log"
+            "${resume[@]}" --json "$OUT/$stage.json" --plot "$OUT/$stage.png" 2>&1 \
+            | tee "$OUT/$stage.log"
         rc=$?
     else
         echo "no suite named $stage (suites here: $(echo $suites)); skipped" | tee "$OUT/$stage.log"

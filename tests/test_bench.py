@@ -310,9 +310,12 @@ def test_rate_and_ratio_tables():
     assert header == ["case", "check", "attnkit", "flash", "cudnn"]
     assert rows == [["a", "ok", "500 / 500", "250 / 500", "n/a"]]
     header, rows = report.ratio_table(result)
-    assert header == ["case", "attnkit / flash", "attnkit / cudnn"]
-    assert rows == [["a", "2.00x / 1.00x", "n/a"]]
+    assert header == ["case", "attnkit / flash", "attnkit / cudnn", "vs best peer"]
+    assert rows == [["a", "2.00x / 1.00x", "n/a", "2.00x / 1.00x"]]
     assert report.problem_lines(result) == ["cudnn unsupported on a: no"]
+    result["rows"][2] = _row("a", "cudnn", False, 1.0, 10.0)
+    assert report.ratio_table(result)[1] == [["a", "2.00x / 1.00x", "0.50x / 2.00x",
+                                              "0.50x / 1.00x"]]
 
 
 def test_roofline_and_baseline():
@@ -330,12 +333,13 @@ def test_roofline_and_baseline():
 
 def test_memory_table():
     row = dict(_row("s8k", "attnkit", True, None, None), inputs_mib=40.0, fwd_peak_mib=10.4,
-               fwd_bwd_peak_mib=50.6)
+               fwd_bwd_peak_mib=50.6, params={"seq": 8192, "batch": 1})
     peer = dict(_row("s8k", "flash", False, None, None, "error", reason="out of memory"),
                 inputs_mib=None)
     result = dict(_result([row, peer]), measure="memory")
-    assert report.memory_table(result) == (["case", "inputs MiB", "attnkit", "flash", "cudnn"],
-                                           [["s8k", "40", "10 / 51", "error", "-"]])
+    assert report.memory_table(result) == (
+        ["case", "inputs MiB", "attnkit", "flash", "cudnn", "attnkit fwd+bwd MiB per 1k tokens"],
+        [["s8k", "40", "10 / 51", "error", "-", "6.33"]])
 
 
 def test_render_prints_every_table(capsys):
@@ -357,6 +361,22 @@ def test_plot_writes_a_png(tmp_path):
                       _row("a", "cudnn", False, None, None, "unsupported")])
     path = plot_result(result, tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_memory_suite(tmp_path):
+    from attnkit.bench.plot import plot_result
+
+    row = dict(_row("s8k", "attnkit", True, None, None), inputs_mib=40.0, fwd_peak_mib=10.0,
+               fwd_bwd_peak_mib=50.0)
+    result = dict(_result([row]), measure="memory")
+    assert plot_result(result, tmp_path / "m.png").stat().st_size > 0
+
+
+def test_plot_refuses_empty_results(tmp_path):
+    from attnkit.bench.plot import plot_result
+
+    with pytest.raises(ValueError, match=r"nothing to plot: the prefill results have no rows"):
+        plot_result(_result([]), tmp_path / "p.png")
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(monkeypatch, tmp_path):
@@ -408,6 +428,15 @@ def test_cli_run_writes_json(tmp_path, capsys):
     assert saved["suite"] == "prefill" and saved["rows"] == []
     assert [op["name"] for op in saved["ops"]] == ["attnkit", "sdpa-flash", "flex"]
     assert set(saved["environment"]) >= {"gpu", "torch", "triton", "date"}
+    again = tmp_path / "again.json"
+    assert cli.main(["bench", "--suite", "prefill", "--device", "cpu", "--cases", "no such case",
+                     "--ops", "sdpa-flash,flex", "--json", str(again), "--no-ceilings",
+                     "--resume", str(path)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert len(json.loads(again.read_text())["resumed"]) == 1
+    assert cli.main(["bench", "--report", str(again), "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "prefill on cpu" in out and "nothing to plot (no rows)" in out
 
 
 def test_a_broken_suite_module_is_reported_not_fatal(monkeypatch):
@@ -416,3 +445,17 @@ def test_a_broken_suite_module_is_reported_not_fatal(monkeypatch):
     with pytest.raises(ValueError, match=r"got 'missing'; module suites/decode.py failed to "
                                          r"import \(ImportError: no decode op\)"):
         registry.get("missing")
+
+
+def test_resume_keeps_measured_cases_and_runs_the_rest():
+    suite = _tiny_suite(ops=[ATTNKIT])
+    first = run_suite(suite, _settings(), cases=["tiny gqa"], ceilings=False)
+    assert [r["case"] for r in first["rows"]] == ["tiny gqa"]
+    second = run_suite(suite, _settings(), ceilings=False, resume=json.loads(json.dumps(first)))
+    assert [r["case"] for r in second["rows"]] == ["tiny gqa", "tiny window", "tiny varlen"]
+    assert second["rows"][0] == first["rows"][0] and len(second["resumed"]) == 1
+    with pytest.raises(ValueError, match=r"resume: the earlier results have settings .* this run"):
+        run_suite(suite, _settings(seed=5), ceilings=False, resume=first)
+    other_gpu = dict(first, environment=dict(first["environment"], gpu={"name": "H200"}))
+    with pytest.raises(ValueError, match=r"come from GPU 'H200', this is None"):
+        run_suite(suite, _settings(), ceilings=False, resume=other_gpu)

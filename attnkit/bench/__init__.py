@@ -14,6 +14,8 @@ Example (on a GPU)::
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -37,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated peers to run besides attnkit (default: all)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG", help="draw a bar chart (matplotlib)")
+    parser.add_argument("--report", default=None, metavar="JSON",
+                        help="print (and --plot) saved results instead of running anything")
+    parser.add_argument("--resume", default=None, metavar="JSON",
+                        help="continue a stopped run: keep the cases in this earlier --json "
+                             "output (same command, same GPU) and run only the others")
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="warm-up per timing (ms)")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="measuring time per timing (ms)")
     parser.add_argument("--check-rows", type=int, default=256,
@@ -75,6 +82,17 @@ def _list(console: Console) -> None:
         console.print(f"[red]suites/{module}.py failed to import: {why}[/red]")
 
 
+def _plot(result: dict, path: str | None, console: Console) -> None:
+    if not path:
+        return
+    if not result["rows"]:
+        console.print("plot: nothing to plot (no rows)")
+        return
+    from attnkit.bench.plot import plot_result
+
+    console.print(f"plot: {plot_result(result, path)}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``attnkit bench``; exit status 1 when attnkit failed a correctness check or errored."""
     from attnkit.bench import harness, report
@@ -85,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         _list(console)
         return 0
+    if args.report:
+        result = json.loads(Path(args.report).read_text())
+        report.render(result, console)
+        _plot(result, args.plot, console)
+        return 0
     suite = registry.get(args.suite)
     settings = settings_from_args(args)
     if settings.device.type != "cuda":
@@ -92,15 +115,18 @@ def run(args: argparse.Namespace) -> int:
                       "peers, no roofline; use a CUDA device for real numbers[/yellow]")
     ops = [name.strip() for name in args.ops.split(",") if name.strip()] if args.ops else None
     save = (lambda partial: report.write_json(partial, args.json)) if args.json else None
+    earlier = None
+    if args.resume:
+        earlier = json.loads(Path(args.resume).read_text())
+        console.print(f"resuming {args.resume}: {len({r['case'] for r in earlier['rows']})} "
+                      "cases already measured")
     result = harness.run_suite(suite, settings, cases=args.cases, ops=ops,
-                               ceilings=not args.no_ceilings, console=console, on_case=save)
+                               ceilings=not args.no_ceilings, console=console, on_case=save,
+                               resume=earlier)
     report.render(result, console)
     if args.json:
         console.print(f"results: {report.write_json(result, args.json)}")
-    if args.plot:
-        from attnkit.bench.plot import plot_result
-
-        console.print(f"plot: {plot_result(result, args.plot)}")
+    _plot(result, args.plot, console)
     failed = [r for r in result["rows"] if r["subject"] and r["status"] in ("check_failed", "error")]
     return 1 if failed else 0
 

@@ -126,12 +126,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _release(device: torch.device, inputs: dict) -> None:
+def _release(device: torch.device, inputs: dict, *, collect: bool = False) -> None:
+    """Drop the inputs' gradients and return cached blocks (``collect``: run the garbage
+    collector first, which costs a fraction of a second)."""
     for t in inputs.values():
         if isinstance(t, torch.Tensor):
             t.grad = None
-    gc.collect()
     if device.type == "cuda":
+        if collect:
+            gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -187,7 +190,7 @@ def _measure_memory(suite: Suite, row: dict, forward: Callable[[], torch.Tensor]
         forward().backward(inputs["dout"])
 
     def measure() -> None:
-        _release(device, inputs)
+        _release(device, inputs, collect=True)
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
@@ -261,10 +264,28 @@ def _select(items: Sequence, wanted: Sequence[str] | None) -> list:
     return [x for x in items if any(w in x.name for w in wanted)]
 
 
+def _resumed(fresh: dict, earlier: dict) -> dict:
+    """``earlier`` continued by the run described by ``fresh`` (same suite, settings, ops, GPU)."""
+    for key in ("suite", "settings", "ops"):
+        if earlier.get(key) != fresh[key]:
+            raise ValueError(f"resume: the earlier results have {key} {earlier.get(key)!r}, "
+                             f"this run has {fresh[key]!r}; resume with the same command")
+    gpu = (fresh["environment"]["gpu"] or {}).get("name")
+    before = ((earlier.get("environment") or {}).get("gpu") or {}).get("name")
+    if gpu != before:
+        raise ValueError(f"resume: the earlier results come from GPU {before!r}, this is "
+                         f"{gpu!r}; start a new run instead")
+    merged = dict(earlier)
+    merged["rows"] = list(earlier["rows"])
+    merged["resumed"] = [*earlier.get("resumed", []), fresh["environment"]]
+    return merged
+
+
 def run_suite(suite: Suite, settings: Settings, *, cases: Sequence[str] | None = None,
               ops: Sequence[str] | None = None, ceilings: bool = True,
               console: Console | None = None,
-              on_case: Callable[[dict], None] | None = None) -> dict:
+              on_case: Callable[[dict], None] | None = None,
+              resume: dict | None = None) -> dict:
     """Run ``suite`` and return its results as plain JSON-ready data.
 
     Args:
@@ -275,13 +296,17 @@ def run_suite(suite: Suite, settings: Settings, *, cases: Sequence[str] | None =
         ceilings: measure the bf16 matmul and copy ceilings first (CUDA only).
         console: where the progress bar and a line per finished row go (default: a new one).
         on_case: called with the results so far after each case (e.g. to save partial JSON).
+        resume: results of an earlier, stopped run of the same suite and settings on the same
+            GPU: its cases are kept and not run again, its ceilings are reused, and this run's
+            environment is added under ``"resumed"``.
 
     Returns:
         ``{"suite", "description", "measure", "unit", "notes", "settings", "environment",
         "ceilings", "ops", "rows"}``; one row per (case, op).
 
     Raises:
-        ValueError: ``ops`` names an op the suite does not have.
+        ValueError: ``ops`` names an op the suite does not have; ``resume`` comes from another
+            suite, other settings, other ops or another GPU.
     """
     unknown = sorted(set(ops or ()) - {op.name for op in suite.ops})
     if unknown:
@@ -296,11 +321,17 @@ def run_suite(suite: Suite, settings: Settings, *, cases: Sequence[str] | None =
                      "warmup_ms": settings.warmup_ms, "rep_ms": settings.rep_ms,
                      "check_rows": settings.check_rows, "seed": settings.seed},
         "environment": environment(settings.device),
-        "ceilings": measure_ceilings(settings.device) if ceilings else {},
+        "ceilings": {},
         "ops": [{"name": op.name, "subject": op.subject, "label": op.label}
                 for op in selected_ops],
         "rows": [],
     }
+    if resume is not None:
+        result = _resumed(result, resume)
+        done = {row["case"] for row in result["rows"]}
+        selected_cases = [c for c in selected_cases if c.name not in done]
+    elif ceilings:
+        result["ceilings"] = measure_ceilings(settings.device)
     total = len(selected_cases) * len(selected_ops)
     progress = Progress(TextColumn("[bold]{task.fields[what]:<48}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
@@ -324,7 +355,7 @@ def run_suite(suite: Suite, settings: Settings, *, cases: Sequence[str] | None =
                 progress.console.print(row_line(row), highlight=False)
                 progress.advance(task)
             inputs = None
-            _release(settings.device, {})
+            _release(settings.device, {}, collect=True)
             if on_case is not None:
                 on_case(result)
     return result

@@ -42,7 +42,10 @@ def plot_result(result: dict, path: str | Path) -> Path:
 
     Raises:
         RuntimeError: matplotlib is not installed (says how to get it).
+        ValueError: ``result`` has no rows.
     """
+    if not result["rows"]:
+        raise ValueError(f"nothing to plot: the {result['suite']} results have no rows")
     plt = _pyplot()
     if result["measure"] == "memory":
         panels = [("fwd_peak_mib", "forward peak (MiB)"),

@@ -99,10 +99,11 @@ def ratio(subject_row: dict | None, peer_row: dict | None, direction: str) -> fl
 
 
 def ratio_table(result: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: the subject's speed-up over every peer, ``fwd / bwd`` (>1 = faster)."""
+    """Header and rows: the subject's speed-up over every peer, ``fwd / bwd`` (>1 = faster), and
+    over the fastest peer that ran each pass."""
     subject, peers = _op_names(result)
     directions = _directions(result)
-    header = ["case", *[f"{subject} / {name}" for name in peers]]
+    header = ["case", *[f"{subject} / {name}" for name in peers], "vs best peer"]
     rows = []
     for case, ops in _by_case(result).items():
         cells = []
@@ -112,7 +113,12 @@ def ratio_table(result: dict) -> tuple[list[str], list[list[str]]]:
                 cells.append(STATUS_CELL.get(ops.get(name, {}).get("status"), "-"))
             else:
                 cells.append(" / ".join(fmt_ratio(v) for v in values))
-        rows.append([case, *cells])
+        best = []
+        for d in directions:
+            values = [v for name in peers
+                      if (v := ratio(ops.get(subject), ops.get(name), d)) is not None]
+            best.append(fmt_ratio(min(values)) if values else "-")
+        rows.append([case, *cells, " / ".join(best)])
     return header, rows
 
 
@@ -176,7 +182,7 @@ def memory_table(result: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows: peak MiB above the inputs, ``fwd / fwd+bwd``, for every op."""
     subject, peers = _op_names(result)
     names = [subject, *peers]
-    header = ["case", "inputs MiB", *names]
+    header = ["case", "inputs MiB", *names, f"{subject} fwd+bwd MiB per 1k tokens"]
     rows = []
     for case, ops in _by_case(result).items():
         inputs = next((r["inputs_mib"] for r in ops.values() if r.get("inputs_mib")), None)
@@ -187,7 +193,12 @@ def memory_table(result: dict) -> tuple[list[str], list[list[str]]]:
                 cells.append("-" if row is None else STATUS_CELL.get(row["status"], "?"))
             else:
                 cells.append(f"{row['fwd_peak_mib']:.0f} / {row['fwd_bwd_peak_mib']:.0f}")
-        rows.append([case, "-" if inputs is None else f"{inputs:.0f}", *cells])
+        mine, per_k = ops.get(subject), "-"
+        params = (mine or {}).get("params") or {}
+        if mine and mine["status"] == "ok" and params.get("seq"):
+            tokens = params["seq"] * params.get("batch", 1)
+            per_k = f"{1024 * mine['fwd_bwd_peak_mib'] / tokens:.2f}"
+        rows.append([case, "-" if inputs is None else f"{inputs:.0f}", *cells, per_k])
     return header, rows
 
 
