@@ -150,7 +150,8 @@ def oracle_routes(q, k, *, seg, top_k):
                     cos = 0.0
                     for h in range(kh * g, (kh + 1) * g):
                         qv = q[bi, t, h]
-                        cos += float((qv @ c).detach()) / max(float((qv.norm() * c.norm()).detach()), 1e-8)
+                        dot = float((qv @ c).detach())
+                        cos += dot / max(float((qv.norm() * c.norm()).detach()), 1e-8)
                     scored.append((-cos, m))
                 per_head.append(sorted([m for _, m in sorted(scored)[:top_k]] + [own]))
             routes[(bi, t)] = per_head

@@ -292,16 +292,17 @@ class NativeSparseAttention(nn.Module):
             o_slc = topk_token_attention(q, ks[1], vs[1], top_tokens=self.fine_tokens,
                                          scale=self.scale, cu_seqlens=cu)
 
-        o_win = attention(q, ks[2], vs[2], causal=True, window=(self.window - 1, 0), scale=self.scale,
-                          cu_seqlens_q=cu, cu_seqlens_k=cu)
+        o_win = attention(q, ks[2], vs[2], causal=True, window=(self.window - 1, 0),
+                          scale=self.scale, cu_seqlens_q=cu, cu_seqlens_k=cu)
         if self.gate_proj is not None:
             gates = torch.sigmoid(self.gate_proj(x)).view(b, s, 3, hq)  # [b, s, 3, hq]
             if cu is not None:
                 gates = gates[0]  # [total, 3, hq]
         else:
             gates = torch.sigmoid(self.gate_logits)  # [3, hq]
-        return NSABranches(q=q, k=tuple(ks), v=tuple(vs), k_cmp=k_cmp, v_cmp=v_cmp, block_indices=idx,
-                           compressed=o_cmp, selected=o_slc, window=o_win, gates=gates)
+        return NSABranches(q=q, k=tuple(ks), v=tuple(vs), k_cmp=k_cmp, v_cmp=v_cmp,
+                           block_indices=idx, compressed=o_cmp, selected=o_slc, window=o_win,
+                           gates=gates)
 
     def extra_repr(self) -> str:
         parts = [f"hidden_size={self.hidden_size}", f"num_heads={self.num_heads}",

@@ -38,7 +38,7 @@ MaskFn = Callable[[int, int], torch.Tensor]
 
 
 def num_compressed_blocks(length: int, block: int, stride: int) -> int:
-    """Number of complete compression windows ``[i*stride, i*stride + block)`` in ``length`` tokens."""
+    """Number of complete windows ``[i*stride, i*stride + block)`` in ``length`` tokens."""
     return 0 if length < block else (length - block) // stride + 1
 
 
@@ -151,7 +151,10 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
                          block: int, stride: int, scale: float,
                          cu_seqlens: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over block summaries; summary ``i`` is visible to ``t`` once ``i*stride + block - 1 <= t``.
+    """Attention over block summaries; summary ``i`` is visible to ``t`` once it has ended.
+
+    Summary ``i`` covers tokens ``[i*stride, i*stride + block)``: visible when
+    ``i*stride + block - 1 <= t``.
 
     Args:
         q: ``[b, s, hq, d]`` (packed ``[total, hq, d]``).

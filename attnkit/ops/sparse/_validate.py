@@ -34,7 +34,7 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def check_scale(scale: object, head_dim: int) -> float:
-    """The resolved softmax scale: ``1/sqrt(head_dim)`` by default, else a positive finite number."""
+    """The softmax scale: ``1/sqrt(head_dim)`` by default, else a positive finite number."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     value = check_number("scale", scale)

@@ -110,7 +110,8 @@ def select_blocks(
                          f"({init_blocks} + {local_blocks}): the always-selected blocks must fit")
     _validate.check_backend(backend)
     # shapes: compressed attention's layout rules, with k_cmp standing in for v_cmp
-    cu = _validate.check_compressed_layout(q, k_cmp, k_cmp, cu_seqlens, compress_block, compress_stride)
+    cu = _validate.check_compressed_layout(q, k_cmp, k_cmp, cu_seqlens, compress_block,
+                                           compress_stride)
     _validate.check_heads(q, k_cmp)
     call = SelectCall(q=q, k_cmp=k_cmp, compress_block=compress_block,
                       compress_stride=compress_stride, select_block=select_block,
