@@ -316,6 +316,9 @@ def test_rate_and_ratio_tables():
     result["rows"][2] = _row("a", "cudnn", False, 1.0, 10.0)
     assert report.ratio_table(result)[1] == [["a", "2.00x / 1.00x", "0.50x / 2.00x",
                                               "0.50x / 1.00x"]]
+    assert report.standing_lines(result) == [
+        "attnkit vs flash: at least as fast on 2 of 2 passes",
+        "attnkit vs cudnn: at least as fast on 1 of 2 passes; behind on a fwd 0.50x"]
 
 
 def test_roofline_and_baseline():

@@ -163,6 +163,30 @@ def roofline_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def standing_lines(result: dict) -> list[str]:
+    """Per peer: on how many passes the subject was at least as fast, and where it was behind."""
+    subject, peers = _op_names(result)
+    cases = _by_case(result)
+    lines = []
+    for name in peers:
+        ahead, behind = 0, []
+        for case, ops in cases.items():
+            for d in _directions(result):
+                value = ratio(ops.get(subject), ops.get(name), d)
+                if value is None:
+                    continue
+                if value >= 1.0:
+                    ahead += 1
+                else:
+                    behind.append(f"{case} {d} {fmt_ratio(value)}")
+        total = ahead + len(behind)
+        if total:
+            tail = f"; behind on {', '.join(behind)}" if behind else ""
+            lines.append(f"{subject} vs {name}: at least as fast on {ahead} of {total} "
+                         f"passes{tail}")
+    return lines
+
+
 def baseline_lines(result: dict) -> list[str]:
     """For cases naming a ``baseline`` case: how many times faster the subject ran on them."""
     subject, _ = _op_names(result)
@@ -249,7 +273,7 @@ def render(result: dict, console: Console | None = None) -> None:
         if rows:
             console.print(_rich("attnkit against the roofline of the measured ceilings",
                                 header, rows))
-        for line in baseline_lines(result):
+        for line in [*standing_lines(result), *baseline_lines(result)]:
             console.print(line)
     for note in result.get("notes", []):
         console.print(f"note: {note}")
