@@ -48,7 +48,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, default=None,
                         help="prompt length (default: 64 on CPU, 1024 on GPU)")
     parser.add_argument("--new-tokens", type=int, default=None,
-                        help="tokens decoded per prompt (default: 16 on CPU, 64 on GPU)")
+                        help="tokens decoded per prompt (default: 8 on CPU, 64 on GPU)")
 
 
 def _sync(device: torch.device) -> None:
@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     gpu = device.type == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32
     seq = args.seq or (1024 if gpu else 64)
-    new = args.new_tokens or (64 if gpu else 16)
-    hidden, heads, layers, batch = (1024, 16, 4, 8) if gpu else (128, 8, 2, 4)
+    new = args.new_tokens or (64 if gpu else 8)
+    hidden, heads, layers, batch = (1024, 16, 4, 8) if gpu else (128, 8, 2, 2)
     window = max(4, seq // 4)
     table = Table(title=f"attnkit demo on {device} ({dtype}; batch {batch}, prompt {seq}, "
                         f"{new} new tokens, {layers} layers, hidden {hidden})")

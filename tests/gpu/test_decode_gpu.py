@@ -107,3 +107,61 @@ def test_mla_decode(paged, n):
     base_out, base_lse = truth(case, scale=scale, dtype=dt)
     assert_within_rule("out", out.cpu(), ref_out, base_out, dtype=dt)
     assert_within_rule("lse", lse.cpu(), ref_lse, base_lse, dtype=dt)
+
+
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+@pytest.mark.parametrize("paged", [False, True], ids=["static", "paged16"])
+def test_fused_rope_write(style, paged):
+    from attnkit.cache import PagedKVCache, StaticKVCache, write_rotated
+    from attnkit.nn import RotaryEmbedding
+    from attnkit.ops.rope import apply_rope
+    dt, dev = torch.bfloat16, "cuda"
+    if paged:
+        cache = PagedKVCache(num_layers=1, num_blocks=64, block_size=16, kv_heads=8,
+                             head_dim=128, dtype=dt, device=dev)
+        ids = [cache.add_sequence() for _ in range(4)]
+        for i, n in zip(ids, (100, 1, 37, 64)):
+            cache.begin_step(n, [i])
+        cache.begin_step(3, ids)
+    else:
+        cache = StaticKVCache(num_layers=1, batch=4, max_seq=256, kv_heads=8, head_dim=128,
+                              dtype=dt, device=dev)
+        cache.begin_step(50)
+        cache.begin_step(3)
+    rope = RotaryEmbedding(128, theta=500000.0, style=style).to(dev)
+    cos, sin = rope(cache.step_positions)
+    k = torch.randn(4, 3, 8, 128, device=dev, dtype=dt)
+    v = torch.randn(4, 3, 8, 128, device=dev, dtype=dt)
+    write_rotated(cache, 0, k, v, cos, sin, style=style, backend="triton")
+    slots = cache.step_slots()
+    got = cache.k[0][slots].view(4, 3, 8, 128).cpu()
+    tables = (cos[:, :, None].cpu().double(), sin[:, :, None].cpu().double())
+    truth = apply_rope(k.cpu().double(), *tables, style=style)
+    base = apply_rope(k.cpu(), cos[:, :, None].cpu(), sin[:, :, None].cpu(), style=style)
+    assert_within_rule("k", got, truth, base, dtype=dt)
+    assert torch.equal(cache.v[0][slots].view(4, 3, 8, 128), v)
+
+
+@pytest.mark.parametrize("variant", ["gqa", "window", "mla"])
+def test_model_decoding_on_gpu_equals_full_forward(variant):
+    import copy
+
+    from attnkit.models import Decoder, DecoderConfig
+    extra = {"gqa": dict(num_kv_heads=2), "window": dict(num_kv_heads=2, window=24),
+             "mla": dict(attention="mla", kv_lora_rank=64, qk_nope_head_dim=32,
+                         qk_rope_head_dim=16, v_head_dim=32)}[variant]
+    torch.manual_seed(0)
+    model = Decoder(DecoderConfig(vocab_size=97, hidden_size=256, num_layers=2, num_heads=8,
+                                  **extra)).cuda().eval()
+    tokens = torch.randint(0, 97, (3, 40), device="cuda")
+    kind = "latent" if variant == "mla" else "paged"
+    with torch.no_grad():
+        truth = copy.deepcopy(model).double()(tokens).cpu()
+        bf = copy.deepcopy(model).bfloat16()
+        baseline = bf(tokens).float().cpu()
+        cache = bf.make_cache(kind=kind, batch=3, max_seq=40, block_size=16)
+        step = {"seq_ids": [cache.add_sequence() for _ in range(3)]} if kind == "paged" else {}
+        parts = [bf(tokens[:, :30], cache=cache, **step)]
+        parts += [bf(tokens[:, t:t + 1], cache=cache, **step) for t in range(30, 40)]
+    got = torch.cat(parts, 1).float().cpu()
+    assert_within_rule("logits", got, truth, baseline, dtype=torch.bfloat16)
