@@ -31,7 +31,8 @@ fi
 
 suites=$("$PYTHON" -m attnkit bench --list 2>/dev/null | sed -n 's/^\([a-z0-9-]*\): .*/\1/p')
 "$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__,
-"gpu", torch.cuda.get_device_name(0))' 2>&1 | tee "$OUT/environment.log"
+"gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)' 2>&1 \
+    | tee "$OUT/environment.log"
 
 status=0
 for stage in "${stages[@]}"; do
@@ -50,8 +51,8 @@ for stage in "${stages[@]}"; do
             | tee "$OUT/$stage.log"
         rc=$?
     else
-        echo "no suite named $stage (suites here: $(echo $suites)); skipped" | tee "$OUT/$stage.log"
-        rc=0
+        echo "no stage named $stage (stages: tests $(echo $suites))" | tee "$OUT/$stage.log"
+        rc=2
     fi
     echo "=== $stage: exit $rc after $(( $(date +%s) - start )) s"
     [ "$rc" -ne 0 ] && status=1
