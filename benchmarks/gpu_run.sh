@@ -6,12 +6,14 @@
 #   QUICK=1 benchmarks/gpu_run.sh prefill # fewer shapes (validation)
 #   BACKEND=triton benchmarks/gpu_run.sh  # attnkit backend to time (default: auto)
 #   RESUME=dir benchmarks/gpu_run.sh prefill  # continue from dir/prefill.json of a stopped run
+#   BENCH_ARGS="--cases d64" benchmarks/gpu_run.sh prefill  # more `attnkit bench` options
 #
 # Run from the repository root on the GPU machine; installs nothing (uses python3's torch,
-# triton, rich, matplotlib). Each stage writes $OUT/<stage>.log, benchmark stages also
-# $OUT/<suite>.json (rewritten after every case, so a stopped run keeps what it measured) and
-# $OUT/<suite>.png. Stages run one after the other; a failing stage does not stop the next one;
-# the exit status is 1 if any stage failed. Copy the JSON you keep to benchmarks/results/.
+# triton, rich, matplotlib). Everything printed goes to $OUT/run.log; each benchmark stage also
+# writes $OUT/<suite>.json (rewritten after every case, so a stopped run keeps what it measured)
+# and $OUT/<suite>.png (few files: the device tool brings back at most 8). Stages run one after
+# the other; a failing stage does not stop the next one; the exit status is 1 if any stage
+# failed. Copy the JSON you keep to benchmarks/results/.
 set -u -o pipefail
 
 OUT="${OUT:-benchmarks/results/$(date -u +%Y%m%d-%H%M%S)}"
@@ -30,16 +32,16 @@ if [ -n "${QUICK:-}" ]; then
 fi
 
 suites=$("$PYTHON" -m attnkit bench --list 2>/dev/null | sed -n 's/^\([a-z0-9-]*\): .*/\1/p')
+LOG="$OUT/run.log"
 "$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__,
-"gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)' 2>&1 \
-    | tee "$OUT/environment.log"
+"gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)' 2>&1 | tee -a "$LOG"
 
 status=0
 for stage in "${stages[@]}"; do
     start=$(date +%s)
-    echo "=== $stage ($(date -u +%H:%M:%S))"
+    echo "=== $stage ($(date -u +%H:%M:%S))" | tee -a "$LOG"
     if [ "$stage" = tests ]; then
-        "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+        "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee -a "$LOG"
         rc=$?
     elif printf '%s\n' $suites | grep -qx -- "$stage"; then
         resume=()
@@ -47,14 +49,14 @@ for stage in "${stages[@]}"; do
             resume=(--resume "$RESUME/$stage.json")
         fi
         "$PYTHON" -m attnkit bench --suite "$stage" --backend "$BACKEND" "${quick[@]}" \
-            "${resume[@]}" --json "$OUT/$stage.json" --plot "$OUT/$stage.png" 2>&1 \
-            | tee "$OUT/$stage.log"
+            "${resume[@]}" ${BENCH_ARGS:-} --json "$OUT/$stage.json" --plot "$OUT/$stage.png" 2>&1 \
+            | tee -a "$LOG"
         rc=$?
     else
-        echo "no stage named $stage (stages: tests $(echo $suites))" | tee "$OUT/$stage.log"
+        echo "no stage named $stage (stages: tests $(echo $suites))" | tee -a "$LOG"
         rc=2
     fi
-    echo "=== $stage: exit $rc after $(( $(date +%s) - start )) s"
+    echo "=== $stage: exit $rc after $(( $(date +%s) - start )) s" | tee -a "$LOG"
     [ "$rc" -ne 0 ] && status=1
 done
 exit $status
