@@ -316,3 +316,22 @@ def test_minilm_embeddings_with_attnkit_encoder_layers(minilm):
     got = encode(model, torch.float32)
     assert_within_rule("MiniLM embeddings, attnkit layers", got, truth, base,
                        dtype=torch.float32)
+
+
+def test_attnkit_really_serves_every_layer(monkeypatch):
+    import attnkit.integrations.transformers as integration
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask") is not None)
+        return integration_attention(*args, **kwargs)
+
+    integration_attention = integration.attention
+    monkeypatch.setattr(integration, "attention", spy)
+    model = _models(_llama_config(), LlamaForCausalLM, ["attnkit"], seed=12)["attnkit"]
+    ids, mask = _inputs(2, seed=13, left_pad=True)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)  # padded: the 4-D mask path
+        model(input_ids=ids)  # no padding: the mask-free causal path
+    assert calls == [True, True, False, False]
