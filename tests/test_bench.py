@@ -3,6 +3,7 @@ on the reference backend, report and JSON formatting, the plot and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -231,6 +232,29 @@ def test_harness_marks_a_failed_check_and_skips_its_timing():
     (row,) = result["rows"]
     assert row["status"] == "check_failed" and "not timed" in row["reason"]
     assert row["fwd_ms"] is None and row["bwd_ms"] is None
+
+
+def test_harness_checks_peers_when_the_suite_asks():
+    def twin(case, inputs, settings):  # a correct peer: attnkit's reference under another name
+        return ATTNKIT.build(case, inputs, settings)
+
+    def wrong(case, inputs, settings):  # a peer set up with the wrong mask
+        return ATTNKIT.build(dataclasses.replace(case, causal=False), inputs, settings)
+
+    ops = [ATTNKIT, registry.Op(name="twin", build=twin), registry.Op(name="wrong", build=wrong)]
+    suite = dataclasses.replace(_tiny_suite(ops=ops, cases=[_case(seq=20, causal=True)]),
+                                check_peers=True)
+    by_op = {r["op"]: r for r in run_suite(suite, _settings(), ceilings=False)["rows"]}
+    assert by_op["twin"]["status"] == "ok" and by_op["twin"]["check"]["ok"]
+    assert by_op["twin"]["fwd_ms"] > 0
+    assert by_op["wrong"]["status"] == "ok" and not by_op["wrong"]["check"]["ok"]
+    assert by_op["wrong"]["fwd_ms"] > 0  # timed anyway, and flagged
+    assert registry.get("prefill").check_peers and registry.get("memory").check_peers
+    result = {"rows": list(by_op.values()), "ops": [{"name": n, "subject": n == "attnkit"}
+                                                    for n in by_op], "unit": "TFLOP/s"}
+    assert report.rate_table(result)[1][0][4].endswith(" (WRONG)")
+    (line,) = report.problem_lines(result)
+    assert line.startswith("wrong failed the check (timed anyway) on c: out ")
 
 
 def test_harness_records_a_peer_failure_with_torchs_reasons():

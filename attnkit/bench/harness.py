@@ -2,7 +2,10 @@
 
 One process, one case at a time: fresh random inputs shared by every op; the subject op
 (attnkit) runs forward and backward once and is compared with the fp32 truth before anything is
-timed, and a failed check marks its row and skips its timing. Timing on CUDA is
+timed, and a failed check marks its row and skips its timing. Suites with ``check_peers`` check
+every peer the same way, so that a ratio never silently compares two different functions (a peer
+set up with the wrong mask, say); a peer that fails its check is still timed, and the report
+flags it. Timing on CUDA is
 ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs, the median); on other devices
 (tests) a host-clock median. Forward runs with inputs that require grad (a training forward);
 backward is ``out.backward(dout, retain_graph=True)`` alone, gradients reset to None each run.
@@ -219,18 +222,21 @@ def _run_op(suite: Suite, case, op: Op, inputs: dict, settings: Settings) -> dic
     if reason is not None:
         row["status"], row["reason"] = ("unsupported" if unsupported else "error"), reason
         return row
-    if op.subject and suite.check is not None:
+    if suite.check is not None and (op.subject or suite.check_peers):
         check, reason, _ = _attempt(lambda: suite.check(case, inputs, forward, settings))
-        if reason is not None:
-            row["status"], row["reason"] = "error", f"correctness check failed to run: {reason}"
-            return row
-        row["check"] = {"ok": check.ok, "detail": check.detail,
-                        "errors": {k: {"error": e, "bound": b} for k, (e, b) in check.errors.items()}}
         _release(settings.device, inputs)
-        if not check.ok:
+        if reason is not None:
+            row["check"] = {"ok": False, "detail": f"the check failed to run: {reason}",
+                            "errors": {}}
+        else:
+            row["check"] = {"ok": check.ok, "detail": check.detail,
+                            "errors": {k: {"error": e, "bound": b}
+                                       for k, (e, b) in check.errors.items()}}
+        if op.subject and not row["check"]["ok"]:
             worst = ", ".join(f"{k} {e:.3g} > {b:.3g}" for k, (e, b) in check.errors.items()
-                              if e > b)
-            row["status"], row["reason"] = "check_failed", f"wrong result, not timed: {worst}"
+                              if e > b) if reason is None else row["check"]["detail"]
+            row["status"] = "error" if reason is not None else "check_failed"
+            row["reason"] = f"wrong result, not timed: {worst}" if reason is None else worst
             return row
     if suite.measure == "memory":
         _measure_memory(suite, row, forward, inputs, settings)

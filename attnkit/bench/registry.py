@@ -8,7 +8,8 @@ module there is discovered on first use, so adding a suite means adding one file
 - ``ops``: what is timed on every shape; the first op with ``subject=True`` is the one whose
   result is checked for correctness and compared with every other op (the peers);
 - ``make_inputs(case, device, seed)``: fresh random inputs (never zeros) shared by all ops;
-- ``check(case, inputs, run, settings)``: the correctness check of the subject before timing;
+- ``check(case, inputs, run, settings)``: the correctness check of the subject before timing
+  (and of every peer too when ``check_peers``);
 - ``work(case, direction)``: FLOPs and minimum bytes of one pass, for rates and the roofline;
 - ``directions``: which passes are measured (``"fwd"``, ``"bwd"``);
 - ``measure``: ``"time"`` (CUDA-event medians) or ``"memory"`` (peak allocated bytes);
@@ -119,6 +120,7 @@ class Suite:
     measure: str = "time"
     unit: str = "TFLOP/s"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    check_peers: bool = False
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:

@@ -3,7 +3,8 @@
 Every function here reads the plain results of ``harness.run_suite`` (or the same data loaded back
 from ``--json``), so a saved run can be reported again. Cells read ``fwd / bwd``; ``n/a`` marks a
 peer that cannot run the case (the reasons are listed under the tables), ``error`` a failure,
-``WRONG`` a failed correctness check (not timed).
+``WRONG`` attnkit failing its correctness check (not timed); ``(WRONG)`` after a peer's rates
+marks a peer that failed its check (timed anyway, and listed under the tables).
 
 Roofline of one pass: ``floor = max(FLOPs / matmul ceiling, minimum bytes / copy ceiling)``,
 measured in the same run; ``% of roofline`` is ``floor / measured time``; ``bound`` says which
@@ -69,7 +70,8 @@ def _cell(row: dict | None, directions: list[str], key: str, fmt) -> str:
     for d in directions:
         value = row[f"{d}_{key}"]
         parts.append("error" if value is None and row.get(f"{d}_error") else fmt(value))
-    return " / ".join(parts)
+    flag = " (WRONG)" if row.get("check") and not row["check"]["ok"] else ""
+    return " / ".join(parts) + flag
 
 
 def rate_table(result: dict) -> tuple[list[str], list[list[str]]]:
@@ -232,6 +234,12 @@ def problem_lines(result: dict) -> list[str]:
     for row in result["rows"]:
         if row["status"] != "ok":
             key = (row["op"], row["status"], str(row["reason"]))
+            grouped.setdefault(key, []).append(row["case"])
+        elif row.get("check") and not row["check"]["ok"]:
+            errors = ", ".join(f"{k} {v['error']:.3g} > {v['bound']:.3g}"
+                               for k, v in row["check"]["errors"].items()
+                               if v["error"] > v["bound"]) or row["check"]["detail"]
+            key = (row["op"], "failed the check (timed anyway)", errors)
             grouped.setdefault(key, []).append(row["case"])
         for d in ("fwd", "bwd"):
             if row.get(f"{d}_error"):

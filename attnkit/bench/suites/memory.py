@@ -35,6 +35,7 @@ SUITE = register(Suite(
     check=check_attention,
     work=attention_work,
     directions=("fwd", "bwd"),
+    check_peers=True,
     measure="memory",
     unit="TFLOP/s",
     notes=("peak = max_memory_allocated during the call minus what was allocated before it",),

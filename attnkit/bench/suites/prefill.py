@@ -69,9 +69,11 @@ SUITE = register(Suite(
     check=check_attention,
     work=attention_work,
     directions=("fwd", "bwd"),
+    check_peers=True,
     measure="time",
     unit="TFLOP/s",
     notes=("backward = autograd backward alone with retain_graph=True (not fwd+bwd minus fwd)",
            "causal FLOPs are half the square; sliding windows count their visible area",
-           "SDPA peers run a sliding window as a dense bool mask (no window option in SDPA)"),
+           "SDPA peers run a sliding window as a dense bool mask (no window option in SDPA)",
+           "every op, peers too, is checked against SDPA math in fp32 before it is timed"),
 ))
