@@ -486,3 +486,20 @@ def test_resume_keeps_measured_cases_and_runs_the_rest():
     other_gpu = dict(first, environment=dict(first["environment"], gpu={"name": "H200"}))
     with pytest.raises(ValueError, match=r"come from GPU 'H200', this is None"):
         run_suite(suite, _settings(), ceilings=False, resume=other_gpu)
+
+
+def test_serving_backend_names_the_backend_and_survives_dispatcher_changes(monkeypatch):
+    import importlib
+
+    from attnkit.bench import subject
+
+    attention_module = importlib.import_module("attnkit.ops.attention")
+
+    q = torch.randn(1, 4, 2, 8)
+    assert subject.serving_backend(q, q, q, {"causal": True, "backend": "reference"}) == "reference"
+    with pytest.raises(registry.Unsupported, match=r"window must be a \(left, right\) pair"):
+        subject.serving_backend(q, q, q, {"window": (1,), "backend": "reference"})
+    monkeypatch.setattr(attention_module, "_validate", lambda *a, **k: (_ for _ in ()).throw(
+        TypeError("unexpected keyword")))
+    assert subject.serving_backend(q, q, q, {"backend": "auto"}) == (
+        "auto (which one is unknown: TypeError)")

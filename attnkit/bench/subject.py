@@ -31,21 +31,26 @@ def _options(case: AttentionCase, inputs: dict, settings: Settings) -> dict:
 def serving_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, opts: dict) -> str:
     """Name of the backend ``attnkit.attention(q, k, v, **opts)`` dispatches to.
 
+    Reads attnkit's dispatcher (``attnkit.ops`` internals); if those change shape, the answer
+    is a note saying so rather than a failed benchmark.
+
     Raises:
         Unsupported: the requested backend cannot serve the call (attnkit's reasons).
     """
-    from attnkit.ops import backends
-    from attnkit.ops.attention import _validate
-
-    full = dict(scale=None, softcap=0.0, key_padding_mask=None, attn_mask=None,
-                cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
-                dropout_p=0.0, generator=None, return_lse=False)
+    full = dict(causal=False, window=(-1, -1), scale=None, softcap=0.0, key_padding_mask=None,
+                attn_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                max_seqlen_k=None, dropout_p=0.0, generator=None, return_lse=False)
     full.update(opts)
     try:
+        from attnkit.ops import backends
+        from attnkit.ops.attention import _validate
+
         call = _validate(q, k, v, **full)
         return backends.select(call, full["backend"]).name
     except ValueError as exc:
         raise Unsupported(str(exc)) from exc
+    except (ImportError, AttributeError, TypeError) as exc:
+        return f"{full['backend']} (which one is unknown: {type(exc).__name__})"
 
 
 def _build(case: AttentionCase, inputs: dict, settings: Settings) -> Callable[[], torch.Tensor]:
