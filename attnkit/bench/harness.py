@@ -165,6 +165,7 @@ def _new_row(suite: Suite, case, op: Op) -> dict:
 
 def _time_op(suite: Suite, row: dict, forward: Callable[[], torch.Tensor], inputs: dict,
              settings: Settings) -> None:
+    """Fill the row's ``*_ms`` and ``*_rate`` (or ``*_error``) for each timed direction."""
     leaves = [inputs[n] for n in ("q", "k", "v") if n in inputs]
     if "fwd" in suite.directions:
         ms, reason, _ = _attempt(lambda: time_ms(forward, settings))
@@ -184,6 +185,7 @@ def _time_op(suite: Suite, row: dict, forward: Callable[[], torch.Tensor], input
 
 def _measure_memory(suite: Suite, row: dict, forward: Callable[[], torch.Tensor], inputs: dict,
                     settings: Settings) -> None:
+    """Fill the row's peak MiB of forward and of forward+backward above the inputs (CUDA)."""
     device = settings.device
     if device.type != "cuda":
         row["status"], row["reason"] = "skipped", f"peak memory is measured on CUDA only, got {device}"
@@ -213,6 +215,7 @@ def _measure_memory(suite: Suite, row: dict, forward: Callable[[], torch.Tensor]
 
 
 def _run_op(suite: Suite, case, op: Op, inputs: dict, settings: Settings) -> dict:
+    """Build, first call, check, then time or measure one op on one case; returns its row."""
     row = _new_row(suite, case, op)
     forward, reason, unsupported = _attempt(lambda: op.build(case, inputs, settings))
     if reason is None:
@@ -232,11 +235,13 @@ def _run_op(suite: Suite, case, op: Op, inputs: dict, settings: Settings) -> dic
             row["check"] = {"ok": check.ok, "detail": check.detail,
                             "errors": {k: {"error": e, "bound": b}
                                        for k, (e, b) in check.errors.items()}}
-        if op.subject and not row["check"]["ok"]:
-            worst = ", ".join(f"{k} {e:.3g} > {b:.3g}" for k, (e, b) in check.errors.items()
-                              if e > b) if reason is None else row["check"]["detail"]
-            row["status"] = "error" if reason is not None else "check_failed"
-            row["reason"] = f"wrong result, not timed: {worst}" if reason is None else worst
+        if op.subject and not row["check"]["ok"]:  # attnkit is never timed unchecked
+            if reason is not None:
+                row["status"], row["reason"] = "error", row["check"]["detail"]
+            else:
+                worst = ", ".join(f"{k} {e:.3g} > {b:.3g}"
+                                  for k, (e, b) in check.errors.items() if e > b)
+                row["status"], row["reason"] = "check_failed", f"wrong result, not timed: {worst}"
             return row
     if suite.measure == "memory":
         _measure_memory(suite, row, forward, inputs, settings)
