@@ -503,3 +503,16 @@ def test_serving_backend_names_the_backend_and_survives_dispatcher_changes(monke
         TypeError("unexpected keyword")))
     assert subject.serving_backend(q, q, q, {"backend": "auto"}) == (
         "auto (which one is unknown: TypeError)")
+
+
+def test_a_check_that_cannot_run_stops_attnkit_but_not_the_peers():
+    def broken_check(case, inputs, run, settings):
+        raise RuntimeError("truth out of memory")
+
+    twin = registry.Op(name="twin", build=ATTNKIT.build)
+    suite = dataclasses.replace(_tiny_suite(ops=[ATTNKIT, twin], cases=[_case(seq=16)]),
+                                check=broken_check, check_peers=True)
+    mine, peer = run_suite(suite, _settings(), ceilings=False)["rows"]
+    assert mine["status"] == "error" and mine["fwd_ms"] is None
+    assert mine["reason"] == "the check failed to run: truth out of memory"
+    assert peer["status"] == "ok" and not peer["check"]["ok"] and peer["fwd_ms"] > 0
