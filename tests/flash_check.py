@@ -10,6 +10,7 @@ products in the kernels, so its baseline is PyTorch's float32 math with ``allow_
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -125,11 +126,11 @@ def _inputs(case: Case, dtype: torch.dtype, device: str, seed: int):
 
 
 def _grads(out, lse, tensors, grad_out, grad_lse):
-    outputs, grads = [out], [grad_out.to(out.dtype)]
+    outputs, grads = [out], [grad_out.to(device=out.device, dtype=out.dtype)]
     if grad_lse is not None:
         finite = torch.isfinite(lse)
         outputs.append(torch.where(finite, lse, torch.zeros_like(lse)))
-        grads.append(grad_lse.to(lse.dtype))
+        grads.append(grad_lse.to(device=lse.device, dtype=lse.dtype))
     return torch.autograd.grad(outputs, tensors, grads)
 
 
@@ -148,12 +149,27 @@ def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
     if case.dropout_p > 0:
         drop_seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(
             seed + 1)).item())
-    out, lse = attnkit.attention(
+    # deterministic=False: force the atomic dQ path (the launcher may otherwise pick the
+    # dQ kernel for small shapes), so both backward paths are tested.
+    dq_mode = "kernel" if deterministic else "atomic"
+    with _env("ATTNKIT_FLASH_DQ", dq_mode):
+        out, lse = _run(q, k, v, case, kpm, mask, cu_q, cu_k, gen, deterministic)
+        dq, dk, dv = _grads(out, lse, (q, k, v), data["grad_out"], data["grad_lse"])
+    return _compare(case, data, to, out, lse, (dq, dk, dv), device, dtype, drop_seed, kpm,
+                    cu_q)
+
+
+def _run(q, k, v, case, kpm, mask, cu_q, cu_k, gen, deterministic):
+    return attnkit.attention(
         q, k, v, causal=case.causal, window=case.window, softcap=case.softcap,
         key_padding_mask=kpm, attn_mask=mask, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
         dropout_p=case.dropout_p, generator=gen, return_lse=True, deterministic=deterministic,
         backend="triton", **case.options)
-    dq, dk, dv = _grads(out, lse, (q, k, v), data["grad_out"], data["grad_lse"])
+
+
+def _compare(case, data, to, out, lse, grads, device, dtype, drop_seed, kpm, cu_q):
+    """Assert the tolerance rule on out, lse and grads; return them by name."""
+    dq, dk, dv = grads
 
     q64, k64, v64 = (data[n].to(device).requires_grad_() for n in ("q", "k", "v"))
     mask64 = to(data["mask"])
@@ -181,6 +197,19 @@ def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
         rows = empty.transpose(-1, -2) if cu_q is None else empty.transpose(0, 1)
         assert torch.all(out[rows] == 0), "rows that see no key must be zeros"
     return dict(out=out, lse=lse, dq=dq, dk=dk, dv=dv)
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 @contextlib.contextmanager

@@ -129,3 +129,34 @@ def test_deterministic_must_be_bool():
     q = torch.randn(1, 5, 2, 32)
     with pytest.raises(TypeError, match=r"deterministic must be a bool, got int"):
         attnkit.attention(q, q, q, deterministic=1)
+
+
+@needs_kernels
+def test_torch_compile_fullgraph_matches_eager():
+    def block(q, k, v):
+        return attnkit.attention(q, k, v, causal=True, backend="triton") * 2
+
+    q = torch.randn(1, 17, 2, 32, requires_grad=True)
+    k = torch.randn(1, 17, 1, 32, requires_grad=True)
+    v = torch.randn(1, 17, 1, 32, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    got = compiled(q, k, v)
+    got.sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    want = block(q, k, v)
+    want.sum().backward()
+    assert torch.equal(got, want)
+    for g, t in zip(grads, (q, k, v)):
+        assert torch.equal(g, t.grad)
+
+
+@needs_kernels
+def test_opcheck_custom_ops():
+    from attnkit.ops import custom_ops  # noqa: F401  (registers the ops)
+    q = torch.randn(1, 17, 2, 32, requires_grad=True)
+    k = torch.randn(1, 20, 1, 32, requires_grad=True)
+    v = torch.randn(1, 20, 1, 16, requires_grad=True)
+    args = (q, k, v, None, None, None, None, True, -1, -1, 0.125, 0.0, 17, 20, 0.0, 0, True)
+    torch.library.opcheck(torch.ops.attnkit.flash_attn_fwd.default, args)

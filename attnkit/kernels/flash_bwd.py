@@ -25,16 +25,21 @@ kernels read it as ``+inf`` so their probabilities, and all their gradients, are
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from attnkit.kernels.flash_common import (
     LOG2E,
+    all_configs,
     dot_precision,
     head_block,
     interpreting,
+    load_rows,
     mask_args,
+    pruner,
     scores,
     seed_words,
     seq_bucket,
@@ -43,31 +48,19 @@ from attnkit.kernels.flash_common import (
 )
 from attnkit.kernels.philox import dropout_keep
 
-
-def _bwd_configs() -> list[triton.Config]:
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in ((64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2),
-                                  (64, 128, 8, 3), (128, 128, 8, 2))]
-
-
-def _prune_bwd(configs, named_args, **kwargs):
-    """Keep tile shapes whose on-chip state fits wide heads."""
-    width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
-                kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
-    kept = []
-    for cfg in configs:
-        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-        if width >= 256 and (bm * bn > 32 * 64 or cfg.num_stages > 1):
-            continue
-        if width == 128 and bm * bn > 64 * 128:
-            continue
-        kept.append(cfg)
-    if width >= 256 and not interpreting():
-        kept = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=1),
-                triton.Config({"BLOCK_M": 16, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    return kept or configs[:1]
+# (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) by padded head-dim width.
+# dK/dV programs hold [BLOCK_N, D] and [BLOCK_N, DV] float32 accumulators; dQ programs
+# [BLOCK_M, D]: each kernel gets its own candidates.
+DKDV_TILES = {
+    64: ((64, 128, 8, 2), (128, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 2), (64, 64, 4, 2)),
+    128: ((64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 128, 8, 3)),
+    256: ((32, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 1), (32, 128, 8, 1)),
+}
+DQ_TILES = {
+    64: ((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3)),
+    128: ((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (128, 64, 8, 3)),
+    256: ((64, 32, 4, 2), (64, 64, 8, 2), (32, 64, 4, 1)),
+}
 
 
 @triton.jit
@@ -146,19 +139,16 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
     """Accumulate dK ``[N, D]`` and dV ``[N, DV]`` of one key tile over query tiles ``[lo, hi)``."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
         row_ok = rows < seqlen_q
-        q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None],
-                      mask=row_ok[None, :] & (offs_d[:, None] < D), other=0.0)  # [D, M]
-        do = tl.load(do_base + rows[:, None] * stride_dos + offs_dv[None, :],
-                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [M, DV]
+        q = load_rows(q_base, rows, stride_qs, seqlen_q, D, BLOCK_D, EDGE)  # [M, D]
+        do = load_rows(do_base, rows, stride_dos, seqlen_q, DV, BLOCK_DV, EDGE)  # [M, DV]
         lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
-        s_t, t_t = scores(k_tile, q_t, qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [N, M]
+        s_t, t_t = scores(k_tile, tl.trans(q), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [N, M]
         s_t = visible_scores(s_t, rows[None, :], cols[:, None], seqlen_q, seqlen_k, offset, b, h,
                              kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
                              stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE, HAS_KPM, MASK_KIND)
@@ -175,8 +165,8 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
         ds_t = p_t * (dp_t - delta[None, :])
         if SOFTCAP:
             ds_t = ds_t * (1.0 - t_t * t_t)
-        ds_lp = ds_t.to(q_t.dtype)
-        dk = tl.dot(ds_lp, tl.trans(q_t), dk, input_precision=DOT_PREC)
+        ds_lp = ds_t.to(q.dtype)
+        dk = tl.dot(ds_lp, q, dk, input_precision=DOT_PREC)
         if ATOMIC_DQ:
             dq = tl.dot(tl.trans(ds_lp), k_tile, input_precision=DOT_PREC) * dq_scale  # [M, D]
             tl.atomic_add(dq_base + rows[:, None] * stride_dqs + offs_d[None, :], dq,
@@ -184,9 +174,9 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
     return dk, dv
 
 
-@triton.autotune(configs=_bwd_configs(), key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET",
-                                               "DTYPE_KEY", "GROUP", "ATOMIC_DQ"],
-                 prune_configs_by={"early_config_prune": _prune_bwd},
+@triton.autotune(configs=all_configs(DKDV_TILES),
+                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET", "GROUP", "ATOMIC_DQ"],
+                 prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
                  reset_to_zero=["dq_ptr"])
 @triton.jit
 def _bwd_dkdv_kernel(
@@ -203,7 +193,7 @@ def _bwd_dkdv_kernel(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    DOT_PREC: tl.constexpr, SEQ_BUCKET: tl.constexpr, DTYPE_KEY: tl.constexpr,
+    DOT_PREC: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -296,22 +286,17 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
               DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
     """Accumulate dQ ``[M, D]`` (unscaled) of one query tile over key tiles ``[lo, hi)``."""
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        col_ok = cols < seqlen_k
-        k_tile = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :],
-                         mask=col_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [N, D]
-        v_t = tl.load(v_base + cols[None, :] * stride_vn + offs_dv[:, None],
-                      mask=col_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)  # [DV, N]
+        k_tile = load_rows(k_base, cols, stride_kn, seqlen_k, D, BLOCK_D, EDGE)  # [N, D]
+        v_tile = load_rows(v_base, cols, stride_vn, seqlen_k, DV, BLOCK_DV, EDGE)  # [N, DV]
         s, t = scores(q, tl.trans(k_tile), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [M, N]
         s = visible_scores(s, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset, b, h,
                            kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
                            stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE, HAS_KPM, MASK_KIND)
         p = tl.exp2(s - lse[:, None])
-        dp = tl.dot(do, v_t, input_precision=DOT_PREC)  # [M, N]
+        dp = tl.dot(do, tl.trans(v_tile), input_precision=DOT_PREC)  # [M, N]
         if DROPOUT:
             keep = dropout_keep(k0, k1, rows[:, None], cols[None, :], bh, dropout_p)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
@@ -322,9 +307,9 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
     return dq
 
 
-@triton.autotune(configs=_bwd_configs(), key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET",
-                                               "DTYPE_KEY"],
-                 prune_configs_by={"early_config_prune": _prune_bwd})
+@triton.autotune(configs=all_configs(DQ_TILES),
+                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET"],
+                 prune_configs_by={"early_config_prune": pruner(DQ_TILES)})
 @triton.jit
 def _bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
@@ -339,7 +324,7 @@ def _bwd_dq_kernel(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    SEQ_BUCKET: tl.constexpr, DTYPE_KEY: tl.constexpr,
+    SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -407,6 +392,20 @@ def _bwd_dq_kernel(
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
+def _atomic_dq_pays(group: int, seq_q: int, head_dim: int) -> bool:
+    """Whether the atomic dQ path is the faster one (when the caller allows atomics).
+
+    Measured on an H100 (benchmarks/NOTES-flash.md): atomics win for MHA at 4k+ queries with
+    head dims up to 128; with GQA (the dK/dV program then loops over the group, so fewer
+    programs run) and on short or wide-head shapes the separate dQ kernel is faster.
+    ``ATTNKIT_FLASH_DQ=atomic|kernel`` overrides the choice (tests use it).
+    """
+    forced = os.environ.get("ATTNKIT_FLASH_DQ", "auto")
+    if forced in ("atomic", "kernel"):
+        return forced == "atomic"
+    return group == 1 and seq_q >= 4096 and head_dim <= 128
+
+
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
     """(batch, seq, head) strides of a dense ``[b, s, h, d]`` or packed ``[t, h, d]`` tensor."""
     return (0, *t.stride()[:2]) if varlen else tuple(t.stride()[:3])
@@ -428,8 +427,9 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         grad_lse: gradient of the LSE (same shape) when the caller used it, else None; it
             enters as ``delta - grad_lse``.
         deterministic: True computes dQ in its own kernel (no atomics, bitwise reproducible,
-            about 1.3x the backward's matmul work); False adds dQ with float32 atomics from
-            the dK/dV kernel (faster; run-to-run rounding differences).
+            about 1.4x the backward's matmul work); False lets the launcher add dQ with float32
+            atomics from the dK/dV kernel where that is faster (``_atomic_dq_pays``;
+            run-to-run rounding differences).
         Other arguments: as for ``flash_fwd``.
 
     Returns:
@@ -454,7 +454,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     delta = torch.empty_like(lse)  # [b, hq, sq] or [hq, total_q]
     qs, ks, vs = _strides(q, varlen), _strides(k, varlen), _strides(v, varlen)
     os_, dos = _strides(out, varlen), _strides(do, varlen)
-    seed = seed_words(dropout_seed, q.device)
+    seed = seed_words(dropout_seed, dropout_p, q)
     cu_q = cu_seqlens_q if varlen else seed
     cu_k = cu_seqlens_k if varlen else seed
     pre_block = 64 if not interpreting() else 16
@@ -479,8 +479,8 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                   HAS_WINDOW=(left, right) != (-1, -1), HAS_KPM=key_padding_mask is not None,
                   MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
                   DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
-                  DTYPE_KEY=str(q.dtype))
-    atomic = not deterministic
+)
+    atomic = not deterministic and _atomic_dq_pays(hq // hk, sq, d)
     dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic \
         else torch.empty_like(q)
     dqs = _strides(dq_acc, varlen)

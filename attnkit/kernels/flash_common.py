@@ -32,8 +32,51 @@ def head_block(dim: int) -> int:
 
 
 def seq_bucket(seq: int) -> int:
-    """Autotune key for sequence lengths: 0 (<= 1k), 1 (<= 4k), 2 (longer)."""
-    return 0 if seq <= 1024 else (1 if seq <= 4096 else 2)
+    """Autotune key for sequence lengths: the next power of two, clamped to [1024, 65536].
+
+    Passed as a plain (unused) kernel argument so tuning is keyed on it without compiling
+    one binary per bucket (all values are multiples of 16, none is 1: one specialisation).
+    """
+    return min(65536, max(1024, triton.next_power_of_2(seq)))
+
+
+def tile_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]], width: int
+                 ) -> list[triton.Config]:
+    """Autotune configs ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` for a head-dim width.
+
+    ``table`` maps the widest padded head dim (64, 128, 256) to its candidates, best guess
+    first; under the interpreter (or ``ATTNKIT_FLASH_TUNE=0``) only one config is tried.
+    """
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    key = 64 if width <= 64 else (128 if width <= 128 else 256)
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+               for bm, bn, w, st in table[key]]
+    return configs[:1] if tuning_limited() else configs
+
+
+def pruner(table: dict[int, tuple[tuple[int, int, int, int], ...]]):
+    """An ``early_config_prune`` that swaps in ``table``'s configs for the launch's head dims."""
+
+    def prune(configs, named_args, **kwargs):
+        width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
+                    kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
+        return tile_configs(table, width)
+
+    return prune
+
+
+def all_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]]) -> list[triton.Config]:
+    """Every config of ``table`` (the autotuner's list before pruning)."""
+    if interpreting():
+        return tile_configs(table, 64)
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for rows in table.values() for bm, bn, w, st in rows]
+
+
+def tuning_limited() -> bool:
+    """``ATTNKIT_FLASH_TUNE=0`` restricts each kernel to its first config (quick test runs)."""
+    return os.environ.get("ATTNKIT_FLASH_TUNE", "1") == "0"
 
 
 @triton.jit
@@ -72,6 +115,25 @@ def visible_scores(s, rows, cols, seqlen_q, seqlen_k, offset, b, h, kpm_ptr, str
             extra = tl.load(m_ptrs, mask=in_bounds, other=0.0).to(tl.float32)
             s = s + extra * 1.4426950408889634
     return s
+
+
+@triton.jit
+def load_rows(base, idx, stride, limit, DIM: tl.constexpr, BLOCK: tl.constexpr,
+              CHECK_ROWS: tl.constexpr):
+    """Load ``[len(idx), BLOCK]`` from ``base + idx * stride + d``; zeros past ``limit``/``DIM``.
+
+    Masks only what can be out of range: rows when ``CHECK_ROWS``, columns when the head dim
+    is padded (``BLOCK > DIM``); full interior tiles load without masks.
+    """
+    offs = tl.arange(0, BLOCK)
+    ptrs = base + idx[:, None] * stride + offs[None, :]
+    if CHECK_ROWS:
+        if BLOCK == DIM:
+            return tl.load(ptrs, mask=idx[:, None] < limit, other=0.0)
+        return tl.load(ptrs, mask=(idx[:, None] < limit) & (offs[None, :] < DIM), other=0.0)
+    if BLOCK == DIM:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=offs[None, :] < DIM, other=0.0)
 
 
 @triton.jit
@@ -130,10 +192,16 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def seed_words(seed: int, device: torch.device) -> torch.Tensor:
-    """The 64-bit dropout seed as two int64 words ``[low, high]`` on ``device``."""
-    return torch.tensor([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], dtype=torch.int64,
-                        device=device)
+def seed_words(seed: int, dropout_p: float, like: torch.Tensor) -> torch.Tensor:
+    """The 64-bit dropout seed as two int64 words ``[low, high]`` on ``like``'s device.
+
+    Without dropout the kernels never read it: ``like`` itself is returned, so no host-to-device
+    copy (which would stall the host on the stream) happens per call.
+    """
+    if dropout_p <= 0:
+        return like
+    words = torch.tensor([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], dtype=torch.int64)
+    return words.to(like.device, non_blocking=True)
 
 
 def mask_args(attn_mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor):
@@ -146,7 +214,7 @@ def mask_args(attn_mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor):
     target = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
     view = attn_mask.expand(target)
     if view.dtype == torch.bool:
-        view = view.view(torch.uint8) if view.is_contiguous() else view.to(torch.uint8)
+        view = view.view(torch.uint8)  # same item size: a view whatever the strides
         kind = 1
     else:
         kind = 2

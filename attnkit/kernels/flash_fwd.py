@@ -25,10 +25,12 @@ import triton.language as tl
 
 from attnkit.kernels.flash_common import (
     LOG2E,
+    all_configs,
     dot_precision,
     head_block,
-    interpreting,
+    load_rows,
     mask_args,
+    pruner,
     scores,
     seed_words,
     seq_bucket,
@@ -37,35 +39,14 @@ from attnkit.kernels.flash_common import (
 )
 from attnkit.kernels.philox import dropout_keep
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) by padded head-dim width; tuned on an H100
+# (benchmarks/NOTES-flash.md). Wide heads keep fewer K/V stages to fit shared memory.
+FWD_TILES = {
+    64: ((128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 4), (64, 64, 4, 3)),
+    128: ((128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)),
+    256: ((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 3)),
+}
 
-def _fwd_configs() -> list[triton.Config]:
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    configs = []
-    for bm, bn, warps, stages in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3),
-                                  (64, 64, 4, 3), (128, 32, 4, 3)):
-        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps,
-                                     num_stages=stages))
-    return configs
-
-
-def _prune_fwd(configs, named_args, **kwargs):
-    """Drop configs whose tiles would not fit shared memory/registers for wide heads."""
-    width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
-                kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
-    kept = []
-    for cfg in configs:
-        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-        if width >= 256 and (bn > 64 or cfg.num_stages > 2):
-            continue
-        if width >= 128 and bm * bn > 128 * 64 and cfg.num_warps < 8:
-            continue
-        kept.append(cfg)
-    if width >= 256 and not interpreting():
-        kept = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-                triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2)]
-    return kept or configs[:1]
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, rows,
@@ -78,19 +59,11 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
                DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
     """Online-softmax accumulation over key tiles ``[lo, hi)`` (``lo`` a multiple of BLOCK_N)."""
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        k_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None]  # [D, N]
-        v_ptrs = v_base + cols[:, None] * stride_vn + offs_dv[None, :]  # [N, DV]
-        if EDGE:
-            k_tile = tl.load(k_ptrs, mask=(cols[None, :] < seqlen_k) & (offs_d[:, None] < D),
-                             other=0.0)
-        else:
-            k_tile = tl.load(k_ptrs, mask=offs_d[:, None] < D, other=0.0)
-        s, _ = scores(q, k_tile, qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [M, N]
+        k_tile = load_rows(k_base, cols, stride_kn, seqlen_k, D, BLOCK_D, EDGE)  # [N, D]
+        s, _ = scores(q, tl.trans(k_tile), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [M, N]
         s = visible_scores(s, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset, b, h,
                            kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
                            stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE, HAS_KPM, MASK_KIND)
@@ -103,18 +76,15 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
         if DROPOUT:
             keep = dropout_keep(k0, k1, rows[:, None], cols[None, :], bh, dropout_p)
             p = tl.where(keep, p, 0.0)
-        if EDGE:
-            v_tile = tl.load(v_ptrs, mask=(cols[:, None] < seqlen_k) & (offs_dv[None, :] < DV),
-                             other=0.0)
-        else:
-            v_tile = tl.load(v_ptrs, mask=offs_dv[None, :] < DV, other=0.0)
+        v_tile = load_rows(v_base, cols, stride_vn, seqlen_k, DV, BLOCK_DV, EDGE)  # [N, DV]
         acc = tl.dot(p.to(v_tile.dtype), v_tile, acc, input_precision=DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
 
-@triton.autotune(configs=_fwd_configs(), key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET",
-                                               "DTYPE_KEY"],
-                 prune_configs_by={"early_config_prune": _prune_fwd})
+
+@triton.autotune(configs=all_configs(FWD_TILES),
+                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET"],
+                 prune_configs_by={"early_config_prune": pruner(FWD_TILES)})
 @triton.jit
 def _flash_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
@@ -127,7 +97,7 @@ def _flash_fwd_kernel(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    SEQ_BUCKET: tl.constexpr, DTYPE_KEY: tl.constexpr,
+    SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -256,7 +226,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     mask_t, mask_kind, mstrides = mask_args(attn_mask, q, k)
     kpm = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else q
     kpm_stride = key_padding_mask.stride(0) if key_padding_mask is not None else 0
-    seed = seed_words(dropout_seed, q.device)
+    seed = seed_words(dropout_seed, dropout_p, q)
     cu_q = cu_seqlens_q if varlen else seed
     cu_k = cu_seqlens_k if varlen else seed
     if softcap > 0:
@@ -282,6 +252,5 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         HAS_WINDOW=(left, right) != (-1, -1), HAS_KPM=key_padding_mask is not None,
         MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
         DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
-        DTYPE_KEY=str(q.dtype),
     )
     return out, lse

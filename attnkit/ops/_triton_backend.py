@@ -1,8 +1,9 @@
 """The ``"triton"`` backend of ``attnkit.attention``: what the kernels serve, and the call.
 
 ``unsupported_reason(call)`` says precisely why the kernels cannot serve a call (None when they
-can); ``run(call)`` runs them through the ``attnkit::flash_attn_*`` custom ops, so autograd and
-``torch.compile`` both work. ``"auto"`` picks this backend for CUDA tensors only, never for the
+can); ``run(call)`` runs them: under ``torch.compile`` through the ``attnkit::flash_attn_*``
+custom ops (one opaque node, no graph break), in eager mode through an equivalent
+``torch.autograd.Function`` (same kernels, less host overhead per call). ``"auto"`` picks this backend for CUDA tensors only, never for the
 CPU interpreter (``auto_eligible``); ``backend="triton"`` on CPU tensors works under
 ``TRITON_INTERPRET=1`` (how CI tests the kernels).
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from attnkit.kernels.flash_common import interpreting
-from attnkit.ops import custom_ops  # noqa: F401  (registers torch.ops.attnkit.flash_attn_*)
+from attnkit.kernels.flash_fwd import flash_fwd
+from attnkit.ops import custom_ops  # registers torch.ops.attnkit.flash_attn_*
 from attnkit.ops.call import AttentionCall
 
 MAX_HEAD_DIM = 256
@@ -29,7 +31,8 @@ def unsupported_reason(call: AttentionCall) -> str | None:
     if q.device.type != "cuda" and not interpreting():
         return (f"inputs are on {q.device.type}: the Triton kernels need CUDA tensors (set "
                 "TRITON_INTERPRET=1 to test them on the CPU)")
-    if q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 0):
+    if (q.device.type == "cuda" and not torch.compiler.is_compiling()
+            and torch.cuda.get_device_capability(q.device) < (8, 0)):
         major, minor = torch.cuda.get_device_capability(q.device)
         return (f"the GPU has compute capability {major}.{minor}: the Triton kernels need 8.0 "
                 "or newer; use backend='reference'")
@@ -70,8 +73,19 @@ def run(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
     kpm = call.key_padding_mask
     if kpm is not None and kpm.stride(-1) != 1:
         kpm = kpm.contiguous()
-    return torch.ops.attnkit.flash_attn_fwd(
-        q, k, v, kpm, call.attn_mask, call.cu_seqlens_q, call.cu_seqlens_k, call.causal,
-        call.window[0], call.window[1], float(call.scale), float(call.softcap),
-        call.max_seqlen_q, call.max_seqlen_k, float(call.dropout_p), call.dropout_seed,
-        call.deterministic)
+    if torch.compiler.is_compiling():
+        # One opaque node with a fake implementation: no graph break.
+        return torch.ops.attnkit.flash_attn_fwd(
+            q, k, v, kpm, call.attn_mask, call.cu_seqlens_q, call.cu_seqlens_k, call.causal,
+            call.window[0], call.window[1], float(call.scale), float(call.softcap),
+            call.max_seqlen_q, call.max_seqlen_k, float(call.dropout_p), call.dropout_seed,
+            call.deterministic)
+    options = dict(causal=call.causal, window=call.window, scale=float(call.scale),
+                   softcap=float(call.softcap), key_padding_mask=kpm, attn_mask=call.attn_mask,
+                   cu_seqlens_q=call.cu_seqlens_q, cu_seqlens_k=call.cu_seqlens_k,
+                   max_seqlen_q=call.max_seqlen_q, max_seqlen_k=call.max_seqlen_k,
+                   dropout_p=float(call.dropout_p), dropout_seed=call.dropout_seed)
+    if not call.needs_grad:
+        return flash_fwd(q, k, v, **options)
+    options["deterministic"] = call.deterministic
+    return custom_ops.FlashAttention.apply(q, k, v, options)

@@ -109,3 +109,33 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 flash_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class FlashAttention(torch.autograd.Function):
+    """Eager twin of ``attnkit::flash_attn_fwd``: the same kernels with less dispatch overhead.
+
+    ``torch.library`` custom ops cost a few hundred microseconds of host time per call with
+    autograd, which shows on short sequences; outside ``torch.compile`` the Triton backend calls
+    this Function instead. ``options`` holds ``flash_fwd``'s keyword arguments plus
+    ``deterministic``.
+
+    Example:
+        >>> # out, lse = FlashAttention.apply(q, k, v, options)
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, options):
+        fwd_options = {name: value for name, value in options.items() if name != "deterministic"}
+        out, lse = flash_fwd(q, k, v, **fwd_options)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.options = options
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if grad_out is None:  # only the LSE was used
+            grad_out = torch.zeros_like(out)
+        dq, dk, dv = flash_bwd(grad_out, q, k, v, out, lse, grad_lse=grad_lse, **ctx.options)
+        return dq, dk, dv, None

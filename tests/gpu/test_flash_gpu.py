@@ -1,0 +1,141 @@
+"""The Triton flash-attention kernels on a GPU: issue 5's matrix against the float64 oracle.
+
+Forward, LSE and every gradient by the tolerance rule (``tests/flash_check.py``): awkward
+lengths (1, 17, 113, 1000, unequal q/k), head dims 64 to 256 including 80, 96 and 192/128,
+GQA/MQA, causal and windows, key padding, bool and additive masks broadcast through strides,
+softcap, dropout, packed batches with empty segments, fp16/bf16/fp32 (tf32), both backward modes.
+Run with ``pytest -m gpu tests/gpu/test_flash_gpu.py`` on a CUDA machine
+(``ATTNKIT_FLASH_TUNE=0`` skips autotuning for a quicker run).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnkit
+from tests.flash_check import Case, check
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+HEAD_DIMS = {"d64": (64, 64), "d80": (80, 80), "d96": (96, 96), "d128": (128, 128),
+             "d192-dv128": (192, 128), "d256": (256, 256), "d32": (32, 32)}
+SEQS = {"1x29": (1, 29), "17x17": (17, 17), "113x203": (113, 203), "1000x1000": (1000, 1000),
+        "239x1": (239, 1), "333x129": (333, 129)}
+
+
+@pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dims", HEAD_DIMS.values(), ids=HEAD_DIMS.keys())
+def test_head_dims(dims, causal, dtype):
+    d, dv = dims
+    check(Case((2, 113, 203, 4, 2, d, dv), causal=causal), dtype=dtype, device="cuda")
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("seqs", SEQS.values(), ids=SEQS.keys())
+def test_lengths(seqs, causal):
+    sq, sk = seqs
+    check(Case((2, sq, sk, 8, 2, 128, 128), causal=causal), dtype=BF16, device="cuda")
+
+
+VARIANTS = {
+    "mqa": Case((2, 257, 257, 8, 1, 64, 64), causal=True),
+    "gqa4-window": Case((2, 300, 300, 8, 2, 128, 128), causal=True, window=(63, 0)),
+    "window-both": Case((1, 333, 400, 4, 4, 64, 64), window=(70, 33)),
+    "window-right": Case((1, 200, 200, 4, 2, 96, 96), window=(-1, 5)),
+    "softcap": Case((2, 129, 129, 4, 2, 128, 128), causal=True, softcap=5.0),
+    "kpm": Case((3, 100, 150, 4, 2, 64, 64), kpm=True),
+    "bool-full": Case((2, 130, 170, 4, 2, 64, 64), mask=("bool", "full")),
+    "bool-rows-causal": Case((2, 130, 130, 4, 2, 128, 128), causal=True, mask=("bool", "rows")),
+    "additive-heads": Case((2, 150, 150, 4, 2, 80, 80), mask=("additive", "heads")),
+    "additive-keys-kpm": Case((2, 150, 150, 4, 4, 64, 64), kpm=True, mask=("additive", "keys")),
+    "dropout": Case((2, 200, 200, 4, 2, 64, 64), causal=True, dropout_p=0.15),
+    "dropout-softcap-window": Case((1, 190, 190, 4, 1, 128, 128), causal=True, window=(31, 0),
+                                   softcap=8.0, dropout_p=0.1),
+    "packed-empty": Case((0, 0, 0, 8, 2, 128, 128), causal=True,
+                         segments=((300, 300), (0, 17), (1, 1), (513, 700), (50, 0), (129, 64))),
+    "packed-window-dropout": Case((0, 0, 0, 4, 4, 64, 64), window=(40, 7), dropout_p=0.2,
+                                  segments=((70, 70), (333, 333), (0, 0), (17, 40))),
+    "lse-grad": Case((2, 140, 150, 4, 2, 64, 64), causal=True, lse_grad=True),
+    "mla-packed": Case((0, 0, 0, 8, 1, 192, 128), causal=True, segments=((200, 200), (77, 77))),
+}
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "det"])
+@pytest.mark.parametrize("case", VARIANTS.values(), ids=VARIANTS.keys())
+def test_variants(case, deterministic):
+    check(case, dtype=BF16, device="cuda", deterministic=deterministic)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_fp32_uses_tf32_within_rule(causal):
+    check(Case((2, 113, 113, 4, 2, 64, 64), causal=causal), dtype=FP32, device="cuda")
+
+
+def test_deterministic_backward_is_bitwise_reproducible():
+    case = Case((2, 1000, 1000, 8, 2, 128, 128), causal=True)
+    first = check(case, dtype=BF16, device="cuda", deterministic=True)
+    second = check(case, dtype=BF16, device="cuda", deterministic=True)
+    for name in ("out", "lse", "dq", "dk", "dv"):
+        assert torch.equal(first[name], second[name]), name
+
+
+def test_auto_picks_triton_on_cuda():
+    from attnkit.ops import backends
+    from attnkit.ops.attention import _validate
+    q = torch.randn(1, 8, 2, 64, device="cuda", dtype=BF16)
+    call = _validate(q, q, q, causal=False, window=(-1, -1), scale=None, softcap=0.0,
+                     key_padding_mask=None, attn_mask=None, cu_seqlens_q=None,
+                     cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, dropout_p=0.0,
+                     generator=None, return_lse=False, backend="auto")
+    assert backends.select(call, "auto").name == "triton"
+
+
+class _TinyBlock(torch.nn.Module):
+    """Two attention layers with projections: what torch.compile must trace without breaks."""
+
+    def __init__(self, hidden=256, heads=4, kv_heads=2):
+        super().__init__()
+        self.heads, self.kv_heads, self.d = heads, kv_heads, hidden // heads
+        self.qkv = torch.nn.ModuleList(
+            torch.nn.Linear(hidden, (heads + 2 * kv_heads) * self.d) for _ in range(2))
+        self.out = torch.nn.ModuleList(torch.nn.Linear(heads * self.d, hidden) for _ in range(2))
+
+    def forward(self, x):  # x [b, s, hidden]
+        b, s, _ = x.shape
+        for qkv, out in zip(self.qkv, self.out):
+            q, k, v = qkv(x).split([self.heads * self.d, self.kv_heads * self.d,
+                                    self.kv_heads * self.d], dim=-1)
+            y = attnkit.attention(q.view(b, s, self.heads, self.d),
+                                  k.view(b, s, self.kv_heads, self.d),
+                                  v.view(b, s, self.kv_heads, self.d), causal=True)
+            x = x + out(y.reshape(b, s, -1))
+        return x
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    model = _TinyBlock().cuda().to(BF16)
+    x = torch.randn(2, 100, 256, device="cuda", dtype=BF16, requires_grad=True)
+    eager = model(x)
+    eager.float().square().mean().backward()
+    grads_eager = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True)
+    got = compiled(x)
+    got.float().square().mean().backward()
+    torch.testing.assert_close(got, eager, atol=2e-2, rtol=2e-2)
+    for p, g in zip(model.parameters(), grads_eager):
+        torch.testing.assert_close(p.grad, g, atol=2e-2, rtol=2e-2)
+
+
+def test_opcheck_custom_ops():
+    from attnkit.ops import custom_ops  # noqa: F401
+    q = torch.randn(2, 33, 4, 64, device="cuda", dtype=BF16, requires_grad=True)
+    k = torch.randn(2, 40, 2, 64, device="cuda", dtype=BF16, requires_grad=True)
+    v = torch.randn(2, 40, 2, 64, device="cuda", dtype=BF16, requires_grad=True)
+    args = (q, k, v, None, None, None, None, True, -1, -1, 0.125, 0.0, 33, 40, 0.0, 0, True)
+    torch.library.opcheck(torch.ops.attnkit.flash_attn_fwd.default, args)
