@@ -160,3 +160,32 @@ def test_opcheck_custom_ops():
     v = torch.randn(1, 20, 1, 16, requires_grad=True)
     args = (q, k, v, None, None, None, None, True, -1, -1, 0.125, 0.0, 17, 20, 0.0, 0, True)
     torch.library.opcheck(torch.ops.attnkit.flash_attn_fwd.default, args)
+
+
+@needs_kernels
+def test_tile_ranges_cover_the_visible_band_and_skip_the_rest():
+    """Key ranges of query tiles (forward, dQ) and query ranges of key tiles (dK/dV)."""
+    from tests.flash_tiles import check_key_ranges, check_query_ranges
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(25):
+        sq, sk = (int(x) for x in torch.randint(1, 90, (2,), generator=rng))
+        causal = bool(torch.randint(0, 2, (1,), generator=rng))
+        left, right = (int(x) - 1 for x in torch.randint(0, 40, (2,), generator=rng))
+        window = (left if left < 30 else -1, right if right < 30 else -1)
+        for block_m, block_n in ((16, 16), (16, 32), (32, 16)):
+            check_key_ranges(sq, sk, causal, window, block_m, block_n)
+            check_query_ranges(sq, sk, causal, window, block_m, block_n)
+
+
+@needs_kernels
+def test_use_deterministic_algorithms_selects_the_dq_kernel(monkeypatch):
+    from attnkit.ops.attention import _validate
+    q = torch.randn(1, 5, 2, 32)
+    opts = dict(causal=False, window=(-1, -1), scale=None, softcap=0.0, key_padding_mask=None,
+                attn_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                max_seqlen_k=None, dropout_p=0.0, generator=None, return_lse=False,
+                backend="triton")
+    assert not _validate(q, q, q, **opts).deterministic
+    assert _validate(q, q, q, deterministic=True, **opts).deterministic
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert _validate(q, q, q, **opts).deterministic
