@@ -189,3 +189,33 @@ def test_use_deterministic_algorithms_selects_the_dq_kernel(monkeypatch):
     assert _validate(q, q, q, deterministic=True, **opts).deterministic
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
     assert _validate(q, q, q, **opts).deterministic
+
+
+@needs_kernels
+def test_additive_mask_of_finfo_min_matches_reference():
+    """Hugging Face padding masks use finfo.min, not -inf: a row masked only by them is a
+    uniform softmax in the reference, and must stay one in the kernels (no overflow to -inf)."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 9, 2, 32, generator=g).requires_grad_() for _ in range(3))
+    mask = torch.zeros(2, 1, 9, 9)
+    mask[0, :, :, 5:] = torch.finfo(torch.float32).min  # padded keys
+    mask[1, :, 3] = torch.finfo(torch.float32).min  # a query row that sees nothing
+    mask[1, :, 4] = float("-inf")  # a row masked with -inf: zeros and lse -inf
+    want, want_lse = attnkit.attention(q, k, v, attn_mask=mask, return_lse=True,
+                                       backend="reference")
+    got, got_lse = attnkit.attention(q, k, v, attn_mask=mask, return_lse=True, backend="triton")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.all(got[1, 4] == 0) and torch.all(got_lse[1, :, 4] == -math.inf)
+    assert torch.equal(torch.isfinite(want_lse), torch.isfinite(got_lse))
+    # The uniform row's LSE is finfo.min-sized (its exact value depends on the clamp).
+    huge = torch.isfinite(want_lse) & (want_lse < -1e30)
+    assert torch.all(got_lse[huge] < -1e37)
+    normal = torch.isfinite(want_lse) & ~huge
+    assert torch.allclose(got_lse[normal], want_lse[normal], rtol=1e-5, atol=1e-5)
+    grad = torch.randn(got.shape, generator=g)
+    grad[1, 3] = 0  # the saturated row is padding: its output carries no gradient (see the
+    # Triton backend's docstring: its own gradient is not the reference's saturated one)
+    want_grads = torch.autograd.grad(want, (q, k, v), grad)
+    got_grads = torch.autograd.grad(got, (q, k, v), grad)
+    for w, gg in zip(want_grads, got_grads):
+        torch.testing.assert_close(gg, w, atol=1e-5, rtol=1e-5)

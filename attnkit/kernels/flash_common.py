@@ -113,6 +113,10 @@ def visible_scores(s, rows, cols, seqlen_q, seqlen_k, offset, b, h, kpm_ptr, str
             s = tl.where(allowed != 0, s, float("-inf"))
         else:
             extra = tl.load(m_ptrs, mask=in_bounds, other=0.0).to(tl.float32)
+            # Keep huge finite masks finite in base 2 (an HF mask's finfo.min times log2(e)
+            # would overflow to -inf): a row masked only by them stays a uniform softmax, as
+            # in the reference; -inf stays -inf.
+            extra = tl.where(extra == float("-inf"), extra, tl.maximum(extra, -1.0e38))
             s = s + extra * 1.4426950408889634
     return s
 

@@ -10,6 +10,12 @@ CPU interpreter (``auto_eligible``); ``backend="triton"`` on CPU tensors works u
 Precision: fp16/bf16 inputs use their tensor-core products with float32 softmax and
 accumulation; float32 inputs use tf32 products (about 1e-3 relative error, like PyTorch's
 matmuls with ``allow_tf32``); float64 is served by the reference only.
+
+Additive masks: huge finite values (Hugging Face's ``finfo.min`` padding) are clamped to -1e38
+before the base-2 scaling so they cannot overflow to ``-inf``; a query row masked only by such
+values gets the reference's forward (a uniform average) and a finite LSE of that size, but the
+gradient flowing from that row's own output is not the reference's (its LSE cannot hold
+``log(n)`` next to 1e38). Such rows are padding whose outputs carry no gradient in practice.
 """
 
 from __future__ import annotations
