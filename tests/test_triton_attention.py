@@ -219,3 +219,54 @@ def test_additive_mask_of_finfo_min_matches_reference():
     got_grads = torch.autograd.grad(got, (q, k, v), grad)
     for w, gg in zip(want_grads, got_grads):
         torch.testing.assert_close(gg, w, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+def test_strided_views_of_a_fused_projection():
+    """q, k, v sliced from one fused [b, s, (hq + 2 hk) * d] projection: strided, no copies."""
+    g = torch.Generator().manual_seed(7)
+    fused = torch.randn(2, 19, (4 + 2 * 2) * 32, generator=g, requires_grad=True)
+    q, k, v = fused.view(2, 19, 8, 32).split([4, 2, 2], dim=2)  # views with row stride 256
+    assert not q.is_contiguous()
+    got = attnkit.attention(q, k, v, causal=True, backend="triton")
+    want = attnkit.attention(q, k, v, causal=True, backend="reference")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    grad = torch.randn(got.shape, generator=g)
+    (g_got,) = torch.autograd.grad(got, fused, grad)
+    (g_want,) = torch.autograd.grad(want, fused, grad)
+    torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(2, 5, 0), (2, 0, 5), (0, 5, 5)], ids=["no-keys", "no-queries",
+                                                                          "no-batch"])
+def test_empty_sequences(shape):
+    b, sq, sk = shape
+    q = torch.randn(b, sq, 2, 32, requires_grad=True)
+    k = torch.randn(b, sk, 1, 32, requires_grad=True)
+    v = torch.randn(b, sk, 1, 32, requires_grad=True)
+    out, lse = attnkit.attention(q, k, v, return_lse=True, backend="triton")
+    assert out.shape == (b, sq, 2, 32) and lse.shape == (b, 2, sq)
+    assert torch.all(out == 0) and torch.all(lse == -math.inf)
+    out.sum().backward()
+    assert all(torch.all(t.grad == 0) for t in (q, k, v))
+
+
+@needs_kernels
+def test_opcheck_with_masks_and_packed_inputs():
+    from attnkit.ops import custom_ops  # noqa: F401  (registers the ops)
+    q = torch.randn(1, 9, 2, 32, requires_grad=True)
+    k = torch.randn(1, 11, 1, 32, requires_grad=True)
+    v = torch.randn(1, 11, 1, 32, requires_grad=True)
+    kpm = torch.rand(1, 11) > 0.2
+    mask = torch.randn(1, 2, 9, 11)
+    torch.library.opcheck(torch.ops.attnkit.flash_attn_fwd.default,
+                          (q, k, v, kpm, mask, None, None, False, 3, 2, 0.2, 0.0, 9, 11, 0.0, 0,
+                           True))
+    cu = torch.tensor([0, 4, 4, 9], dtype=torch.int32)
+    qp = torch.randn(9, 2, 32, requires_grad=True)
+    kp = torch.randn(9, 1, 32, requires_grad=True)
+    vp = torch.randn(9, 1, 32, requires_grad=True)
+    torch.library.opcheck(torch.ops.attnkit.flash_attn_fwd.default,
+                          (qp, kp, vp, None, None, cu, cu, True, -1, -1, 0.2, 0.0, 5, 5, 0.0, 0,
+                           False))
