@@ -30,14 +30,16 @@ def _rotate(x, positions, *, theta, style):
     pos = positions.to(torch.float64)
     pos = pos[None] if pos.ndim == 1 else pos  # [1 or b, s]
     angles = (pos[..., None] * freq)[:, :, None, :]  # [1 or b, s, 1, d/2]
-    turn = torch.polar(torch.ones_like(angles), angles)
-    turn = turn if x.dtype == torch.float64 else turn.to(torch.complex64)
+    turn = torch.polar(torch.ones_like(angles), angles).to(x.device)
+    dtype = x.dtype
+    if dtype != torch.float64:  # complex math needs float32 at least (as attnkit's RoPE)
+        x, turn = x.float(), turn.to(torch.complex64)
     if style == "interleaved":  # pairs (2i, 2i + 1)
         pairs = torch.view_as_complex(x.unflatten(-1, (d // 2, 2)).contiguous())
-        return torch.view_as_real(pairs * turn).flatten(-2)
+        return torch.view_as_real(pairs * turn).flatten(-2).to(dtype)
     pairs = torch.complex(x[..., : d // 2], x[..., d // 2:])  # pairs (i, i + d/2)
     rotated = pairs * turn
-    return torch.cat((rotated.real, rotated.imag), dim=-1)
+    return torch.cat((rotated.real, rotated.imag), dim=-1).to(dtype)
 
 
 def _oracle(layer: GroupedQueryAttention, x, *, dtype, positions=None, keep=None, context=None,
