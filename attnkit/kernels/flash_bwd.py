@@ -436,8 +436,11 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         ``(dq, dk, dv)`` in the dtypes and shapes of ``q``, ``k``, ``v``. Rows that saw no key
         get zero gradients.
 
-    Example:
-        >>> # dq, dk, dv = flash_bwd(do, q, k, v, out, lse, causal=True, ..., deterministic=True)
+    Example (continuing ``flash_fwd``'s example; ``opts`` = its keyword arguments):
+        >>> dq, dk, dv = flash_bwd(torch.randn_like(out), q, k, v, out, lse,
+        ...                        deterministic=True, **opts)
+        >>> dq.shape, dk.shape
+        (torch.Size([2, 100, 8, 64]), torch.Size([2, 100, 2, 64]))
     """
     varlen = cu_seqlens_q is not None
     hq, hk, d = q.shape[-2], k.shape[-2], q.shape[-1]

@@ -196,9 +196,15 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         ``(out, lse)``: out in q's layout with head dim dv and q's dtype; lse float32
         ``[b, hq, sq]`` (packed ``[hq, total_q]``).
 
-    Example:
-        >>> # on CUDA (or under TRITON_INTERPRET=1)
-        >>> # out, lse = flash_fwd(q, k, v, causal=True, window=(-1, -1), scale=0.125, ...)
+    Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``):
+        >>> q = torch.randn(2, 100, 8, 64, device="cuda", dtype=torch.bfloat16)
+        >>> k = v = torch.randn(2, 100, 2, 64, device="cuda", dtype=torch.bfloat16)
+        >>> out, lse = flash_fwd(q, k, v, causal=True, window=(-1, -1), scale=0.125,
+        ...                      softcap=0.0, key_padding_mask=None, attn_mask=None,
+        ...                      cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=100,
+        ...                      max_seqlen_k=100, dropout_p=0.0, dropout_seed=0)
+        >>> out.shape, lse.shape
+        (torch.Size([2, 100, 8, 64]), torch.Size([2, 8, 100]))
     """
     varlen = cu_seqlens_q is not None
     hq, hk, d = q.shape[-2], k.shape[-2], q.shape[-1]

@@ -36,9 +36,12 @@ def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     ``deterministic`` is unused here; it is carried to the backward op.
 
-    Example:
-        >>> # out, lse = torch.ops.attnkit.flash_attn_fwd(q, k, v, None, None, None, None, True,
-        >>> #     -1, -1, 0.125, 0.0, sq, sk, 0.0, 0, False)
+    Example (q ``[2, 100, 8, 64]``, k/v ``[2, 100, 2, 64]`` on CUDA):
+        >>> out, lse = torch.ops.attnkit.flash_attn_fwd(q, k, v, None, None, None, None, True,
+        ...                                             -1, -1, 0.125, 0.0, 100, 100, 0.0, 0,
+        ...                                             False)
+        >>> lse.shape
+        torch.Size([2, 8, 100])
     """
     return flash_fwd(q, k, v, causal=causal, window=(window_left, window_right), scale=scale,
                      softcap=softcap, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
@@ -119,8 +122,9 @@ class FlashAttention(torch.autograd.Function):
     this Function instead. ``options`` holds ``flash_fwd``'s keyword arguments plus
     ``deterministic``.
 
-    Example:
-        >>> # out, lse = FlashAttention.apply(q, k, v, options)
+    Example (``options`` as built by ``attnkit.ops._triton_backend.run``):
+        >>> out, lse = FlashAttention.apply(q, k, v, options)
+        >>> out.sum().backward()  # runs flash_bwd
     """
 
     @staticmethod
