@@ -225,3 +225,24 @@ def test_unsupported_model_type_is_rejected():
     cfg.model_type = "gpt2"
     with pytest.raises(ValueError, match="model_type must be one of .* got 'gpt2'"):
         attention_from_hf_config(cfg)
+
+
+def test_rotary_from_config_partial_and_legacy_fields():
+    from types import SimpleNamespace
+
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from attnkit.integrations.transformers import rotary_from_hf_config
+
+    cfg = _config("llama")
+    cfg.rope_parameters = {"rope_type": "linear", "rope_theta": 1000.0, "factor": 2.0,
+                           "partial_rotary_factor": 0.5}
+    rope = rotary_from_hf_config(cfg)
+    hf_freq, _ = ROPE_INIT_FUNCTIONS["linear"](cfg)
+    assert (rope.head_dim, rope.rotary_dim) == (8, 4)
+    torch.testing.assert_close(rope.inv_freq, hf_freq.float(), rtol=2.4e-7, atol=0)
+    legacy = SimpleNamespace(hidden_size=64, num_attention_heads=4, rope_theta=500.0,
+                             rope_scaling={"type": "linear", "factor": 4.0},
+                             max_position_embeddings=64)
+    old = rotary_from_hf_config(legacy)
+    assert (old.head_dim, old.theta, old.scaling.factor, old.style) == (16, 500.0, 4.0, "half")
