@@ -109,3 +109,23 @@ def test_build_every_kind():
 def test_builder_rejects_bad_attributes(kind, attrs, error, match):
     with pytest.raises(error, match=match):
         build_attention(kind, attrs)
+
+
+def test_every_layer_builds_on_meta_then_materialises():
+    from attnkit.nn import LowRankProjection, RMSNorm
+
+    cfg = AttentionConfig(hidden_size=64, num_heads=8, num_kv_heads=2, head_dim=8)
+    mla_attrs = {"hidden_size": 64, "num_heads": 4, "kv_lora_rank": 16, "q_lora_rank": 24,
+                 "qk_nope_head_dim": 12, "qk_rope_head_dim": 8, "v_head_dim": 10}
+    with torch.device("meta"):
+        layers = [CausalSelfAttention(cfg), LowRankProjection(64, 8, 32), RMSNorm(64),
+                  build_attention("LocalAttention", {"hidden_size": 64, "num_heads": 4,
+                                                     "window": 4, "rope_theta": 1e4}),
+                  build_attention("MultiHeadLatentAttention", mla_attrs)]
+    x = torch.randn(1, 5, 64)
+    for layer in layers:
+        assert all(p.is_meta for p in layer.parameters())
+        layer = layer.to_empty(device="cpu")
+        layer.reset_parameters()
+        out = layer(x)
+        assert torch.isfinite(out).all() and not any(p.is_meta for p in layer.parameters())
