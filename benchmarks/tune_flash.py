@@ -31,7 +31,17 @@ HIDDEN = 2048
 
 
 def _bench(fn) -> float:
-    """Median milliseconds of ``fn``."""
+    """Median milliseconds of ``fn``, after ~1 s of busy warm-up.
+
+    Compiling and autotuning leave the GPU idle for seconds; its clocks drop and
+    ``do_bench``'s own 25 ms warm-up does not bring them back (NOTES-flash.md, step 1b).
+    """
+    fn()
+    torch.cuda.synchronize()
+    start = time.time()
+    while time.time() - start < 1.0:
+        fn()
+    torch.cuda.synchronize()
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
