@@ -46,9 +46,9 @@ def variants(hidden: int, heads: int, window: int) -> dict[str, dict]:
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--seq", type=int, default=None,
-                        help="prompt length (default: 64 on CPU, 1024 on GPU)")
+                        help="prompt length (default: 64 on CPU, 512 on GPU)")
     parser.add_argument("--new-tokens", type=int, default=None,
-                        help="tokens decoded per prompt (default: 8 on CPU, 64 on GPU)")
+                        help="tokens decoded per prompt (default: 8 on CPU, 32 on GPU)")
 
 
 def _sync(device: torch.device) -> None:
@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32
-    seq = args.seq or (1024 if gpu else 64)
-    new = args.new_tokens or (64 if gpu else 8)
+    seq = args.seq or (512 if gpu else 64)
+    new = args.new_tokens or (32 if gpu else 8)
     hidden, heads, layers, batch = (1024, 16, 4, 8) if gpu else (128, 8, 2, 2)
     window = max(4, seq // 4)
     table = Table(title=f"attnkit demo on {device} ({dtype}; batch {batch}, prompt {seq}, "
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                                num_heads=heads, **extra)
         model = Decoder(config).to(device=device, dtype=dtype).eval()
         prompts = torch.randint(0, config.vocab_size, (batch, seq), device=device)
-        _serve(model, prompts[:, :8], 2, device)  # warm-up: kernels compile, caches allocate
+        _serve(model, prompts, 2, device)  # warm-up: kernels compile for these shapes
         tokens, logits, prefill, decode, kv_bytes = _serve(model, prompts, new, device)
         train = _train_step(model, tokens, device)
         with torch.no_grad():  # float64 runs on the reference backend everywhere

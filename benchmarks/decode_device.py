@@ -90,6 +90,30 @@ def sweep(device) -> list[dict]:
     return rows
 
 
+def splits_check(device) -> list[dict]:
+    """Split counts at 32k (paged 64, batch 64, GQA 32:8): three medians each."""
+    from attnkit.kernels import decode as dk
+    from attnkit.ops import decode as dop
+    suite = registry.get("decode")
+    case = suite.cases(True)[2]
+    inputs = suite.make_inputs(case, device, 0)
+    call = dop.validate(inputs["q"], inputs["k_cache"], inputs["v_cache"],
+                        cache_seqlens=inputs["cache_seqlens"], block_table=inputs["block_table"],
+                        causal=True, window=(-1, -1), softcap=0.0, scale=None,
+                        return_lse=False, backend="triton")
+    nbytes = suite.work(case, "fwd").bytes
+    rows = []
+    for splits in (1, 2, 3, 4, 6, 8):
+        for cfg in (None, dict(BLOCK_N=128, num_warps=4, num_stages=3)):
+            rates = [nbytes / _time_ms(lambda n=splits, f=cfg: dk.decode_fwd(call, num_splits=n,
+                                                                             config=f)) / 1e9
+                     for _ in range(3)]
+            rows.append(dict(splits=splits, cfg=cfg, tbps=rates))
+            print(f"32k splits={splits} cfg={cfg} TB/s={[round(r, 3) for r in rates]}",
+                  flush=True)
+    return rows
+
+
 def run_suite(name: str, settings: Settings) -> list[dict]:
     suite = registry.get(name)
     results = []
@@ -130,6 +154,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--suites", default="decode,mla-decode")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--splits-check", action="store_true")
     args = parser.parse_args()
     device = torch.device("cuda")
     out = pathlib.Path(args.out)
@@ -148,6 +173,8 @@ def main() -> None:
             if "tbps" in r:
                 print(f"sweep {r['case']:26s} {r['cfg']} splits={r['splits']} {r['tbps']:.2f}")
         print("BEST", json.dumps(best), flush=True)
+    if args.splits_check:
+        report["splits_check"] = splits_check(device)
     settings = Settings(device=device, backend="auto", quick=args.quick)
     for name in filter(None, args.suites.split(",")):
         report[name] = run_suite(name, settings)

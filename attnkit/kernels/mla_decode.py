@@ -18,10 +18,13 @@ from attnkit.ops.mla_decode import MLADecodeCall
 
 
 def default_config() -> dict:
-    """Launch options: rows (heads) per tile, key tile, warps, stages (H100 sweep)."""
+    """Launch options: rows (heads) per tile, key tile, value-dim split, query chunk of the
+    ``q_latent . latent`` product, warps, stages (H100 sweep)."""
     if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
-    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=1)
+        return dict(BLOCK_M=16, BLOCK_N=16, VSPLIT=2, QC=16, num_warps=4, num_stages=1)
+    # Best of benchmarks/mla_sweep.py on an H100 (0.74 TB/s at 8k); every config spills
+    # registers at R = 512 (ptxas: 255 registers), which bounds this kernel for now.
+    return dict(BLOCK_M=64, BLOCK_N=64, VSPLIT=1, QC=512, num_warps=8, num_stages=1)
 
 
 @triton.jit
@@ -33,11 +36,13 @@ def _mla_kernel(
     n_new, heads, num_splits, scale,
     R: tl.constexpr, P: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
     CAUSAL: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VSPLIT: tl.constexpr, QC: tl.constexpr,
 ):
     split = tl.program_id(0)
     bi = tl.program_id(1)
-    tile = tl.program_id(2)
+    tile = tl.program_id(2) // VSPLIT
+    vpart = tl.program_id(2) % VSPLIT  # which 1/VSPLIT of the value dims this program owns
+    RV: tl.constexpr = R // VSPLIT
     length = tl.load(seqlens_ptr + bi)
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # row = token * heads + head
     row_ok = rows < n_new * heads
@@ -54,18 +59,18 @@ def _mla_kernel(
     start = split * per_split
     end = tl.minimum(start + per_split, hi)
 
-    offs_r = tl.arange(0, R)
+    offs_v = vpart * RV + tl.arange(0, RV)
     offs_p = tl.arange(0, P)
     b64 = bi.to(tl.int64)
-    ql = tl.load(ql_ptr + (b64 * stride_qlb + tok * stride_qln + head * stride_qlh)[:, None]
-                 + offs_r[None, :], mask=row_ok[:, None], other=0.0)  # [M, R]
+    q_rows = b64 * stride_qlb + tok * stride_qln + head * stride_qlh  # [M]
+    offs_c = tl.arange(0, QC)
     qr = tl.load(qr_ptr + (b64 * stride_qrb + tok * stride_qrn + head * stride_qrh)[:, None]
                  + offs_p[None, :], mask=row_ok[:, None], other=0.0)  # [M, P]
     qk_scale = scale * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, R], tl.float32)
+    acc = tl.zeros([BLOCK_M, RV], tl.float32)
     for kstart in range(start, end, BLOCK_N):
         cols = kstart + tl.arange(0, BLOCK_N)
         col_ok = cols < end
@@ -77,16 +82,26 @@ def _mla_kernel(
         else:
             c_rows = b64 * stride_cb + cols.to(tl.int64) * stride_cs
             r_rows = b64 * stride_rb + cols.to(tl.int64) * stride_rs
-        lat = tl.load(lat_ptr + c_rows[:, None] + offs_r[None, :], mask=col_ok[:, None],
-                      other=0.0)  # [N, R]
         rk = tl.load(rope_ptr + r_rows[:, None] + offs_p[None, :], mask=col_ok[:, None],
                      other=0.0)  # [N, P]
         if IEEE:
-            s = tl.dot(ql, tl.trans(lat), input_precision="ieee")
-            s += tl.dot(qr, tl.trans(rk), input_precision="ieee")
+            s = tl.dot(qr, tl.trans(rk), input_precision="ieee")  # [M, N]
         else:
-            s = tl.dot(ql, tl.trans(lat))
-            s += tl.dot(qr, tl.trans(rk))  # [M, N]
+            s = tl.dot(qr, tl.trans(rk))
+        # q_latent . latent in chunks of QC dims; the query chunk is re-read (from L1) each
+        # time instead of living in registers, which would spill at R = 512.
+        for c in tl.static_range(R // QC):
+            qc = tl.load(ql_ptr + q_rows[:, None] + c * QC + offs_c[None, :],
+                         mask=row_ok[:, None], other=0.0)  # [M, QC]
+            lc = tl.load(lat_ptr + c_rows[:, None] + c * QC + offs_c[None, :],
+                         mask=col_ok[:, None], other=0.0)  # [N, QC]
+            if IEEE:
+                s += tl.dot(qc, tl.trans(lc), input_precision="ieee")
+            else:
+                s += tl.dot(qc, tl.trans(lc))
+        # This program's value columns: the same cache lines, read again (L1/L2 hits).
+        val = tl.load(lat_ptr + c_rows[:, None] + offs_v[None, :], mask=col_ok[:, None],
+                      other=0.0)  # [N, RV]
         s = s * qk_scale
         visible = col_ok[None, :] & row_ok[:, None]
         if CAUSAL:
@@ -98,9 +113,9 @@ def _mla_kernel(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat, input_precision="ieee")
+            acc = acc * alpha[:, None] + tl.dot(p.to(val.dtype), val, input_precision="ieee")
         else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
+            acc = acc * alpha[:, None] + tl.dot(p.to(val.dtype), val)
         m_i = m_new
 
     seen = l_i > 0
@@ -108,7 +123,7 @@ def _mla_kernel(
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
                    float("-inf"))
     o_rows = b64 * stride_ob + tok * stride_on + head * stride_oh + split * stride_os
-    tl.store(out_ptr + o_rows[:, None] + offs_r[None, :], out.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + o_rows[:, None] + offs_v[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None])
     tl.store(lse_ptr + b64 * stride_lb + head * stride_lh + split * stride_ls + tok, lse,
              mask=row_ok)
@@ -148,7 +163,10 @@ def mla_decode_fwd(call: MLADecodeCall, *, num_splits: int | None = None,
     table = call.block_table if call.paged else call.cache_seqlens
 
     config = config or default_config()
-    grid = (num_splits, b, triton.cdiv(rows, config["BLOCK_M"]))
+    config = dict(config)
+    config.setdefault("VSPLIT", 1)
+    config["QC"] = min(r, config.get("QC", 128))
+    grid = (num_splits, b, triton.cdiv(rows, config["BLOCK_M"]) * config["VSPLIT"])
     _mla_kernel[grid](
         ql, qr, lat, rope, call.cache_seqlens, table, dst, dst_lse,
         ql.stride(0), ql.stride(1), ql.stride(2), qr.stride(0), qr.stride(1), qr.stride(2),
