@@ -79,7 +79,9 @@ class PagedKVCache:
             check_int("window", window, minimum=1)
         self.num_layers, self.num_blocks, self.block_size = num_layers, num_blocks, block_size
         self.window = window
-        self.dtype, self.device = dtype, torch.device(device or "cpu")
+        self.dtype = dtype
+        # torch.empty resolves "cuda" to "cuda:<current>", the device tensors report
+        self.device = torch.empty(0, device=device or "cpu").device
         shape = (num_blocks, block_size, kv_heads)
         self.k = [torch.zeros(*shape, head_dim, dtype=dtype, device=self.device)
                   for _ in range(num_layers)]

@@ -51,7 +51,9 @@ class StaticKVCache:
         check_dims(num_layers=num_layers, batch=batch, max_seq=max_seq, kv_heads=kv_heads,
                    head_dim=head_dim, head_dim_v=head_dim_v)
         self.num_layers, self.batch, self.max_seq = num_layers, batch, max_seq
-        self.dtype, self.device = dtype, torch.device(device or "cpu")
+        self.dtype = dtype
+        # torch.empty resolves "cuda" to "cuda:<current>", the device tensors report
+        self.device = torch.empty(0, device=device or "cpu").device
         shape = (batch, max_seq, kv_heads)
         self.k = [torch.zeros(*shape, head_dim, dtype=dtype, device=self.device)
                   for _ in range(num_layers)]

@@ -226,11 +226,6 @@ def validate(q, k_cache, v_cache, *, cache_seqlens, block_table, causal, window,
             raise ValueError(f"block_table must have one row per sequence ({b}), got "
                              f"{block_table.shape[0]}")
         check_same_device(("q", "block_table"), (q, block_table))
-        if block_table.numel() and (int(block_table.min()) < 0
-                                    or int(block_table.max()) >= k_cache.shape[0]):
-            raise ValueError(f"block_table entries must be pages in [0, {k_cache.shape[0] - 1}], "
-                             f"got values in [{int(block_table.min())}, "
-                             f"{int(block_table.max())}]")
         capacity = block_table.shape[1] * k_cache.shape[1]
     else:
         if k_cache.shape[0] != b:
@@ -245,10 +240,18 @@ def validate(q, k_cache, v_cache, *, cache_seqlens, block_table, causal, window,
                          f"{list(cache_seqlens.shape)}")
     check_same_device(("q", "cache_seqlens"), (q, cache_seqlens))
     if b:
-        low, high = (int(x) for x in torch.stack([cache_seqlens.min(), cache_seqlens.max()]))
+        # One device-to-host read for every value check (lengths, and pages when paged).
+        ranges = [cache_seqlens.min(), cache_seqlens.max()]
+        if paged and block_table.numel():
+            ranges += [block_table.min(), block_table.max()]
+        values = torch.stack([x.to(torch.int64) for x in ranges]).tolist()
+        low, high = values[0], values[1]
         if low < 0 or high > capacity:
             raise ValueError(f"cache_seqlens must lie in [0, {capacity}] (the cache's capacity), "
                              f"got values in [{low}, {high}]")
+        if len(values) == 4 and (values[2] < 0 or values[3] >= k_cache.shape[0]):
+            raise ValueError(f"block_table entries must be pages in [0, {k_cache.shape[0] - 1}], "
+                             f"got values in [{values[2]}, {values[3]}]")
     if not isinstance(window, (tuple, list)) or len(window) != 2:
         raise ValueError(f"window must be a (left, right) pair, got {window!r}")
     for side, value in zip(("left", "right"), window):
