@@ -66,6 +66,11 @@ def _load_triton() -> None:
         if getattr(err, "name", None) == "triton":
             _UNREGISTERED["triton"] = "triton is not installed (pip install triton)"
         return
+    except Exception as err:  # a broken triton install must not break the reference path
+        _LOAD_FAILED["triton"] = str(err)
+        _UNREGISTERED["triton"] = (f"the Triton kernels failed to import ({type(err).__name__}: "
+                                   f"{err})")
+        return
     register(Backend(name="triton", unsupported_reason=_triton_backend.unsupported_reason,
                      run=_triton_backend.run, auto_eligible=_triton_backend.auto_eligible))
 
