@@ -270,3 +270,20 @@ def test_opcheck_with_masks_and_packed_inputs():
     torch.library.opcheck(torch.ops.attnkit.flash_attn_fwd.default,
                           (qp, kp, vp, None, None, cu, cu, True, -1, -1, 0.2, 0.0, 5, 5, 0.0, 0,
                            False))
+
+
+def test_missing_triton_keeps_the_reference_and_says_why(monkeypatch):
+    import sys
+
+    import attnkit.ops
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError
+    monkeypatch.delitem(sys.modules, "attnkit.ops._triton_backend", raising=False)
+    monkeypatch.delitem(sys.modules, "attnkit.kernels.flash_common", raising=False)
+    monkeypatch.delattr(attnkit.ops, "_triton_backend", raising=False)
+    monkeypatch.setattr(backends, "_REGISTRY", {"reference": backends.REFERENCE})
+    monkeypatch.setattr(backends, "_LOAD_FAILED", {})
+    monkeypatch.setattr(backends, "_UNREGISTERED", dict(backends._UNREGISTERED))
+    q = torch.randn(1, 5, 2, 32)
+    with pytest.raises(ValueError, match=r"triton: triton is not installed \(pip install triton\)"):
+        attnkit.attention(q, q, q, backend="triton")
+    assert attnkit.attention(q, q, q).shape == q.shape  # "auto" serves it with the reference
