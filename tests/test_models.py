@@ -147,3 +147,15 @@ def test_gqa_layer_without_layer_idx_refuses_a_cache():
     cache.begin_step(1)
     with pytest.raises(ValueError, match="cache was given but the layer has no layer_idx"):
         layer(torch.randn(1, 1, 16), cache=cache)
+
+
+def test_a_windowed_cache_refuses_a_layer_that_sees_further():
+    from attnkit.cache import PagedKVCache
+    layer = GroupedQueryAttention(hidden_size=16, num_heads=2, window=8, rope=RotaryEmbedding(8),
+                                  layer_idx=0)
+    cache = PagedKVCache(num_layers=1, num_blocks=4, block_size=4, kv_heads=2, head_dim=8,
+                         window=4)
+    cache.begin_step(1, [cache.add_sequence()])
+    with pytest.raises(ValueError, match=r"the cache keeps only the last 4 tokens of each "
+                                         r"sequence, but this layer sees window=\(7, 0\)"):
+        layer(torch.randn(1, 1, 16), cache=cache)

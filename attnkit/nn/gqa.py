@@ -260,6 +260,11 @@ class GroupedQueryAttention(nn.Module):
         if attention_mask is not None or cu_seqlens is not None or context is not None:
             raise ValueError("cache cannot be combined with attention_mask, cu_seqlens or "
                              "context (ragged lengths live in the cache)")
+        kept = getattr(cache, "window", None)  # a paged cache that releases old pages
+        if kept is not None and not (self.causal and 0 <= self.window[0] < kept):
+            raise ValueError(f"the cache keeps only the last {kept} tokens of each sequence, but "
+                             f"this layer sees window={self.window} (causal={self.causal}); "
+                             f"build the cache with window >= left + 1 or without a window")
         b, s, _ = x.shape
         q, k, v = self._project(x, x)  # [b, s, hq, d], [b, s, hk, d] x2
         if self.q_norm is not None:
