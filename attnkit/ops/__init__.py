@@ -1,6 +1,8 @@
 """Functional API: validation at the boundary, dispatch to a backend, autograd wiring."""
 
 from attnkit.ops.attention import attention
+from attnkit.ops.decode import decode_attention
+from attnkit.ops.mla_decode import mla_decode_attention
 from attnkit.ops.sparse import (
     compressed_attention,
     route_segments,
@@ -12,6 +14,8 @@ from attnkit.ops.sparse import (
 
 __all__ = [
     "attention",
+    "decode_attention",
+    "mla_decode_attention",
     "compressed_attention",
     "route_segments",
     "routed_attention",
