@@ -23,12 +23,14 @@ Visibility of key ``j`` to new token ``t`` of sequence ``i`` (``L = cache_seqlen
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import triton
 import triton.language as tl
 
-from attnkit.ops.decode import DecodeCall
+if TYPE_CHECKING:  # annotations only: kernels never import ops/ or reference/ at run time
+    from attnkit.ops.decode import DecodeCall
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453

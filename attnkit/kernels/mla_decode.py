@@ -9,12 +9,16 @@ so the cache is read once per tile of heads. Partial results of the splits are m
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 
 from attnkit.kernels.decode import _combine_kernel, choose_splits, interpreting
-from attnkit.ops.mla_decode import MLADecodeCall
+
+if TYPE_CHECKING:  # annotations only: kernels never import ops/ or reference/ at run time
+    from attnkit.ops.mla_decode import MLADecodeCall
 
 
 def default_config() -> dict:
