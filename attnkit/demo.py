@@ -4,8 +4,7 @@ On a fresh machine with no GPU it runs on the CPU (float32, a tiny model, a few 
 GPU it runs there (bfloat16, a larger model, Triton kernels). For every variant (MHA, GQA, MQA,
 sliding window, MLA) it builds an ``attnkit.models.Decoder`` and
 
-1. prefills a batch of prompts into the KV cache (paged for GQA-family layers, the latent cache
-   for MLA),
+1. prefills a batch of prompts into a paged KV cache (for MLA, the paged latent cache),
 2. decodes new tokens one at a time (greedy) through ``attnkit.decode_attention`` /
    ``attnkit.mla_decode_attention``,
 3. runs one training step (full causal forward, cross-entropy, backward, SGD update) on a copy,
@@ -37,7 +36,7 @@ def variants(hidden: int, heads: int, window: int) -> dict[str, dict]:
         f"GQA {heads}:{heads // 4}": dict(num_kv_heads=heads // 4),
         "MQA": dict(num_kv_heads=1),
         f"window {window}": dict(num_kv_heads=heads // 4, window=window),
-        "MLA latent": dict(attention="mla", kv_lora_rank=2 * head_dim,
+        "MLA": dict(attention="mla", kv_lora_rank=2 * head_dim,
                                    qk_nope_head_dim=head_dim, qk_rope_head_dim=head_dim // 2,
                                    v_head_dim=head_dim),
     }
@@ -68,8 +67,7 @@ def _timed(device: torch.device, fn):
 def _serve(model: Decoder, prompts: torch.Tensor, new_tokens: int, device: torch.device):
     """Prefill + greedy decode; returns (all tokens, cached-path logits, times, bytes/token)."""
     b, s = prompts.shape
-    kind = "latent" if model.config.attention == "mla" else "paged"
-    cache = model.make_cache(kind=kind, batch=b, max_seq=s + new_tokens, block_size=16)
+    cache = model.make_cache(kind="paged", batch=b, max_seq=s + new_tokens, block_size=16)
     step = {}
     if isinstance(cache, PagedKVCache):
         step = {"seq_ids": [cache.add_sequence() for _ in range(b)]}

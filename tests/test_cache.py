@@ -245,3 +245,32 @@ def test_latent_cache_feeds_mla_decode():
         cache.begin_step(5)
     with pytest.raises(ValueError, match=r"rope_key must be \[batch, n, rope_dim\]"):
         cache.write(0, lat, rk[..., :4])
+
+
+def test_paged_latent_cache_forks_copies_on_write_and_matches_the_static_one():
+    from attnkit.cache import PagedLatentKVCache
+    paged = PagedLatentKVCache(num_layers=1, num_blocks=6, block_size=4, kv_lora_rank=16,
+                               rope_dim=8, **D)
+    static = LatentKVCache(num_layers=1, batch=1, max_seq=12, kv_lora_rank=16, rope_dim=8, **D)
+    g = torch.Generator().manual_seed(3)
+    lat = torch.randn(1, 6, 16, generator=g, dtype=torch.float64)
+    rk = torch.randn(1, 6, 8, generator=g, dtype=torch.float64)
+    a = paged.add_sequence()
+    paged.begin_step(6, [a])
+    paged.write(0, lat, rk)
+    static.begin_step(6)
+    static.write(0, lat, rk)
+    b = paged.fork(a)
+    paged.begin_step(1, [b])  # b writes into the shared half-full page: copied first
+    paged.write(0, torch.ones(1, 1, 16, dtype=torch.float64),
+                torch.ones(1, 1, 8, dtype=torch.float64))
+    assert paged.pages(a)[1] != paged.pages(b)[1] and paged.pages(a)[0] == paged.pages(b)[0]
+    ql = torch.randn(1, 1, 3, 16, generator=g, dtype=torch.float64)
+    qr = torch.randn(1, 1, 3, 8, generator=g, dtype=torch.float64)
+    got = attnkit.mla_decode_attention(ql, qr, *paged.layer(0), **paged.decode_kwargs([a]),
+                                       scale=0.2)
+    want = attnkit.mla_decode_attention(ql, qr, *static.layer(0), **static.decode_kwargs(),
+                                        scale=0.2)
+    assert_exact64("a unchanged by b", got, want)
+    with pytest.raises(CacheOverflowError, match="the step needs"):
+        paged.begin_step(9, [a, b])

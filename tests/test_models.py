@@ -40,7 +40,7 @@ def _check_against_full(model, tokens, logits):
 
 
 def _kinds(variant):
-    return ["latent"] if variant == "mla" else ["static", "paged"]
+    return ["latent", "paged"] if variant == "mla" else ["static", "paged"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANTS.keys())
@@ -132,8 +132,8 @@ def test_generate_and_model_errors():
         generate(model, [[1]], max_new_tokens=1, temperature=-1.0)
     with pytest.raises(ValueError, match="kind='latent' is the MLA cache"):
         model.make_cache(kind="latent")
-    with pytest.raises(ValueError, match="kind='paged' is not available for MLA"):
-        _model("mla").make_cache(kind="paged")
+    with pytest.raises(ValueError, match="cache must be one of 'paged', 'static', got 'ring'"):
+        generate(model, [[1]], max_new_tokens=1, cache="ring")
     with pytest.raises(ValueError, match="DecoderConfig.window applies to gqa attention"):
         DecoderConfig(**BASE, attention="mla", window=4)
     with pytest.raises(TypeError, match="tokens must be an int tensor"):

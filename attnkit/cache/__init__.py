@@ -2,10 +2,10 @@
 and the MLA latent cache. Each raises ``CacheOverflowError`` before writing past capacity."""
 
 from attnkit.cache.errors import CacheOverflowError
-from attnkit.cache.latent import LatentKVCache
+from attnkit.cache.latent import LatentKVCache, PagedLatentKVCache
 from attnkit.cache.paged import PagedKVCache
 from attnkit.cache.rope_write import write_rotated
 from attnkit.cache.static import StaticKVCache
 
-__all__ = ["CacheOverflowError", "LatentKVCache", "PagedKVCache", "StaticKVCache",
-           "write_rotated"]
+__all__ = ["CacheOverflowError", "LatentKVCache", "PagedKVCache", "PagedLatentKVCache",
+           "StaticKVCache", "write_rotated"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkit.cache import LatentKVCache, PagedKVCache, StaticKVCache
+from attnkit.cache import LatentKVCache, PagedKVCache, PagedLatentKVCache, StaticKVCache
 from attnkit.models.config import DecoderConfig
 from attnkit.nn import GroupedQueryAttention, MultiHeadLatentAttention, RMSNorm, RotaryEmbedding
 from attnkit.ops._checks import check_choice, check_int, check_tensor
@@ -117,8 +117,9 @@ class Decoder(nn.Module):
 
         GQA layers: ``"static"`` (``StaticKVCache [batch, max_seq]``) or ``"paged"``
         (``PagedKVCache``, ``num_blocks`` default enough for ``batch`` sequences of
-        ``max_seq``; with a sliding window, pages out of the window are released). MLA layers:
-        a ``LatentKVCache`` (``kind="static"`` or ``"latent"``).
+        ``max_seq``; with a sliding window, pages out of the window are released). MLA layers
+        cache the latent: ``"static"``/``"latent"`` (``LatentKVCache``) or ``"paged"``
+        (``PagedLatentKVCache``).
 
         Raises:
             ValueError: unknown kind, or a kind the attention variant has no cache for.
@@ -130,10 +131,14 @@ class Decoder(nn.Module):
         weight = self.embed.weight
         dtype = dtype or weight.dtype
         device = device or weight.device
+        if num_blocks is None:
+            num_blocks = batch * -(-max_seq // block_size)
         if c.attention == "mla":
             if kind == "paged":
-                raise ValueError("kind='paged' is not available for MLA layers; use "
-                                 "kind='latent' (the latent cache)")
+                return PagedLatentKVCache(num_layers=c.num_layers, num_blocks=num_blocks,
+                                          block_size=block_size, kv_lora_rank=c.kv_lora_rank,
+                                          rope_dim=c.qk_rope_head_dim, dtype=dtype,
+                                          device=device)
             return LatentKVCache(num_layers=c.num_layers, batch=batch, max_seq=max_seq,
                                  kv_lora_rank=c.kv_lora_rank, rope_dim=c.qk_rope_head_dim,
                                  dtype=dtype, device=device)
@@ -143,7 +148,5 @@ class Decoder(nn.Module):
                      dtype=dtype, device=device)
         if kind == "static":
             return StaticKVCache(batch=batch, max_seq=max_seq, **sizes)
-        if num_blocks is None:
-            num_blocks = batch * -(-max_seq // block_size)
         return PagedKVCache(num_blocks=num_blocks, block_size=block_size, window=c.window,
                             **sizes)

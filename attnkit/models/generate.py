@@ -8,7 +8,7 @@ import torch
 
 from attnkit.cache import PagedKVCache
 from attnkit.models.decoder import Decoder
-from attnkit.ops._checks import check_int, check_number
+from attnkit.ops._checks import check_choice, check_int, check_number
 
 
 @torch.no_grad()
@@ -31,8 +31,8 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]] | torch.Tensor, *,
         temperature: 0 for greedy decoding, else the sampling temperature (> 0).
         top_k: sample among the ``top_k`` most likely tokens only.
         generator: the random generator of sampling (reproducible runs).
-        cache: ``"paged"`` (GQA; block size ``block_size``), ``"static"`` (GQA, or MLA's latent
-            cache). MLA models always use their latent cache.
+        cache: ``"paged"`` (block size ``block_size``; MLA models page their latent cache) or
+            ``"static"`` (prompts of different lengths then run one at a time).
 
     Returns:
         One list per prompt: the prompt followed by its new tokens.
@@ -53,6 +53,7 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]] | torch.Tensor, *,
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     prompts = [list(p) for p in prompts]
+    check_choice("cache", cache, ["paged", "static"])
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts must hold at least one prompt of at least one token")
     check_int("max_new_tokens", max_new_tokens, minimum=1)
@@ -61,8 +62,8 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]] | torch.Tensor, *,
         check_int("top_k", top_k, minimum=1)
     device = model.embed.weight.device
     longest = max(len(p) for p in prompts) + max_new_tokens
-    kind = "latent" if model.config.attention == "mla" else cache
-    if model.config.attention == "mla" or cache == "static":
+    kind = cache
+    if cache == "static":
         if len({len(p) for p in prompts}) != 1:
             return [generate(model, [p], max_new_tokens=max_new_tokens, temperature=temperature,
                              top_k=top_k, generator=generator, cache=cache,
