@@ -296,8 +296,5 @@ class PagedKVCache:
     def _table(self, seqs: list[_Sequence]) -> torch.Tensor:
         """int32 ``[b, max_pages]`` of the sequences' pages (released and unused entries 0)."""
         width = max(1, max(len(seq.pages) for seq in seqs))
-        table = torch.zeros(len(seqs), width, dtype=torch.int32)
-        for row, seq in enumerate(seqs):
-            if seq.pages:
-                table[row, :len(seq.pages)] = torch.tensor([max(p, 0) for p in seq.pages])
-        return table.to(self.device)
+        rows = [[max(p, 0) for p in seq.pages] + [0] * (width - len(seq.pages)) for seq in seqs]
+        return torch.tensor(rows, dtype=torch.int32).to(self.device)  # one host-to-device copy
