@@ -47,7 +47,8 @@ def attention64(q, k, v, *, causal=False, window=(-1, -1), scale=None, softcap=0
     scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale
     if softcap:
         scores = softcap * torch.tanh(scores / softcap)
-    allowed = visibility(sq, sk, causal=causal, window=window).expand(b, hq, sq, sk).clone()
+    allowed = visibility(sq, sk, causal=causal, window=window).to(q.device)
+    allowed = allowed.expand(b, hq, sq, sk).clone()
     if key_padding_mask is not None:
         allowed &= key_padding_mask[:, None, None, :]
     if attn_mask is not None:

@@ -175,7 +175,8 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
 
 
 @triton.autotune(configs=all_configs(DKDV_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET", "GROUP", "ATOMIC_DQ"],
+                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP",
+                      "ATOMIC_DQ"],
                  prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
                  reset_to_zero=["dq_ptr"])
 @triton.jit
@@ -308,7 +309,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
 
 
 @triton.autotune(configs=all_configs(DQ_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET"],
+                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET"],
                  prune_configs_by={"early_config_prune": pruner(DQ_TILES)})
 @triton.jit
 def _bwd_dq_kernel(

@@ -19,6 +19,8 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+# Largest BLOCK_M * BLOCK_N kept when a dense attn_mask tile shares shared memory with K and V.
+MASKED_TILE_AREA = 64 * 64
 
 
 def interpreting() -> bool:
@@ -40,18 +42,25 @@ def seq_bucket(seq: int) -> int:
     return min(65536, max(1024, triton.next_power_of_2(seq)))
 
 
-def tile_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]], width: int
-                 ) -> list[triton.Config]:
+def tile_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]], width: int, *,
+                 masked: bool = False) -> list[triton.Config]:
     """Autotune configs ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` for a head-dim width.
 
     ``table`` maps the widest padded head dim (64, 128, 256) to its candidates, best guess
     first; under the interpreter (or ``ATTNKIT_FLASH_TUNE=0``) only one config is tried.
+    ``masked``: a dense ``attn_mask`` tile is pipelined through shared memory beside K and V, so
+    only tiles of at most 64 x 64 with at most two stages are kept (the large tiles overflow
+    the 227 KiB of an H100's shared memory).
     """
     if interpreting():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
     key = 64 if width <= 64 else (128 if width <= 128 else 256)
+    rows = table[key]
+    if masked:
+        rows = tuple((bm, bn, w, min(st, 2)) for bm, bn, w, st in rows
+                     if bm * bn <= MASKED_TILE_AREA) or ((64, 32, 4, 1),)
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-               for bm, bn, w, st in table[key]]
+               for bm, bn, w, st in rows]
     return configs[:1] if tuning_limited() else configs
 
 
@@ -61,7 +70,8 @@ def pruner(table: dict[int, tuple[tuple[int, int, int, int], ...]]):
     def prune(configs, named_args, **kwargs):
         width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
                     kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
-        return tile_configs(table, width)
+        masked = kwargs.get("MASK_KIND", named_args.get("MASK_KIND", 0)) != 0
+        return tile_configs(table, width, masked=masked)
 
     return prune
 

@@ -83,7 +83,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
 
 
 @triton.autotune(configs=all_configs(FWD_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "SEQ_BUCKET"],
+                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET"],
                  prune_configs_by={"early_config_prune": pruner(FWD_TILES)})
 @triton.jit
 def _flash_fwd_kernel(
