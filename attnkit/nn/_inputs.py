@@ -16,6 +16,33 @@ from attnkit.ops.positions import positions_from_cu_seqlens
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
+def resolve_heads(hidden_size: object, num_heads: object, num_kv_heads: object,
+                  head_dim: object) -> tuple[int, int]:
+    """Check a layer's head layout; return ``(num_kv_heads, head_dim)`` with defaults filled.
+
+    ``num_kv_heads`` defaults to ``num_heads`` (MHA); ``head_dim`` to ``hidden_size // num_heads``.
+
+    Raises:
+        TypeError: a non-int size.
+        ValueError: a size below 1, ``num_heads`` not a multiple of ``num_kv_heads``, or
+            ``hidden_size`` not divisible by ``num_heads`` when ``head_dim`` is not given.
+    """
+    check_int("hidden_size", hidden_size, minimum=1)
+    check_int("num_heads", num_heads, minimum=1)
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    check_int("num_kv_heads", num_kv_heads, minimum=1)
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                         f"({num_kv_heads})")
+    if head_dim is None:
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads "
+                             f"({num_heads}), or give head_dim explicitly")
+        head_dim = hidden_size // num_heads
+    check_int("head_dim", head_dim, minimum=1)
+    return num_kv_heads, head_dim
+
+
 def check_hidden(name: str, x: object, width: int) -> torch.Tensor:
     """Raise unless ``x`` is a float tensor ``[batch, seq, width]``."""
     check_tensor(name, x)

@@ -22,6 +22,7 @@ from attnkit.nn._inputs import (
     check_packed,
     check_rope,
     key_padding,
+    resolve_heads,
     resolve_positions,
     resolve_window,
 )
@@ -99,19 +100,7 @@ class GroupedQueryAttention(nn.Module):
         if layer_idx is not None:
             check_int("layer_idx", layer_idx, minimum=0)
         self.layer_idx = layer_idx
-        check_int("hidden_size", hidden_size, minimum=1)
-        check_int("num_heads", num_heads, minimum=1)
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        check_int("num_kv_heads", num_kv_heads, minimum=1)
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
-                             f"({num_kv_heads})")
-        if head_dim is None:
-            if hidden_size % num_heads:
-                raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads "
-                                 f"({num_heads}), or give head_dim explicitly")
-            head_dim = hidden_size // num_heads
-        check_int("head_dim", head_dim, minimum=1)
+        num_kv_heads, head_dim = resolve_heads(hidden_size, num_heads, num_kv_heads, head_dim)
         kv_hidden_size = hidden_size if kv_hidden_size is None else kv_hidden_size
         check_int("kv_hidden_size", kv_hidden_size, minimum=1)
         if not isinstance(causal, bool):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from attnkit.nn._documents import resolve_documents
-from attnkit.nn._inputs import check_hidden, check_rope, resolve_positions
+from attnkit.nn._inputs import check_hidden, check_rope, resolve_heads, resolve_positions
 from attnkit.nn.rotary import RotaryEmbedding
 from attnkit.ops._checks import check_int, check_number
 from attnkit.ops.sparse import routed_attention
@@ -69,19 +69,7 @@ class SparseRoutedAttention(nn.Module):
         scale: float | None = None,
     ) -> None:
         super().__init__()
-        check_int("hidden_size", hidden_size, minimum=1)
-        check_int("num_heads", num_heads, minimum=1)
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        check_int("num_kv_heads", num_kv_heads, minimum=1)
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
-                             f"({num_kv_heads})")
-        if head_dim is None:
-            if hidden_size % num_heads:
-                raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads "
-                                 f"({num_heads}), or give head_dim explicitly")
-            head_dim = hidden_size // num_heads
-        check_int("head_dim", head_dim, minimum=1)
+        num_kv_heads, head_dim = resolve_heads(hidden_size, num_heads, num_kv_heads, head_dim)
         check_int("segment_size", segment_size, minimum=1)
         check_int("top_k", top_k, minimum=1)
         if scale is None:
