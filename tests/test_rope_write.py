@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit.cache import LatentKVCache, PagedKVCache, StaticKVCache, write_rotated
+from attnkit.cache import LatentKVCache, PagedKVCache, StaticKVCache
 from attnkit.nn import RotaryEmbedding
+from attnkit.ops import write_rotated
 from attnkit.ops.rope import apply_rope
 from tests.tolerance import assert_within_rule
 

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkit.cache.rope_write import write_rotated
 from attnkit.nn._inputs import (
     check_dropout,
     check_hidden,
@@ -31,6 +30,7 @@ from attnkit.nn.rotary import RotaryEmbedding
 from attnkit.ops._checks import check_int, check_number
 from attnkit.ops.attention import attention
 from attnkit.ops.decode import decode_attention
+from attnkit.ops.rope_write import write_rotated
 
 __all__ = ["GroupedQueryAttention"]
 

@@ -3,6 +3,7 @@
 from attnkit.ops.attention import attention
 from attnkit.ops.decode import decode_attention
 from attnkit.ops.mla_decode import mla_decode_attention
+from attnkit.ops.rope_write import write_rotated
 from attnkit.ops.sparse import (
     compressed_attention,
     route_segments,
@@ -16,6 +17,7 @@ __all__ = [
     "attention",
     "decode_attention",
     "mla_decode_attention",
+    "write_rotated",
     "compressed_attention",
     "route_segments",
     "routed_attention",

@@ -112,8 +112,9 @@ def test_mla_decode(paged, n):
 @pytest.mark.parametrize("style", ["half", "interleaved"])
 @pytest.mark.parametrize("paged", [False, True], ids=["static", "paged16"])
 def test_fused_rope_write(style, paged):
-    from attnkit.cache import PagedKVCache, StaticKVCache, write_rotated
+    from attnkit.cache import PagedKVCache, StaticKVCache
     from attnkit.nn import RotaryEmbedding
+    from attnkit.ops import write_rotated
     from attnkit.ops.rope import apply_rope
     dt, dev = torch.bfloat16, "cuda"
     if paged:

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from attnkit.cache._checks import check_layer, check_rows
+from attnkit.cache._checks import check_layer, check_rows  # plain helpers, no cache state
 from attnkit.ops._checks import check_choice, check_tensor
 from attnkit.ops.rope import apply_rope, check_style, resolve_rotary_dim
 
@@ -39,7 +39,8 @@ def write_rotated(cache, layer: int, k: torch.Tensor, v: torch.Tensor, cos: torc
 
     Example:
         >>> import torch
-        >>> from attnkit.cache import StaticKVCache, write_rotated
+        >>> from attnkit.cache import StaticKVCache
+        >>> from attnkit.ops import write_rotated
         >>> from attnkit.nn import RotaryEmbedding
         >>> cache = StaticKVCache(num_layers=1, batch=2, max_seq=8, kv_heads=1, head_dim=8)
         >>> positions = cache.begin_step(3)                          # [2, 3]
