@@ -58,6 +58,33 @@ def _softcap(s, cap):
 
 
 @triton.jit
+def online_softmax_step(s, v, acc, l_i, m_i, IEEE: tl.constexpr):
+    """Fold one key tile into the running softmax: base-2 scores ``s [M, N]`` (-inf = masked),
+    values ``v [N, DV]``, accumulator ``acc [M, DV]``, row sums ``l_i`` and maxima ``m_i [M]``.
+    Rows that have seen no key keep max -inf and sum 0 (no NaN)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def online_softmax_finish(acc, l_i, m_i):
+    """Normalised output ``[M, DV]`` and natural-log LSE ``[M]``; unseen rows give 0 and -inf."""
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    return out, lse
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, seqlens_ptr, table_ptr, out_ptr, lse_ptr,
     stride_qb, stride_qn, stride_qh,
@@ -144,21 +171,9 @@ def _decode_kernel(
         if HAS_RIGHT:
             visible = visible & (cols[None, :] <= qpos[:, None] + right)
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        acc, l_i, m_i = online_softmax_step(s, v, acc, l_i, m_i, IEEE)
 
-    seen = l_i > 0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
+    out, lse = online_softmax_finish(acc, l_i, m_i)
     o_rows = bi.to(tl.int64) * stride_ob + tok * stride_on + head * stride_oh + split * stride_os
     tl.store(out_ptr + o_rows[:, None] + offs_dv[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))

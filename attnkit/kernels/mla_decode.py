@@ -15,7 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from attnkit.kernels.decode import _combine_kernel, choose_splits, interpreting
+from attnkit.kernels.decode import (
+    _combine_kernel,
+    choose_splits,
+    interpreting,
+    online_softmax_finish,
+    online_softmax_step,
+)
 
 if TYPE_CHECKING:  # annotations only: kernels never import ops/ or reference/ at run time
     from attnkit.ops.mla_decode import MLADecodeCall
@@ -111,21 +117,9 @@ def _mla_kernel(
         if CAUSAL:
             visible = visible & (cols[None, :] <= qpos[:, None])
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(val.dtype), val, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(val.dtype), val)
-        m_i = m_new
+        acc, l_i, m_i = online_softmax_step(s, val, acc, l_i, m_i, IEEE)
 
-    seen = l_i > 0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
+    out, lse = online_softmax_finish(acc, l_i, m_i)
     o_rows = b64 * stride_ob + tok * stride_on + head * stride_oh + split * stride_os
     tl.store(out_ptr + o_rows[:, None] + offs_v[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None])
