@@ -3,8 +3,8 @@
 Shared by the interpreter tests (``tests/test_triton_attention.py``, CPU CI) and the GPU suite
 (``tests/gpu/test_flash_gpu.py``). The tolerance rule of ../shared/DESIGN.md: the kernel's error
 against the float64 truth is at most twice PyTorch's own same-dtype error (the oracle run in the
-input dtype, with autograd for the gradients) plus a small floor. Float32 on a GPU uses tf32
-products in the kernels, so its baseline is PyTorch's float32 math with ``allow_tf32`` on.
+input dtype, with autograd for the gradients) plus a small floor. Float32 inputs use ``tf32x3``
+products in the kernels, held to PyTorch's plain float32 math (no ``allow_tf32``).
 """
 
 from __future__ import annotations
@@ -135,8 +135,12 @@ def _grads(out, lse, tensors, grad_out, grad_lse):
 
 
 def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
-          deterministic: bool = False) -> dict:
+          deterministic: bool = False, dq_mode: str | None = None) -> dict:
     """Run ``case`` through the Triton backend and assert the tolerance rule on every output.
+
+    ``dq_mode`` forces the backward's dQ path (``"atomic"``, ``"fused"`` or ``"kernel"``);
+    by default ``"kernel"`` when ``deterministic`` else ``"atomic"``, so both main paths are
+    tested whatever the launcher would pick for the shape.
 
     Returns the kernel's results (``out``, ``lse``, ``dq``, ``dk``, ``dv``) for further checks.
     """
@@ -149,9 +153,8 @@ def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
     if case.dropout_p > 0:
         drop_seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(
             seed + 1)).item())
-    # deterministic=False: force the atomic dQ path (the launcher may otherwise pick the
-    # dQ kernel for small shapes), so both backward paths are tested.
-    dq_mode = "kernel" if deterministic else "atomic"
+    if dq_mode is None:
+        dq_mode = "kernel" if deterministic else "atomic"
     with _env("ATTNKIT_FLASH_DQ", dq_mode):
         out, lse = _run(q, k, v, case, kpm, mask, cu_q, cu_k, gen, deterministic)
         dq, dk, dv = _grads(out, lse, (q, k, v), data["grad_out"], data["grad_lse"])
@@ -179,13 +182,10 @@ def _compare(case, data, to, out, lse, grads, device, dtype, drop_seed, kpm, cu_
                      to(data["grad_lse"]))
     qb, kb, vb = (data[n].to(device=device, dtype=dtype).requires_grad_()
                   for n in ("q", "k", "v"))
-    ctx = _allow_tf32() if (dtype == torch.float32 and device == "cuda") else \
-        contextlib.nullcontext()
-    with ctx:
-        b_out, b_lse = _oracle(qb, kb, vb, case, kpm=kpm, mask=to(data["mask"], dtype),
-                               seed=drop_seed, dtype=dtype, cu_q=data["cu_q"], cu_k=data["cu_k"])
-        b_grads = _grads(b_out, b_lse, (qb, kb, vb), data["grad_out"].to(device),
-                         to(data["grad_lse"]))
+    b_out, b_lse = _oracle(qb, kb, vb, case, kpm=kpm, mask=to(data["mask"], dtype),
+                           seed=drop_seed, dtype=dtype, cu_q=data["cu_q"], cu_k=data["cu_k"])
+    b_grads = _grads(b_out, b_lse, (qb, kb, vb), data["grad_out"].to(device),
+                     to(data["grad_lse"]))
     assert_within_rule("out", out, t_out, b_out, dtype=dtype)
     assert_within_rule("lse", lse, t_lse, b_lse.float(), dtype=dtype)
     for name, got, truth, base in zip(("dq", "dk", "dv"), (dq, dk, dv), t_grads, b_grads):
@@ -210,13 +210,3 @@ def _env(name: str, value: str):
             del os.environ[name]
         else:
             os.environ[name] = before
-
-
-@contextlib.contextmanager
-def _allow_tf32():
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before

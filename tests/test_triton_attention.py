@@ -57,10 +57,19 @@ def test_kernels_match_oracle_fp32(case):
 
 
 @needs_kernels
-@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "deterministic"])
-def test_fp16_and_both_backward_modes(deterministic):
+@pytest.mark.parametrize("dq_mode", ["atomic", "fused", "kernel"])
+def test_fp16_and_every_backward_mode(dq_mode):
     case = Case((2, 33, 17, 4, 2, 80, 48), causal=True, kpm=True)
-    check(case, dtype=torch.float16, device="cpu", deterministic=deterministic)
+    check(case, dtype=torch.float16, device="cpu", deterministic=dq_mode != "atomic",
+          dq_mode=dq_mode)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dq_mode", ["fused", "kernel"])
+@pytest.mark.parametrize("case", ["packed-window-dropout", "bool-mask-rows-causal",
+                                  "mla-d192-dv128"])
+def test_backward_without_atomics(case, dq_mode):
+    check(CASES[case], dtype=F32, device="cpu", deterministic=True, dq_mode=dq_mode)
 
 
 @needs_kernels

@@ -3,7 +3,8 @@
 Forward, LSE and every gradient by the tolerance rule (``tests/flash_check.py``): awkward
 lengths (1, 17, 113, 1000, unequal q/k), head dims 64 to 256 including 80, 96 and 192/128,
 GQA/MQA, causal and windows, key padding, bool and additive masks broadcast through strides,
-softcap, dropout, packed batches with empty segments, fp16/bf16/fp32 (tf32), both backward modes.
+softcap, dropout, packed batches with empty segments, fp16/bf16/fp32 (tf32), every backward
+mode (atomic dQ, fused dQ/dK/dV launch, separate dQ kernel).
 Run with ``pytest -m gpu tests/gpu/test_flash_gpu.py`` on a CUDA machine
 (``ATTNKIT_FLASH_TUNE=0`` skips autotuning for a quicker run).
 """
@@ -64,10 +65,10 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "det"])
+@pytest.mark.parametrize("dq_mode", ["atomic", "fused", "kernel"])
 @pytest.mark.parametrize("case", VARIANTS.values(), ids=VARIANTS.keys())
-def test_variants(case, deterministic):
-    check(case, dtype=BF16, device="cuda", deterministic=deterministic)
+def test_variants(case, dq_mode):
+    check(case, dtype=BF16, device="cuda", deterministic=dq_mode != "atomic", dq_mode=dq_mode)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
