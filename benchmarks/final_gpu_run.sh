@@ -6,6 +6,8 @@
 #     in slices that fill Triton's and inductor's disk caches (attnkit's configs, compiled
 #     FlexAttention);
 #   phase B, alone on the GPU: the whole prefill suite, timed, in one process.
+# TESTS=all (default) runs every GPU test file; TESTS="<pytest -k expression>" runs only those
+# flash tests; SKIP_TESTS=1 and SKIP_MEMORY=1 leave the tests or the memory suite out.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -21,8 +23,10 @@ shard() {  # shard NAME PYTEST-ARGS...
     python -m pytest -q -m gpu -p no:cacheprovider "$@" > "$OUT/t_$name.log" 2>&1
   echo "shard $name rc=$?" >> "$OUT/t_$name.log"
 }
-if [ "${SKIP_TESTS:-0}" != "1" ]; then
-  F=tests/gpu/test_flash_gpu.py
+F=tests/gpu/test_flash_gpu.py
+if [ "${SKIP_TESTS:-0}" != "1" ] && [ "${TESTS:-all}" != "all" ]; then
+  shard some $F -k "$TESTS" &
+elif [ "${SKIP_TESTS:-0}" != "1" ]; then
   shard fa $F -k "head_dims and bf16" &
   shard fb $F -k "head_dims and fp16" &
   shard fc $F -k "lengths or fp32 or reproducible or auto or compile or opcheck" &
@@ -37,8 +41,9 @@ if [ "${SKIP_MEMORY:-0}" != "1" ]; then
     --json "$OUT/memory.json" \
     --plot "$OUT/memory.png" > "$OUT/memory.log" 2>&1 &
 fi
-WARM=("mha d64 s1k|mha d64 s4k" "mha d64 s16k|mha d128 s1k" "mha d128 s4k|gqa 32:8 d128 s4k full"
-      "mha d128 s16k|gqa 32:8 d128 s4k causal" "varlen|window" "mla")
+WARM=("mha d64 s1k" "mha d64 s4k" "mha d64 s16k" "mha d128 s1k" "mha d128 s4k" "mha d128 s16k"
+      "gqa 32:8 d128 s4k full" "gqa 32:8 d128 s4k causal" "varlen|window" "mla d192/128 s4k full"
+      "mla d192/128 s4k causal")
 for i in "${!WARM[@]}"; do
   args=()
   IFS='|' read -ra parts <<< "${WARM[$i]}"

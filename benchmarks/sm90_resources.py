@@ -42,8 +42,10 @@ POINTER_TYPES = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_q_ptr": "*i32",
 
 def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: int, d: int = 128,
                  dv: int | None = None, causal: bool = False, window: tuple[int, int] = (-1, -1),
-                 group: int = 1, atomic: bool = False, mask_kind: int = 0) -> dict:
-    """Compile one kernel variant for sm90 (bf16 inputs); return its resource figures."""
+                 group: int = 1, atomic: bool = False, mask_kind: int = 0,
+                 dtype: str = "bf16") -> dict:
+    """Compile one kernel variant for sm90 (``dtype`` inputs: bf16, fp16 or fp32); return its
+    resource figures."""
     dv = dv or d
     jit, names = KERNELS[kernel]
     fn = jit.fn
@@ -56,14 +58,14 @@ def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: in
                  BLOCK_DV=max(16, triton.next_power_of_2(dv)), VARLEN=False, IS_CAUSAL=causal,
                  WIN_LEFT=left, WIN_RIGHT=right, HAS_WINDOW=(left, right) != (-1, -1),
                  HAS_KPM=False, MASK_KIND=mask_kind, SOFTCAP=False, DROPOUT=False,
-                 DOT_PREC="tf32", ATOMIC_DQ=atomic, **dict(zip(names, blocks)))
+                 DOT_PREC="tf32x3" if dtype == "fp32" else "tf32", ATOMIC_DQ=atomic, **dict(zip(names, blocks)))
     const = {k: v for k, v in const.items() if k in params}
     sig = {}
     for p in params:
         if p in const:
             sig[p] = "constexpr"
         elif p.endswith("_ptr"):
-            sig[p] = POINTER_TYPES.get(p, "*fp32" if p == "dq_ptr" and atomic else "*bf16")
+            sig[p] = POINTER_TYPES.get(p, "*fp32" if p == "dq_ptr" and atomic else f"*{dtype}")
         elif p.startswith("stride") or p in ("seq_q", "seq_k", "SEQ_BUCKET"):
             sig[p] = "i32"
         else:
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--dv", type=int, default=None)
     parser.add_argument("--causal", action="store_true")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     args = parser.parse_args()
     if args.kernel:
         rows = [(args.kernel, tuple(int(x) for x in args.blocks.split(",")), args.warps,
@@ -116,7 +119,7 @@ def main() -> None:
         dv = args.dv or (128 if d == 192 else d)
         try:
             r = compile_sm90(kernel, blocks=blocks, warps=warps, stages=stages, d=d, dv=dv,
-                             causal=args.causal or not args.kernel)
+                             causal=args.causal or not args.kernel, dtype=args.dtype)
             print(f"{kernel:6s} d{d}/{dv} blocks={blocks} w{warps} s{stages}: "
                   f"REG {r['reg']} STACK {r['stack']} SHARED {r['shared']}", flush=True)
         except Exception as err:  # report and go on: a config that does not compile

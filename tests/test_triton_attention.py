@@ -296,3 +296,24 @@ def test_missing_triton_keeps_the_reference_and_says_why(monkeypatch):
     with pytest.raises(ValueError, match=r"triton: triton is not installed \(pip install triton\)"):
         attnkit.attention(q, q, q, backend="triton")
     assert attnkit.attention(q, q, q).shape == q.shape  # "auto" serves it with the reference
+
+
+@needs_kernels
+def test_launch_configs_for_fp32_and_masks(monkeypatch):
+    """The configs a GPU launch may try (the interpreter always uses one 16x16 config)."""
+    from attnkit.kernels import flash_bwd, flash_fwd
+    from attnkit.kernels.flash_common import FP32_TILES, MASKED_TILE_AREA, tile_configs
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("ATTNKIT_FLASH_TUNE", raising=False)
+    for width, (queries, keys) in FP32_TILES.items():
+        (fwd,) = tile_configs(flash_fwd.FWD_TILES, width, fp32=True)
+        assert (fwd.kwargs, fwd.num_stages) == ({"BLOCK_M": queries, "BLOCK_N": keys}, 1)
+        (fused,) = tile_configs(flash_bwd.FUSED_TILES, width, fp32=True,
+                                names=flash_bwd.FUSED_BLOCKS)
+        assert list(fused.kwargs.values()) == [queries, keys, keys, queries]
+    masked = tile_configs(flash_fwd.FWD_TILES, 128, masked=True)
+    assert masked and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= MASKED_TILE_AREA
+                          and c.num_stages <= 2 for c in masked)
+    assert len(tile_configs(flash_bwd.DKDV_TILES, 80)) == len(flash_bwd.DKDV_TILES[128])
+    monkeypatch.setenv("ATTNKIT_FLASH_TUNE", "0")
+    assert len(tile_configs(flash_bwd.DKDV_TILES, 80)) == 1

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="JSON",
                         help="continue a stopped run: keep the cases in this earlier --json "
                              "output (same command, same GPU) and run only the others")
-    parser.add_argument("--warmup-ms", type=float, default=25.0, help="warm-up per timing (ms)")
+    parser.add_argument("--warmup-ms", type=float, default=200.0,
+                        help="warm-up per timing (ms; long enough for the clocks to recover after a compile)")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="measuring time per timing (ms)")
     parser.add_argument("--check-rows", type=int, default=256,
                         help="query rows compared by the correctness check (default: 256)")

@@ -57,7 +57,7 @@ class Settings:
     device: torch.device
     backend: str = "auto"
     quick: bool = False
-    warmup_ms: float = 25.0
+    warmup_ms: float = 200.0
     rep_ms: float = 100.0
     check_rows: int = 256
     seed: int = 0

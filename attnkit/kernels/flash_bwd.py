@@ -37,6 +37,7 @@ import triton.language as tl
 from attnkit.kernels.flash_common import (
     LOG2E,
     all_configs,
+    autotune_bench,
     dot_precision,
     head_block,
     interpreting,
@@ -289,6 +290,7 @@ def _dkdv_program(
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP",
                       "ATOMIC_DQ"],
                  prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
+                 do_bench=autotune_bench,
                  reset_to_zero=["dq_ptr"])
 @triton.jit
 def _bwd_dkdv_kernel(
@@ -437,7 +439,8 @@ def _dq_program(
 
 @triton.autotune(configs=all_configs(DQ_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET"],
-                 prune_configs_by={"early_config_prune": pruner(DQ_TILES)})
+                 prune_configs_by={"early_config_prune": pruner(DQ_TILES)},
+                 do_bench=autotune_bench)
 @triton.jit
 def _bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
@@ -473,7 +476,8 @@ def _bwd_dq_kernel(
 
 @triton.autotune(configs=all_configs(FUSED_TILES, FUSED_BLOCKS),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP"],
-                 prune_configs_by={"early_config_prune": pruner(FUSED_TILES, FUSED_BLOCKS)})
+                 prune_configs_by={"early_config_prune": pruner(FUSED_TILES, FUSED_BLOCKS)},
+                 do_bench=autotune_bench)
 @triton.jit
 def _bwd_fused_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,

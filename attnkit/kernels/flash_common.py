@@ -16,11 +16,16 @@ import os
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # Largest BLOCK_M * BLOCK_N kept when a dense attn_mask tile shares shared memory with K and V.
 MASKED_TILE_AREA = 64 * 64
+# float32 inputs (tf32x3 products: 4-byte tiles plus their split copies) get small tiles of one
+# stage whatever the table says: (query tile, key tile) by padded head-dim width. Compiled for
+# sm90 they need at most 144 KiB of shared memory (benchmarks/sm90_resources.py --dtype fp32).
+FP32_TILES = {64: (32, 64), 128: (32, 32), 256: (16, 16)}
 
 
 def interpreting() -> bool:
@@ -52,21 +57,27 @@ def _config(names: tuple[str, ...], row: tuple[int, ...]) -> triton.Config:
 
 
 def tile_configs(table: dict[int, tuple[tuple[int, ...], ...]], width: int, *,
-                 masked: bool = False, names: tuple[str, ...] = TILE_BLOCKS
-                 ) -> list[triton.Config]:
+                 masked: bool = False, fp32: bool = False,
+                 names: tuple[str, ...] = TILE_BLOCKS) -> list[triton.Config]:
     """Autotune configs for a head-dim width from rows ``(*blocks, num_warps, num_stages)``.
 
     ``table`` maps the widest padded head dim (64, 128, 256) to its candidates, best guess
     first; ``names`` are the block-size parameters of a row (``BLOCK_M, BLOCK_N`` by default;
-    pairs of query and key tile sizes). Under the interpreter (or ``ATTNKIT_FLASH_TUNE=0``)
-    only one config is tried.
+    pairs of query and key tile sizes; the fused backward's ``BLOCK_M1, BLOCK_N1, BLOCK_M2,
+    BLOCK_N2`` mirror each other). Under the interpreter (or ``ATTNKIT_FLASH_TUNE=0``) only
+    one config is tried.
     ``masked``: a dense ``attn_mask`` tile is pipelined through shared memory beside K and V, so
     only tiles of at most 64 x 64 with at most two stages are kept (the large tiles overflow
     the 227 KiB of an H100's shared memory).
+    ``fp32``: float32 inputs get the one small config of ``FP32_TILES``.
     """
     if interpreting():
         return [_config(names, (16,) * len(names) + (4, 1))]
     key = 64 if width <= 64 else (128 if width <= 128 else 256)
+    if fp32:
+        queries, keys = FP32_TILES[key]
+        blocks = (queries, keys) if len(names) == 2 else (queries, keys, keys, queries)
+        return [_config(names, (*blocks, 4, 1))]
     rows = table[key]
     if masked:
         def small(row):
@@ -79,13 +90,16 @@ def tile_configs(table: dict[int, tuple[tuple[int, ...], ...]], width: int, *,
 
 
 def pruner(table: dict[int, tuple[tuple[int, ...], ...]], names: tuple[str, ...] = TILE_BLOCKS):
-    """An ``early_config_prune`` that swaps in ``table``'s configs for the launch's head dims."""
+    """An ``early_config_prune`` that swaps in ``table``'s configs for the launch's head dims,
+    mask kind and input dtype."""
 
     def prune(configs, named_args, **kwargs):
         width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
                     kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
         masked = kwargs.get("MASK_KIND", named_args.get("MASK_KIND", 0)) != 0
-        return tile_configs(table, width, masked=masked, names=names)
+        q = named_args.get("q_ptr")
+        fp32 = getattr(q, "dtype", None) == torch.float32
+        return tile_configs(table, width, masked=masked, fp32=fp32, names=names)
 
     return prune
 
@@ -96,6 +110,16 @@ def all_configs(table: dict[int, tuple[tuple[int, ...], ...]],
     if interpreting():
         return tile_configs(table, 64, names=names)
     return [_config(names, row) for rows in table.values() for row in rows]
+
+
+def autotune_bench(kernel_call, quantiles):
+    """The autotuner's timing of one candidate: ``do_bench`` after 100 ms of warm-up.
+
+    Each candidate is timed right after its compilation, which leaves the GPU idle for
+    seconds: its clocks drop, and ``do_bench``'s default 25 ms of warm-up does not bring them
+    back (an H200 run picked 1.5x slower tiles for the 1k causal forward that way).
+    """
+    return triton.testing.do_bench(kernel_call, warmup=100, rep=100, quantiles=quantiles)
 
 
 def tuning_limited() -> bool:

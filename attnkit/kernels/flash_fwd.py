@@ -26,6 +26,7 @@ import triton.language as tl
 from attnkit.kernels.flash_common import (
     LOG2E,
     all_configs,
+    autotune_bench,
     dot_precision,
     head_block,
     load_rows,
@@ -84,7 +85,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
 
 @triton.autotune(configs=all_configs(FWD_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET"],
-                 prune_configs_by={"early_config_prune": pruner(FWD_TILES)})
+                 prune_configs_by={"early_config_prune": pruner(FWD_TILES)},
+                 do_bench=autotune_bench)
 @triton.jit
 def _flash_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,

@@ -18,6 +18,7 @@ from attnkit.ops._checks import (
     check_same_dtype,
     check_tensor,
 )
+from attnkit.ops._cu_seqlens import longest_segment
 from attnkit.ops.call import AttentionCall
 
 
@@ -215,7 +216,8 @@ def _validate(q, k, v, *, causal, window, scale, softcap, key_padding_mask, attn
 
 
 def _check_cu_seqlens(name: str, cu: object, q: torch.Tensor, *, total: int) -> int:
-    """Validate a cumulative-lengths tensor; return its longest segment."""
+    """Validate a cumulative-lengths tensor; return its longest segment (values read from the
+    device once per tensor and version: ``attnkit.ops._cu_seqlens``)."""
     check_tensor(name, cu)
     if cu.dtype != torch.int32:
         raise TypeError(f"{name} must be int32, got {cu.dtype}")
@@ -224,18 +226,7 @@ def _check_cu_seqlens(name: str, cu: object, q: torch.Tensor, *, total: int) -> 
                          f"shape {tuple(cu.shape)}")
     if cu.device != q.device:
         raise ValueError(f"{name} must be on q's device ({q.device}), got {cu.device}")
-    values = cu.tolist()
-    if values[0] != 0:
-        raise ValueError(f"{name} must start at 0, got {values[0]}")
-    lengths = [b - a for a, b in zip(values[:-1], values[1:])]
-    if min(lengths) < 0:
-        at = lengths.index(min(lengths))
-        raise ValueError(f"{name} must be non-decreasing, got {values[at]} then {values[at + 1]} "
-                         f"at index {at}")
-    if values[-1] != total:
-        raise ValueError(f"{name} must end at the number of packed tokens ({total}), got "
-                         f"{values[-1]}")
-    return max(lengths)
+    return longest_segment(name, cu, total=total)
 
 
 def _check_max_seqlen(name: str, given: object, actual: int) -> int:
