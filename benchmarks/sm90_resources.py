@@ -10,6 +10,11 @@ Usage::
     python benchmarks/sm90_resources.py                    # the default table below
     python benchmarks/sm90_resources.py --kernel fused --blocks 64,128,128,64 --warps 8 \\
         --stages 3 --d 128 --causal
+    python benchmarks/sm90_resources.py --kernel dkdv --blocks 32,64 --warps 4 --stages 1 \\
+        --d 64 --dtype fp32                                # float32 inputs (tf32x3 products)
+
+The figures depend on the Triton version: compile with the one the GPU machine has (Triton
+3.6.0 on the lent H100/H200 in 2026-11/12; a scratch venv with ``pip install triton==3.6.0``).
 
 Prints one line per compiled variant: kernel, head dims, flags, blocks, warps, stages,
 REG, STACK, SHARED (bytes of dynamic shared memory from Triton's metadata).

@@ -24,7 +24,8 @@ LN2 = 0.6931471805599453
 MASKED_TILE_AREA = 64 * 64
 # float32 inputs (tf32x3 products: 4-byte tiles plus their split copies) get small tiles of one
 # stage whatever the table says: (query tile, key tile) by padded head-dim width. Compiled for
-# sm90 they need at most 144 KiB of shared memory (benchmarks/sm90_resources.py --dtype fp32).
+# sm90 by Triton 3.6 they need at most 80 KiB of shared memory (benchmarks/sm90_resources.py
+# --dtype fp32; 64x128 dK/dV tiles of two stages asked for 289 KiB on the H200).
 FP32_TILES = {64: (32, 64), 128: (32, 32), 256: (16, 16)}
 
 

@@ -193,7 +193,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
     Args:
         q, k, v: dense ``[b, sq, hq, d]``/``[b, sk, hk, d]``/``[b, sk, hk, dv]`` or packed
-            ``[total, h, d]``; last dim contiguous; fp16, bf16 or fp32 (tf32 dots).
+            ``[total, h, d]``; last dim contiguous; fp16, bf16 or fp32 (tf32x3 dots).
         attn_mask: 4-D, broadcastable to ``[b, hq, sq, sk]``.
 
     Returns:

@@ -8,8 +8,9 @@ CPU interpreter (``auto_eligible``); ``backend="triton"`` on CPU tensors works u
 ``TRITON_INTERPRET=1`` (how CI tests the kernels).
 
 Precision: fp16/bf16 inputs use their tensor-core products with float32 softmax and
-accumulation; float32 inputs use tf32 products (about 1e-3 relative error, like PyTorch's
-matmuls with ``allow_tf32``); float64 is served by the reference only.
+accumulation; float32 inputs use tf32x3 products (three tf32 tensor-core products each: float32
+accuracy, held to PyTorch's plain float32 math in the tests, at 3x the matmul work) and small
+tiles; float64 is served by the reference only.
 
 Additive masks: huge finite values (Hugging Face's ``finfo.min`` padding) are clamped to -1e38
 before the base-2 scaling so they cannot overflow to ``-inf``; a query row masked only by such
