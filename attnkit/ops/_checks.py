@@ -6,6 +6,7 @@ call without reading the source. These helpers raise; they never return a status
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -74,6 +75,25 @@ def check_number(name: str, value: object, *, minimum: float | None = None,
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if below is not None and value >= below:
         raise ValueError(f"{name} must be < {below}, got {value}")
+    return value
+
+
+def check_scale(scale: object, head_dim: int) -> float:
+    """The softmax scale: ``1/sqrt(head_dim)`` when None, else a positive finite number.
+
+    The finiteness test is made of comparisons, not ``math.isfinite``: under ``torch.compile``
+    a layer's float attribute arrives as a symbolic float, on which comparisons become guards
+    while ``math.isfinite`` would break the graph.
+
+    Raises:
+        TypeError: ``scale`` is not a number.
+        ValueError: ``scale`` is not positive and finite.
+    """
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    value = check_number("scale", scale)
+    if not (value > 0 and value != math.inf):  # also False for NaN
+        raise ValueError(f"scale must be a positive finite number, got {value}")
     return value
 
 

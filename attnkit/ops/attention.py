@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -16,6 +15,7 @@ from attnkit.ops._checks import (
     check_number,
     check_same_device,
     check_same_dtype,
+    check_scale,
     check_tensor,
 )
 from attnkit.ops._cu_seqlens import longest_segment
@@ -179,12 +179,7 @@ def _validate(q, k, v, *, causal, window, scale, softcap, key_padding_mask, attn
         if value < -1:
             raise ValueError(f"window {side} must be >= -1 (-1 = unbounded), got {value}")
     window = (int(window[0]), int(window[1]))
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    else:
-        scale = check_number("scale", scale)
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a positive finite number, got {scale}")
+    scale = check_scale(scale, d)
     softcap = check_number("softcap", softcap, minimum=0.0)
     dropout_p = check_number("dropout_p", dropout_p, minimum=0.0, below=1.0)
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -8,7 +8,6 @@ Validation happens here, once; then a decode backend (``DECODE_BACKENDS``, the s
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from attnkit.ops._checks import (
     check_number,
     check_same_device,
     check_same_dtype,
+    check_scale,
     check_tensor,
 )
 from attnkit.ops.backends import Backend
@@ -259,12 +259,7 @@ def validate(q, k_cache, v_cache, *, cache_seqlens, block_table, causal, window,
         if value < -1:
             raise ValueError(f"window {side} must be >= -1 (-1 = unbounded), got {value}")
     softcap = check_number("softcap", softcap, minimum=0.0)
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    else:
-        scale = check_number("scale", scale)
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a positive finite number, got {scale}")
+    scale = check_scale(scale, d)
     return DecodeCall(q=q, k_cache=k_cache, v_cache=v_cache, cache_seqlens=cache_seqlens,
                       block_table=block_table, causal=causal,
                       window=(int(window[0]), int(window[1])), softcap=softcap, scale=scale,

@@ -7,7 +7,6 @@ See ``attnkit.reference.mla_decode`` for the math. Backends: ``"triton"``
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -17,9 +16,9 @@ from attnkit.ops._checks import (
     check_choice,
     check_float,
     check_ndim,
-    check_number,
     check_same_device,
     check_same_dtype,
+    check_scale,
     check_tensor,
 )
 from attnkit.ops.backends import Backend
@@ -169,11 +168,7 @@ def validate(q_latent, q_rope, latent_cache, rope_cache, *, cache_seqlens, block
         raise ValueError(f"rope_cache must match latent_cache in its first two dims "
                          f"{list(latent_cache.shape[:2])}, got {list(rope_cache.shape[:2])}")
     width = q_latent.shape[3] + q_rope.shape[3]
-    if scale is None:
-        scale = 1.0 / math.sqrt(width)
-    scale = check_number("scale", scale)
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    scale = check_scale(scale, width)
     # Lengths, block table, flags: the checks of decode_attention on an MQA view.
     q = q_latent[..., :1]  # [b, n, h, 1]: shapes only
     kv = latent_cache[..., None, :1]  # [.., .., 1, 1]

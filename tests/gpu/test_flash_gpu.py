@@ -133,6 +133,26 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(p.grad, g, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("attention", ["gqa", "mla"])
+def test_torch_compile_fullgraph_decoder_matches_eager(attention):
+    """attnkit's decoder (attnkit.nn layers, Triton kernels as custom ops) under inductor."""
+    from attnkit.models import Decoder, DecoderConfig
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=256, hidden_size=256, num_layers=2, num_heads=4,
+                           num_kv_heads=2, attention=attention)
+    model = Decoder(config).cuda().to(BF16)
+    tokens = torch.randint(0, 256, (2, 100), device="cuda")
+    eager = model(tokens)  # [2, 100, 256]
+    eager.float().square().mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    got = torch.compile(model, fullgraph=True)(tokens)
+    got.float().square().mean().backward()
+    torch.testing.assert_close(got, eager, atol=2e-2, rtol=2e-2)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, atol=2e-2, rtol=2e-2)
+
+
 def test_opcheck_custom_ops():
     from attnkit.ops import custom_ops  # noqa: F401
     q = torch.randn(2, 33, 4, 64, device="cuda", dtype=BF16, requires_grad=True)

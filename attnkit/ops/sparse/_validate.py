@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from attnkit.ops._checks import (
@@ -11,7 +9,6 @@ from attnkit.ops._checks import (
     check_float,
     check_int,
     check_ndim,
-    check_number,
     check_same_device,
     check_same_dtype,
     check_tensor,
@@ -30,16 +27,6 @@ def check_backend(backend: object) -> str:
 def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def check_scale(scale: object, head_dim: int) -> float:
-    """The softmax scale: ``1/sqrt(head_dim)`` by default, else a positive finite number."""
-    if scale is None:
-        return 1.0 / math.sqrt(head_dim)
-    value = check_number("scale", scale)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"scale must be a positive finite number, got {value}")
     return value
 
 

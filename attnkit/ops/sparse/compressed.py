@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnkit.ops._checks import check_int, check_ndim, check_tensor
+from attnkit.ops._checks import check_int, check_ndim, check_scale, check_tensor
 from attnkit.ops.sparse import _validate, backends
 from attnkit.reference import sparse as reference
 
@@ -155,7 +155,7 @@ def compressed_attention(
     cu = _validate.check_compressed_layout(q, k_cmp, v_cmp, cu_seqlens, block, stride)
     _validate.check_heads(q, k_cmp, v_cmp)
     call = CompressedCall(q=q, k_cmp=k_cmp, v_cmp=v_cmp, block=block, stride=stride,
-                          scale=_validate.check_scale(scale, q.shape[-1]),
+                          scale=check_scale(scale, q.shape[-1]),
                           cu_seqlens=None if cu is None else cu_seqlens)
     out, lse = backends.select("compressed_attention", call, backend).run(call)
     return (out, lse.float()) if return_lse else out

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnkit.ops._checks import check_int
+from attnkit.ops._checks import check_int, check_scale
 from attnkit.ops.sparse import _validate, backends
 from attnkit.reference import sparse as reference
 
@@ -91,7 +91,7 @@ def selected_attention(
     limits = _validate.blocks_per_token(q, cu, block)
     _validate.check_index_tensor("block_indices", block_indices, q, k.shape[-2], limits)
     call = SelectedCall(q=q, k=k, v=v, block_indices=block_indices, block=block,
-                        scale=_validate.check_scale(scale, q.shape[-1]),
+                        scale=check_scale(scale, q.shape[-1]),
                         cu_seqlens=None if cu is None else cu_seqlens)
     out, lse = backends.select("selected_attention", call, backend).run(call)
     return (out, lse.float()) if return_lse else out

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnkit.ops._checks import check_int, check_tensor
+from attnkit.ops._checks import check_int, check_scale, check_tensor
 from attnkit.ops.sparse import _validate, backends
 from attnkit.reference import sparse as reference
 
@@ -117,7 +117,7 @@ def select_blocks(
                       compress_stride=compress_stride, select_block=select_block,
                       num_selected=num_selected, init_blocks=init_blocks,
                       local_blocks=local_blocks,
-                      scale=_validate.check_scale(scale, q.shape[-1]),
+                      scale=check_scale(scale, q.shape[-1]),
                       cu_seqlens=None if cu is None else cu_seqlens)
     return backends.select("select_blocks", call, backend).run(call)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnkit.ops._checks import check_int
+from attnkit.ops._checks import check_int, check_scale
 from attnkit.ops.sparse import _validate, backends
 from attnkit.reference import sparse as reference
 
@@ -77,7 +77,7 @@ def topk_token_attention(
     _validate.check_bool("return_lse", return_lse)
     _validate.check_backend(backend)
     call = TopkCall(q=q, k=k, v=v, top_tokens=top_tokens,
-                    scale=_validate.check_scale(scale, q.shape[-1]),
+                    scale=check_scale(scale, q.shape[-1]),
                     cu_seqlens=None if cu is None else cu_seqlens)
     out, lse = backends.select("topk_token_attention", call, backend).run(call)
     return (out, lse.float()) if return_lse else out
