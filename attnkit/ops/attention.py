@@ -70,8 +70,11 @@ def attention(
             Combined with every other mask. Dense inputs only.
         cu_seqlens_q, cu_seqlens_k: int32 ``[n + 1]`` cumulative segment lengths of a packed
             batch (segment ``i`` is rows ``cu[i]:cu[i+1]``); empty segments are allowed.
-        max_seqlen_q, max_seqlen_k: the longest segment, when the caller knows it (saves a
-            device-to-host read in kernels); must not be smaller than the true maximum.
+        max_seqlen_q, max_seqlen_k: the longest segment, when the caller knows it; must not be
+            smaller than the true maximum. Eagerly the ``cu_seqlens`` values are read and
+            checked once per tensor and version. Under ``torch.compile`` they are not read (a
+            graph break): the kernels take ``max_seqlen_*`` as given, or the packed total when
+            None (correct, with idle programs); the reference path still reads them.
         dropout_p: probability of dropping an attention probability (training); the mask comes
             from a counter-based Philox stream, the same in forward and backward.
         generator: where the dropout seed is drawn from (default: torch's global generator, so
@@ -186,14 +189,17 @@ def _validate(q, k, v, *, causal, window, scale, softcap, key_padding_mask, attn
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
 
     if packed:
-        max_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q, total=q.shape[0])
-        max_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q, total=k.shape[0])
+        traced = torch.compiler.is_compiling()  # no host reads of cu_seqlens values
+        max_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q, total=q.shape[0],
+                                  read_values=not traced)
+        max_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q, total=k.shape[0],
+                                  read_values=not traced)
         if cu_seqlens_k.shape[0] != cu_seqlens_q.shape[0]:
             raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of "
                              f"segments, got {cu_seqlens_q.shape[0] - 1} and "
                              f"{cu_seqlens_k.shape[0] - 1}")
-        max_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, max_q)
-        max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, max_k)
+        max_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, max_q, bound=traced)
+        max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, max_k, bound=traced)
     else:
         max_q, max_k = q.shape[1], k.shape[1]
         key_padding_mask = _check_key_padding(key_padding_mask, q, k)
@@ -210,9 +216,12 @@ def _validate(q, k, v, *, causal, window, scale, softcap, key_padding_mask, attn
                          or torch.are_deterministic_algorithms_enabled())
 
 
-def _check_cu_seqlens(name: str, cu: object, q: torch.Tensor, *, total: int) -> int:
+def _check_cu_seqlens(name: str, cu: object, q: torch.Tensor, *, total: int,
+                      read_values: bool = True) -> int:
     """Validate a cumulative-lengths tensor; return its longest segment (values read from the
-    device once per tensor and version: ``attnkit.ops._cu_seqlens``)."""
+    device once per tensor and version: ``attnkit.ops._cu_seqlens``), or with
+    ``read_values=False`` (traced) check only its type and shape and return ``total``, an
+    upper bound."""
     check_tensor(name, cu)
     if cu.dtype != torch.int32:
         raise TypeError(f"{name} must be int32, got {cu.dtype}")
@@ -221,14 +230,18 @@ def _check_cu_seqlens(name: str, cu: object, q: torch.Tensor, *, total: int) -> 
                          f"shape {tuple(cu.shape)}")
     if cu.device != q.device:
         raise ValueError(f"{name} must be on q's device ({q.device}), got {cu.device}")
+    if not read_values:
+        return total
     return longest_segment(name, cu, total=total)
 
 
-def _check_max_seqlen(name: str, given: object, actual: int) -> int:
+def _check_max_seqlen(name: str, given: object, actual: int, *, bound: bool = False) -> int:
+    """The longest segment: ``given`` if it covers ``actual`` (with ``bound``, ``actual`` is
+    only an upper bound, the packed total, and ``given`` is trusted)."""
     if given is None:
         return actual
     check_int(name, given, minimum=0)
-    if given < actual:
+    if given < actual and not bound:
         raise ValueError(f"{name} ({given}) is smaller than the longest segment ({actual})")
     return given
 
