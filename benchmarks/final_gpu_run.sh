@@ -33,7 +33,10 @@ elif [ "${SKIP_TESTS:-0}" != "1" ]; then
   shard fd $F -k "variants and atomic" &
   shard fe $F -k "variants and fused" &
   shard ff $F -k "variants and kernel" &
-  shard dec tests/gpu/test_decode_gpu.py &
+  D=tests/gpu/test_decode_gpu.py
+  shard da $D -k "matrix and bf16" &
+  shard db $D -k "matrix and fp16" &
+  shard dc $D -k "not matrix" &
   shard oth tests/gpu/test_sparse_gpu.py tests/test_nn_gpu.py &
 fi
 if [ "${SKIP_MEMORY:-0}" != "1" ]; then
