@@ -5,7 +5,7 @@ copy that waits for the GPU and then leaves it idle while the host launches the 
 model calls attention once per layer with the same ``cu_seqlens`` tensor, so the answer is
 kept per tensor object (weakly: it goes when the tensor does) together with the tensor's
 version counter, which every in-place PyTorch write (also through a view) advances; a changed
-tensor is read and checked again. A write that bypasses PyTorch's version counter (a
+tensor is read and checked again. A write that bypasses that counter (through ``.data``, or a
 hand-written kernel storing through a raw pointer) is not seen: build a new tensor instead.
 
 Example:
