@@ -13,32 +13,9 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 TA=${PHASE_A_TIMEOUT:-270}
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
-  > "$OUT/gpu.txt" 2>&1
-python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' \
-  >> "$OUT/gpu.txt" 2>&1
-shard() {  # shard NAME PYTEST-ARGS...
-  local name=$1; shift
-  ATTNKIT_FLASH_TUNE=0 TORCHINDUCTOR_COMPILE_THREADS=1 timeout "$TA" \
-    python -m pytest -q -m gpu -p no:cacheprovider "$@" > "$OUT/t_$name.log" 2>&1
-  echo "shard $name rc=$?" >> "$OUT/t_$name.log"
-}
-F=tests/gpu/test_flash_gpu.py
-if [ "${SKIP_TESTS:-0}" != "1" ] && [ "${TESTS:-all}" != "all" ]; then
-  shard some $F -k "$TESTS" &
-elif [ "${SKIP_TESTS:-0}" != "1" ]; then
-  shard fa $F -k "head_dims and bf16" &
-  shard fb $F -k "head_dims and fp16" &
-  shard fc $F -k "lengths or fp32 or reproducible or auto or compile or opcheck" &
-  shard fd $F -k "variants and atomic" &
-  shard fe $F -k "variants and fused" &
-  shard ff $F -k "variants and kernel" &
-  D=tests/gpu/test_decode_gpu.py
-  shard da $D -k "matrix and bf16" &
-  shard db $D -k "matrix and fp16" &
-  shard dc $D -k "not matrix" &
-  shard oth tests/gpu/test_sparse_gpu.py tests/test_nn_gpu.py &
-fi
+. benchmarks/gpu_tests.sh
+gpu_info
+start_test_shards "$TA"
 if [ "${SKIP_MEMORY:-0}" != "1" ]; then
   timeout "$TA" python -m attnkit bench --suite memory --ops sdpa-flash,sdpa-cudnn \
     --json "$OUT/memory.json" \
@@ -56,10 +33,7 @@ for i in "${!WARM[@]}"; do
     > "/tmp/warm_$i.log" 2>&1 &
 done
 wait
-if [ "${SKIP_TESTS:-0}" != "1" ]; then
-  cat "$OUT"/t_*.log > "$OUT/tests.log"; rm "$OUT"/t_*.log
-  grep -E "^(FAILED|ERROR)|passed|failed|^shard" "$OUT/tests.log" | head -60
-fi
+collect_test_shards
 tail -n 4 /tmp/warm_*.log | cut -c 1-200
 [ -f "$OUT/memory.log" ] && tail -n 25 "$OUT/memory.log" | cut -c 1-200
 echo "=== phase B $(date -u +%H:%M:%S)"
