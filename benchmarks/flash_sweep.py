@@ -57,7 +57,6 @@ def widen() -> None:
         for width, rows in extra.items():
             tables[name][width] = tuple(tables[name][width]) + tuple(
                 r for r in rows if r not in tables[name][width])
-    # The autotuners' config lists (before pruning) must hold the new configs' keys too.
 
 
 def bench(fn, warm_s: float) -> float:
