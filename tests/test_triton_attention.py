@@ -317,3 +317,22 @@ def test_launch_configs_for_fp32_and_masks(monkeypatch):
     assert len(tile_configs(flash_bwd.DKDV_TILES, 80)) == len(flash_bwd.DKDV_TILES[128])
     monkeypatch.setenv("ATTNKIT_FLASH_TUNE", "0")
     assert len(tile_configs(flash_bwd.DKDV_TILES, 80)) == 1
+
+
+@needs_kernels
+def test_dq_mode_choice_and_override(monkeypatch):
+    """Atomics only where the H200 sweep measured them faster and only when allowed."""
+    from attnkit.kernels.flash_bwd import dq_mode
+    monkeypatch.delenv("ATTNKIT_FLASH_DQ", raising=False)
+    mha_long = dict(group=1, seq_q=4096, head_dim=128)
+    assert dq_mode(deterministic=False, **mha_long) == "atomic"
+    assert dq_mode(deterministic=True, **mha_long) == "kernel"
+    for shape in (dict(group=4, seq_q=4096, head_dim=128),   # GQA
+                  dict(group=1, seq_q=1024, head_dim=128),   # short
+                  dict(group=1, seq_q=4096, head_dim=192)):  # wide heads
+        assert dq_mode(deterministic=False, **shape) == "kernel"
+    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "atomic")
+    assert dq_mode(deterministic=False, group=4, seq_q=64, head_dim=64) == "atomic"
+    assert dq_mode(deterministic=True, **mha_long) == "kernel"  # never atomics then
+    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "fused")
+    assert dq_mode(deterministic=True, **mha_long) == "fused"
