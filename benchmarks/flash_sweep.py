@@ -6,7 +6,7 @@ A tuning aid beside the harness (``attnkit bench``), made for one short device c
   processes in parallel first so the timed pass finds every binary in Triton's disk cache.
 - the timed pass, for each shape of the prefill suite: the forward launcher alone
   (``flash_fwd``, autotuned), the backward launcher alone in each dQ mode (``atomic``,
-  ``fused``, ``kernel``), the public ``attnkit.attention`` forward and autograd backward (host
+  ``kernel``), the public ``attnkit.attention`` forward and autograd backward (host
   overhead included), and SDPA's FlashAttention-2 and cuDNN backends on the same inputs. It
   records the autotuner's pick and its timing of every candidate config.
 
@@ -33,17 +33,13 @@ from attnkit.bench.suites.prefill import cases as prefill_cases
 from attnkit.kernels import flash_bwd as bwd_mod
 from attnkit.kernels import flash_fwd as fwd_mod
 
-MODES = ("atomic", "fused", "kernel")
+MODES = ("atomic", "kernel")
 # Extra candidates for --wide, by padded head-dim width.
 WIDE = {
     "fwd": {64: ((128, 128, 4, 3), (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4)),
             128: ((128, 128, 8, 2), (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4),
                   (128, 32, 4, 3), (64, 32, 4, 3)),
             256: ((64, 32, 4, 2), (64, 64, 4, 3))},
-    "fused": {64: ((64, 64, 64, 64, 4, 2), (32, 128, 128, 32, 8, 3), (64, 128, 128, 64, 4, 3)),
-              128: ((32, 128, 128, 32, 4, 3), (64, 128, 128, 32, 8, 3), (64, 64, 64, 64, 4, 3),
-                    (32, 64, 64, 32, 4, 2), (64, 128, 128, 64, 8, 4)),
-              256: ((32, 64, 64, 32, 4, 1), (32, 32, 32, 32, 4, 2))},
     "dkdv": {128: ((64, 128, 8, 4), (128, 128, 8, 2))},
 }
 
@@ -51,8 +47,7 @@ WIDE = {
 def widen() -> None:
     """Add the ``WIDE`` candidates to the kernel modules' tables (in place: the pruners hold
     the dict objects)."""
-    tables = {"fwd": fwd_mod.FWD_TILES, "fused": bwd_mod.FUSED_TILES,
-              "dkdv": bwd_mod.DKDV_TILES}
+    tables = {"fwd": fwd_mod.FWD_TILES, "dkdv": bwd_mod.DKDV_TILES}
     for name, extra in WIDE.items():
         for width, rows in extra.items():
             tables[name][width] = tuple(tables[name][width]) + tuple(
@@ -144,8 +139,7 @@ def run_case(case, *, warm_s: float, timed: bool, modes=MODES, device: str = "cu
                 ms = bench(call, warm_s)
                 row[f"bwd_{mode}_ms"] = ms
                 row[f"bwd_{mode}_tflops"] = 2.5 * flops / ms / 1e9
-            kern = {"atomic": bwd_mod._bwd_dkdv_kernel, "fused": bwd_mod._bwd_fused_kernel,
-                    "kernel": bwd_mod._bwd_dq_kernel}[mode]
+            kern = {"atomic": bwd_mod._bwd_dkdv_kernel, "kernel": bwd_mod._bwd_dq_kernel}[mode]
             row[f"bwd_{mode}_cfg"] = picks(kern)
             if mode == "kernel":
                 row["bwd_kernel_dkdv_cfg"] = picks(bwd_mod._bwd_dkdv_kernel)
@@ -165,9 +159,8 @@ def run_case(case, *, warm_s: float, timed: bool, modes=MODES, device: str = "cu
         row["api_bwd_ms"] = bench(
             lambda: torch.autograd.grad(o, (qg, kg, vg), inputs["dout"], retain_graph=True),
             warm_s)
-        row["api_dq_mode"] = bwd_mod.dq_mode(deterministic=False,
-                                             group=case.heads_q // case.heads_kv,
-                                             seq_q=case.seq, head_dim=case.head_dim)
+        row["api_dq_mode"] = "atomic" if bwd_mod._atomic_dq_pays(
+            case.heads_q // case.heads_kv, case.seq, case.head_dim) else "kernel"
         row.update(sdpa_times(case, inputs, warm_s))
         for key in [k for k in row if k.endswith("_ms") and k.startswith(("fa2", "cudnn"))]:
             mult = 1.0 if "_fwd_" in key else 2.5

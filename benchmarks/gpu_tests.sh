@@ -30,7 +30,6 @@ start_test_shards() {  # start_test_shards TIMEOUT
   _shard "$limit" fb $F -k "head_dims and fp16" &
   _shard "$limit" fc $F -k "lengths or fp32 or reproducible or auto or compile or opcheck" &
   _shard "$limit" fd $F -k "variants and atomic" &
-  _shard "$limit" fe $F -k "variants and fused" &
   _shard "$limit" ff $F -k "variants and kernel" &
   _shard "$limit" da $D -k "matrix and bf16" &
   _shard "$limit" db $D -k "matrix and fp16" &

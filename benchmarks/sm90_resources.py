@@ -8,7 +8,7 @@ not launch on an H100: this check costs no device time.
 Usage::
 
     python benchmarks/sm90_resources.py                    # the default table below
-    python benchmarks/sm90_resources.py --kernel fused --blocks 64,128,128,64 --warps 8 \\
+    python benchmarks/sm90_resources.py --kernel dkdv --blocks 64,128 --warps 8 \\
         --stages 3 --d 128 --causal
     python benchmarks/sm90_resources.py --kernel dkdv --blocks 32,64 --warps 4 --stages 1 \\
         --d 64 --dtype fp32                                # float32 inputs (tf32x3 products)
@@ -39,7 +39,6 @@ KERNELS = {
     "fwd": (flash_fwd._flash_fwd_kernel, ("BLOCK_M", "BLOCK_N")),
     "dkdv": (flash_bwd._bwd_dkdv_kernel, ("BLOCK_M", "BLOCK_N")),
     "dq": (flash_bwd._bwd_dq_kernel, ("BLOCK_M", "BLOCK_N")),
-    "fused": (flash_bwd._bwd_fused_kernel, flash_bwd.FUSED_BLOCKS),
 }
 POINTER_TYPES = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_q_ptr": "*i32",
                  "cu_k_ptr": "*i32", "seed_ptr": "*i64", "kpm_ptr": "*u8", "mask_ptr": "*u8"}
@@ -97,8 +96,7 @@ def _table_rows():
     for width, rows in flash_fwd.FWD_TILES.items():
         for *blocks, w, st in rows:
             yield "fwd", tuple(blocks), w, st, {64: 64, 128: 128, 256: 192}[width]
-    for kernel, table in (("dkdv", flash_bwd.DKDV_TILES), ("dq", flash_bwd.DQ_TILES),
-                          ("fused", flash_bwd.FUSED_TILES)):
+    for kernel, table in (("dkdv", flash_bwd.DKDV_TILES), ("dq", flash_bwd.DQ_TILES)):
         for width, rows in table.items():
             for *blocks, w, st in rows:
                 yield kernel, tuple(blocks), w, st, {64: 64, 128: 128, 256: 192}[width]

@@ -138,9 +138,9 @@ def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
           deterministic: bool = False, dq_mode: str | None = None) -> dict:
     """Run ``case`` through the Triton backend and assert the tolerance rule on every output.
 
-    ``dq_mode`` forces the backward's dQ path (``"atomic"``, ``"fused"`` or ``"kernel"``);
-    by default ``"kernel"`` when ``deterministic`` else ``"atomic"``, so both main paths are
-    tested whatever the launcher would pick for the shape.
+    ``dq_mode`` forces the backward's dQ path (``"atomic"`` or ``"kernel"``); by default
+    ``"kernel"`` when ``deterministic`` else ``"atomic"``, so both paths are tested whatever
+    the launcher would pick for the shape.
 
     Returns the kernel's results (``out``, ``lse``, ``dq``, ``dk``, ``dv``) for further checks.
     """

@@ -57,19 +57,18 @@ def test_kernels_match_oracle_fp32(case):
 
 
 @needs_kernels
-@pytest.mark.parametrize("dq_mode", ["atomic", "fused", "kernel"])
-def test_fp16_and_every_backward_mode(dq_mode):
+@pytest.mark.parametrize("dq_mode", ["atomic", "kernel"])
+def test_fp16_and_both_backward_modes(dq_mode):
     case = Case((2, 33, 17, 4, 2, 80, 48), causal=True, kpm=True)
     check(case, dtype=torch.float16, device="cpu", deterministic=dq_mode != "atomic",
           dq_mode=dq_mode)
 
 
 @needs_kernels
-@pytest.mark.parametrize("dq_mode", ["fused", "kernel"])
 @pytest.mark.parametrize("case", ["packed-window-dropout", "bool-mask-rows-causal",
                                   "mla-d192-dv128"])
-def test_backward_without_atomics(case, dq_mode):
-    check(CASES[case], dtype=F32, device="cpu", deterministic=True, dq_mode=dq_mode)
+def test_backward_without_atomics(case):
+    check(CASES[case], dtype=F32, device="cpu", deterministic=True, dq_mode="kernel")
 
 
 @needs_kernels
@@ -308,9 +307,6 @@ def test_launch_configs_for_fp32_and_masks(monkeypatch):
     for width, (queries, keys) in FP32_TILES.items():
         (fwd,) = tile_configs(flash_fwd.FWD_TILES, width, fp32=True)
         assert (fwd.kwargs, fwd.num_stages) == ({"BLOCK_M": queries, "BLOCK_N": keys}, 1)
-        (fused,) = tile_configs(flash_bwd.FUSED_TILES, width, fp32=True,
-                                names=flash_bwd.FUSED_BLOCKS)
-        assert list(fused.kwargs.values()) == [queries, keys, keys, queries]
     masked = tile_configs(flash_fwd.FWD_TILES, 128, masked=True)
     assert masked and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= MASKED_TILE_AREA
                           and c.num_stages <= 2 for c in masked)
@@ -320,19 +316,14 @@ def test_launch_configs_for_fp32_and_masks(monkeypatch):
 
 
 @needs_kernels
-def test_dq_mode_choice_and_override(monkeypatch):
-    """Atomics only where the H200 sweep measured them faster and only when allowed."""
-    from attnkit.kernels.flash_bwd import dq_mode
+def test_dq_path_choice_and_override(monkeypatch):
+    """Atomics only where the H200 sweep measured them faster; the override wins."""
+    from attnkit.kernels.flash_bwd import _atomic_dq_pays
     monkeypatch.delenv("ATTNKIT_FLASH_DQ", raising=False)
-    mha_long = dict(group=1, seq_q=4096, head_dim=128)
-    assert dq_mode(deterministic=False, **mha_long) == "atomic"
-    assert dq_mode(deterministic=True, **mha_long) == "kernel"
-    for shape in (dict(group=4, seq_q=4096, head_dim=128),   # GQA
-                  dict(group=1, seq_q=1024, head_dim=128),   # short
-                  dict(group=1, seq_q=4096, head_dim=192)):  # wide heads
-        assert dq_mode(deterministic=False, **shape) == "kernel"
+    assert _atomic_dq_pays(1, 4096, 128)
+    for group, seq_q, head_dim in ((4, 4096, 128), (1, 1024, 128), (1, 4096, 192)):
+        assert not _atomic_dq_pays(group, seq_q, head_dim)  # GQA, short, wide heads
     monkeypatch.setenv("ATTNKIT_FLASH_DQ", "atomic")
-    assert dq_mode(deterministic=False, group=4, seq_q=64, head_dim=64) == "atomic"
-    assert dq_mode(deterministic=True, **mha_long) == "kernel"  # never atomics then
-    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "fused")
-    assert dq_mode(deterministic=True, **mha_long) == "fused"
+    assert _atomic_dq_pays(4, 64, 64)
+    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "kernel")
+    assert not _atomic_dq_pays(1, 4096, 128)

@@ -6,20 +6,18 @@ With ``p = softmax(s)`` recomputed from the saved LSE, ``delta_i = sum_d dO_i * 
     dv = p_dropped^T @ dO        ds = p * (dp - delta)  (* (1 - tanh^2) with softcap)
     dk = scale * ds^T @ q        dq = scale * ds @ k
 
-A preprocess, then one of three ways to get dQ (``dq_mode``):
+Three launches:
 
 1. ``_bwd_preprocess``: ``delta`` float32, laid out like the LSE.
-2. dK/dV programs (``_dkdv_program``): one per (key tile, batch x KV head). Each keeps its K/V
-   tile and dK/dV accumulators on chip and loops over the query heads of its group (GQA/MQA:
-   dK/dV are reduced over the group in-kernel, K/V never repeated) and over the query tiles
-   that can see the key tile. In the atomic mode they also add each tile's dQ share into a
-   float32 buffer with atomics (order-dependent rounding).
-3. dQ programs (``_dq_program``): one per (query tile, batch x query head); each recomputes the
-   scores and accumulates dQ on chip: no atomics, bitwise reproducible, at the cost of
-   recomputing ``q @ k^T`` and ``dO @ v^T`` once more (7 instead of 5 matmuls).
-
-``_bwd_dkdv_kernel`` and ``_bwd_dq_kernel`` run them as two launches (the default without
-atomics); ``_bwd_fused_kernel`` runs both kinds of programs in one launch (``dq_mode``).
+2. ``_bwd_dkdv_kernel``: one program per (key tile, batch x KV head). It keeps its K/V tile and
+   dK/dV accumulators on chip and loops over the query heads of its group (GQA/MQA: dK/dV are
+   reduced over the group in-kernel, K/V never repeated) and over the query tiles that can see
+   the key tile. In the fast mode it also adds each tile's dQ share into a float32 buffer with
+   atomics (order-dependent rounding).
+3. ``_bwd_dq_kernel`` (deterministic mode, and wherever atomics do not pay: ``_atomic_dq_pays``):
+   one program per (query tile, batch x query head)
+   recomputes the scores and accumulates dQ on chip: no atomics, bitwise reproducible, at the
+   cost of recomputing ``q @ k^T`` and ``dO @ v^T`` once more (about 7 instead of 5 matmuls).
 
 Scores are recomputed in the transposed layout ``k @ q^T`` in the dK/dV kernel so ``p^T`` and
 ``ds^T`` feed the dK/dV products without a transpose. Fully masked rows have LSE ``-inf``; the
@@ -64,16 +62,6 @@ DQ_TILES = {
     64: ((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3)),
     128: ((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (128, 64, 8, 3)),
     256: ((64, 32, 4, 2), (64, 64, 8, 2), (32, 64, 4, 1)),
-}
-# Fused launch (dQ and dK/dV programs in one grid): (BLOCK_M1, BLOCK_N1) tile the dK/dV
-# programs (queries per step, keys per program), (BLOCK_M2, BLOCK_N2) the dQ programs.
-FUSED_BLOCKS = ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")
-FUSED_TILES = {
-    64: ((64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2), (64, 64, 64, 64, 4, 3),
-         (32, 128, 128, 32, 4, 3)),
-    128: ((64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2), (64, 128, 64, 64, 8, 2),
-          (64, 64, 64, 64, 4, 2)),
-    256: ((64, 64, 64, 64, 4, 2), (32, 64, 64, 32, 4, 2), (64, 64, 64, 64, 8, 1)),
 }
 
 
@@ -188,104 +176,6 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
     return dk, dv
 
 
-@triton.jit
-def _dkdv_program(
-    pid_n, pid_bh, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
-    cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-    stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
-    stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
-    stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-    seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-    HQ: tl.constexpr, HK: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-    DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
-    DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """dK and dV of key tile ``pid_n`` of (batch x KV head) ``pid_bh``, summed over its group."""
-    b = pid_bh // HK
-    hk = pid_bh % HK
-    if VARLEN:
-        q_start = tl.load(cu_q_ptr + b)
-        seqlen_q = tl.load(cu_q_ptr + b + 1) - q_start
-        k_start = tl.load(cu_k_ptr + b)
-        seqlen_k = tl.load(cu_k_ptr + b + 1) - k_start
-    else:
-        q_start = pid_n * 0
-        seqlen_q = seq_q
-        k_start = pid_n * 0
-        seqlen_k = seq_k
-    start_n = pid_n * BLOCK_N
-    if start_n < seqlen_k:
-        offset = seqlen_k - seqlen_q
-        cols = start_n + tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_dv = tl.arange(0, BLOCK_DV)
-        col_ok = cols < seqlen_k
-        k_rows = b.to(tl.int64) * stride_kb + (k_start + cols[:, None]).to(tl.int64) * stride_ks
-        k_tile = tl.load(k_ptr + k_rows + hk * stride_kh + offs_d[None, :],
-                         mask=col_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [N, D]
-        v_rows = b.to(tl.int64) * stride_vb + (k_start + cols[:, None]).to(tl.int64) * stride_vs
-        v_tile = tl.load(v_ptr + v_rows + hk * stride_vh + offs_dv[None, :],
-                         mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [N, DV]
-        k0 = 0
-        k1 = 0
-        if DROPOUT:
-            k0 = tl.load(seed_ptr).to(tl.uint32)
-            k1 = tl.load(seed_ptr + 1).to(tl.uint32)
-        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-        lo, mid_lo, mid_hi, hi = tile_query_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N,
-                                                  IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
-        for g in range(GROUP):
-            h = hk * GROUP + g
-            bh = b * HQ + h
-            q_base = q_ptr + b.to(tl.int64) * stride_qb + q_start.to(tl.int64) * stride_qs \
-                + h * stride_qh
-            do_base = do_ptr + b.to(tl.int64) * stride_dob + q_start.to(tl.int64) * stride_dos \
-                + h * stride_doh
-            dq_base = dq_ptr + b.to(tl.int64) * stride_dqb + q_start.to(tl.int64) * stride_dqs \
-                + h * stride_dqh
-            lse_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh \
-                + q_start
-            delta_base = delta_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh \
-                + q_start
-            # Edge query tiles, the fully visible band, edge tiles after it.
-            dk, dv = _dkdv_tiles(
-                dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base,
-                stride_qs, stride_dos, stride_dqs, lo, mid_lo, cols, seqlen_q, seqlen_k, offset,
-                b, h, bh, qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr,
-                stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M,
-                BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM,
-                MASK_KIND, SOFTCAP, DROPOUT, ATOMIC_DQ, DOT_PREC)
-            dk, dv = _dkdv_tiles(
-                dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base,
-                stride_qs, stride_dos, stride_dqs, mid_lo, mid_hi, cols, seqlen_q, seqlen_k,
-                offset, b, h, bh, qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr,
-                stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M,
-                BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM,
-                MASK_KIND, SOFTCAP, DROPOUT, ATOMIC_DQ, DOT_PREC)
-            dk, dv = _dkdv_tiles(
-                dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base,
-                stride_qs, stride_dos, stride_dqs, mid_hi, hi, cols, seqlen_q, seqlen_k, offset,
-                b, h, bh, qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr,
-                stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M,
-                BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM,
-                MASK_KIND, SOFTCAP, DROPOUT, ATOMIC_DQ, DOT_PREC)
-        dk = dk * scale
-        dk_rows = b.to(tl.int64) * stride_dkb + (k_start + cols[:, None]).to(tl.int64) \
-            * stride_dks
-        tl.store(dk_ptr + dk_rows + hk * stride_dkh + offs_d[None, :],
-                 dk.to(dk_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_d[None, :] < D))
-        dv_rows = b.to(tl.int64) * stride_dvb + (k_start + cols[:, None]).to(tl.int64) \
-            * stride_dvs
-        tl.store(dv_ptr + dv_rows + hk * stride_dvh + offs_dv[None, :],
-                 dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_dv[None, :] < DV))
-
-
 @triton.autotune(configs=all_configs(DKDV_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP",
                       "ATOMIC_DQ"],
@@ -310,17 +200,83 @@ def _bwd_dkdv_kernel(
     DOT_PREC: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    _dkdv_program(
-        tl.program_id(0), tl.program_id(1), q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr,
-        dq_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-        stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-        stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-        stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
-        stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
-        stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-        seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-        HQ, HK, GROUP, D, DV, BLOCK_D, BLOCK_DV, VARLEN, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-        HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, ATOMIC_DQ, DOT_PREC, BLOCK_M, BLOCK_N)
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HK
+    hk = pid_bh % HK
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + b)
+        seqlen_q = tl.load(cu_q_ptr + b + 1) - q_start
+        k_start = tl.load(cu_k_ptr + b)
+        seqlen_k = tl.load(cu_k_ptr + b + 1) - k_start
+    else:
+        q_start = pid_n * 0
+        seqlen_q = seq_q
+        k_start = pid_n * 0
+        seqlen_k = seq_k
+    start_n = pid_n * BLOCK_N
+    if start_n >= seqlen_k:
+        return
+    offset = seqlen_k - seqlen_q
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    col_ok = cols < seqlen_k
+    k_rows = b.to(tl.int64) * stride_kb + (k_start + cols[:, None]).to(tl.int64) * stride_ks
+    k_tile = tl.load(k_ptr + k_rows + hk * stride_kh + offs_d[None, :],
+                     mask=col_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [N, D]
+    v_rows = b.to(tl.int64) * stride_vb + (k_start + cols[:, None]).to(tl.int64) * stride_vs
+    v_tile = tl.load(v_ptr + v_rows + hk * stride_vh + offs_dv[None, :],
+                     mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [N, DV]
+    k0 = 0
+    k1 = 0
+    if DROPOUT:
+        k0 = tl.load(seed_ptr).to(tl.uint32)
+        k1 = tl.load(seed_ptr + 1).to(tl.uint32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    lo, mid_lo, mid_hi, hi = tile_query_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N,
+                                              IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        bh = b * HQ + h
+        q_base = q_ptr + b.to(tl.int64) * stride_qb + q_start.to(tl.int64) * stride_qs \
+            + h * stride_qh
+        do_base = do_ptr + b.to(tl.int64) * stride_dob + q_start.to(tl.int64) * stride_dos \
+            + h * stride_doh
+        dq_base = dq_ptr + b.to(tl.int64) * stride_dqb + q_start.to(tl.int64) * stride_dqs \
+            + h * stride_dqh
+        lse_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start
+        delta_base = delta_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh \
+            + q_start
+        dk, dv = _dkdv_tiles(
+            dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+            stride_dos, stride_dqs, lo, mid_lo, cols, seqlen_q, seqlen_k, offset, b, h, bh,
+            qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
+            stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
+            IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
+            ATOMIC_DQ, DOT_PREC)
+        dk, dv = _dkdv_tiles(
+            dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+            stride_dos, stride_dqs, mid_lo, mid_hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
+            qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
+            stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
+            IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
+            ATOMIC_DQ, DOT_PREC)
+        dk, dv = _dkdv_tiles(
+            dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+            stride_dos, stride_dqs, mid_hi, hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
+            qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
+            stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
+            IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
+            ATOMIC_DQ, DOT_PREC)
+    dk = dk * scale
+    dk_rows = b.to(tl.int64) * stride_dkb + (k_start + cols[:, None]).to(tl.int64) * stride_dks
+    tl.store(dk_ptr + dk_rows + hk * stride_dkh + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty),
+             mask=col_ok[:, None] & (offs_d[None, :] < D))
+    dv_rows = b.to(tl.int64) * stride_dvb + (k_start + cols[:, None]).to(tl.int64) * stride_dvs
+    tl.store(dv_ptr + dv_rows + hk * stride_dvh + offs_dv[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None] & (offs_dv[None, :] < DV))
 
 
 @triton.jit
@@ -355,88 +311,6 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
     return dq
 
 
-@triton.jit
-def _dq_program(
-    pid_m, b, h, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-    stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
-    stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-    seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-    HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
-    DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """dQ of query tile ``pid_m`` of batch ``b``, query head ``h``, accumulated on chip."""
-    hk = h // GROUP
-    if VARLEN:
-        q_start = tl.load(cu_q_ptr + b)
-        seqlen_q = tl.load(cu_q_ptr + b + 1) - q_start
-        k_start = tl.load(cu_k_ptr + b)
-        seqlen_k = tl.load(cu_k_ptr + b + 1) - k_start
-    else:
-        q_start = pid_m * 0
-        seqlen_q = seq_q
-        k_start = pid_m * 0
-        seqlen_k = seq_k
-    start_m = pid_m * BLOCK_M
-    if start_m < seqlen_q:
-        offset = seqlen_k - seqlen_q
-        rows = start_m + tl.arange(0, BLOCK_M)
-        row_ok = rows < seqlen_q
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_dv = tl.arange(0, BLOCK_DV)
-        q_rows = b.to(tl.int64) * stride_qb + (q_start + rows[:, None]).to(tl.int64) * stride_qs
-        q = tl.load(q_ptr + q_rows + h * stride_qh + offs_d[None, :],
-                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [M, D]
-        do_rows = b.to(tl.int64) * stride_dob + (q_start + rows[:, None]).to(tl.int64) \
-            * stride_dos
-        do = tl.load(do_ptr + do_rows + h * stride_doh + offs_dv[None, :],
-                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [M, DV]
-        l_base = b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start + rows
-        lse = tl.load(lse_ptr + l_base, mask=row_ok, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-        delta = tl.load(delta_ptr + l_base, mask=row_ok, other=0.0)
-        k0 = 0
-        k1 = 0
-        if DROPOUT:
-            k0 = tl.load(seed_ptr).to(tl.uint32)
-            k1 = tl.load(seed_ptr + 1).to(tl.uint32)
-        bh = b * HQ + h
-        k_base = k_ptr + b.to(tl.int64) * stride_kb + k_start.to(tl.int64) * stride_ks \
-            + hk * stride_kh
-        v_base = v_ptr + b.to(tl.int64) * stride_vb + k_start.to(tl.int64) * stride_vs \
-            + hk * stride_vh
-        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        lo, mid_lo, mid_hi, hi = tile_key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N,
-                                                IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
-        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, lo, mid_lo,
-                       rows, seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0,
-                       k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh,
-                       stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL,
-                       WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
-        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, mid_lo,
-                       mid_hi, rows, seqlen_q, seqlen_k, offset, b, h, bh, qk_scale,
-                       softcap_scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
-                       stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D,
-                       DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP,
-                       DROPOUT, DOT_PREC)
-        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, mid_hi, hi,
-                       rows, seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0,
-                       k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh,
-                       stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL,
-                       WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
-        dq = dq * scale
-        dq_rows = b.to(tl.int64) * stride_dqb + (q_start + rows[:, None]).to(tl.int64) \
-            * stride_dqs
-        tl.store(dq_ptr + dq_rows + h * stride_dqh + offs_d[None, :],
-                 dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
-
-
 @triton.autotune(configs=all_configs(DQ_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET"],
                  prune_configs_by={"early_config_prune": pruner(DQ_TILES)},
@@ -462,101 +336,83 @@ def _bwd_dq_kernel(
     if IS_CAUSAL:  # the last query tiles see the most keys: start them first
         pid_m = tl.num_programs(0) - 1 - pid_m
     pid_bh = tl.program_id(1)
-    _dq_program(
-        pid_m, pid_bh // HQ, pid_bh % HQ, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr,
-        dq_ptr, cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-        stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-        stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-        stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
-        stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-        seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-        HQ, GROUP, D, DV, BLOCK_D, BLOCK_DV, VARLEN, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-        HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC, BLOCK_M, BLOCK_N)
-
-
-@triton.autotune(configs=all_configs(FUSED_TILES, FUSED_BLOCKS),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP"],
-                 prune_configs_by={"early_config_prune": pruner(FUSED_TILES, FUSED_BLOCKS)},
-                 do_bench=autotune_bench)
-@triton.jit
-def _bwd_fused_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
-    cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-    stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
-    stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
-    stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-    seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-    HQ: tl.constexpr, HK: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-    DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
-    SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, SEQ_BUCKET,
-    BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr,
-    BLOCK_N2: tl.constexpr,
-):
-    """dK/dV and dQ in one launch, no atomics: along axis 0 the first ``cdiv(seq_k, BLOCK_N1)``
-    programs of each (batch x KV head) do a key tile's dK/dV (``BLOCK_M1`` queries per step),
-    the next ``GROUP * cdiv(seq_q, BLOCK_M2)`` a query tile's dQ (``BLOCK_N2`` keys per step)."""
-    pid = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    n_kv = tl.cdiv(seq_k, BLOCK_N1)
-    if pid < n_kv:
-        _dkdv_program(
-            pid, pid_bh, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr,
-            dv_ptr, cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-            stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-            stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-            stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
-            stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
-            stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-            seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-            HQ, HK, GROUP, D, DV, BLOCK_D, BLOCK_DV, VARLEN, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-            HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, False, DOT_PREC, BLOCK_M1, BLOCK_N1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    hk = h // GROUP
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + b)
+        seqlen_q = tl.load(cu_q_ptr + b + 1) - q_start
+        k_start = tl.load(cu_k_ptr + b)
+        seqlen_k = tl.load(cu_k_ptr + b + 1) - k_start
     else:
-        n_q = tl.cdiv(seq_q, BLOCK_M2)
-        g = (pid - n_kv) // n_q
-        pid_m = (pid - n_kv) % n_q
-        if IS_CAUSAL:  # the last query tiles see the most keys: start them first
-            pid_m = n_q - 1 - pid_m
-        _dq_program(
-            pid_m, pid_bh // HK, (pid_bh % HK) * GROUP + g, q_ptr, k_ptr, v_ptr, do_ptr,
-            lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-            stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-            stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-            stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
-            stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-            seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-            HQ, GROUP, D, DV, BLOCK_D, BLOCK_DV, VARLEN, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-            HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC, BLOCK_M2, BLOCK_N2)
+        q_start = pid_m * 0
+        seqlen_q = seq_q
+        k_start = pid_m * 0
+        seqlen_k = seq_k
+    start_m = pid_m * BLOCK_M
+    if start_m >= seqlen_q:
+        return
+    offset = seqlen_k - seqlen_q
+    rows = start_m + tl.arange(0, BLOCK_M)
+    row_ok = rows < seqlen_q
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_rows = b.to(tl.int64) * stride_qb + (q_start + rows[:, None]).to(tl.int64) * stride_qs
+    q = tl.load(q_ptr + q_rows + h * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [M, D]
+    do_rows = b.to(tl.int64) * stride_dob + (q_start + rows[:, None]).to(tl.int64) * stride_dos
+    do = tl.load(do_ptr + do_rows + h * stride_doh + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [M, DV]
+    l_base = b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start + rows
+    lse = tl.load(lse_ptr + l_base, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(delta_ptr + l_base, mask=row_ok, other=0.0)
+    k0 = 0
+    k1 = 0
+    if DROPOUT:
+        k0 = tl.load(seed_ptr).to(tl.uint32)
+        k1 = tl.load(seed_ptr + 1).to(tl.uint32)
+    bh = b * HQ + h
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + k_start.to(tl.int64) * stride_ks + hk * stride_kh
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + k_start.to(tl.int64) * stride_vs + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo, mid_lo, mid_hi, hi = tile_key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N,
+                                            IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, lo, mid_lo, rows,
+                   seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
+                   dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                   stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                   True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, mid_lo, mid_hi,
+                   rows, seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
+                   dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                   stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                   False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, mid_hi, hi, rows,
+                   seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
+                   dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                   stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                   True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+    dq = dq * scale
+    dq_rows = b.to(tl.int64) * stride_dqb + (q_start + rows[:, None]).to(tl.int64) * stride_dqs
+    tl.store(dq_ptr + dq_rows + h * stride_dqh + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
-def dq_mode(*, deterministic: bool, group: int, seq_q: int, head_dim: int) -> str:
-    """How the backward computes dQ: ``"atomic"``, ``"kernel"`` or ``"fused"``.
+def _atomic_dq_pays(group: int, seq_q: int, head_dim: int) -> bool:
+    """Whether the atomic dQ path is the faster one (when the caller allows atomics).
 
-    - ``"atomic"``: the dK/dV kernel adds each tile's dQ share into a float32 buffer with
-      atomics (5 matmuls per tile pair; order-dependent rounding; a zeroed buffer and a cast).
-    - ``"kernel"``: a dK/dV launch, then a dQ launch that recomputes the scores (7 matmuls, no
-      atomics, bitwise reproducible).
-    - ``"fused"``: the same two kinds of programs in one launch (as FlexAttention's backward).
-
-    Measured on an H200 (benchmarks/NOTES-flash.md, 2026-12-01 sweep): atomics win for MHA at
-    4k+ queries with head dims up to 128 (16k causal: 369 against 325 TFLOP/s); everywhere
-    else the two-launch path is as fast or faster (GQA 32:8 4k: 379 against 331 atomic and
-    335 fused; d 192/128: 213 against 138 atomic), and the fused launch never led, so
-    ``deterministic`` and the other shapes take ``"kernel"``.
-    ``ATTNKIT_FLASH_DQ=atomic|fused|kernel`` overrides the choice (tests use it; ``atomic`` is
-    still refused when ``deterministic``).
+    Measured on an H100 and again on an H200 (benchmarks/NOTES-flash.md, step 3): atomics win
+    for MHA at 4k+ queries with head dims up to 128 (H200, 16k causal: 369 against 325
+    TFLOP/s); with GQA (the dK/dV program then loops over the group, so fewer programs run)
+    and on short or wide-head shapes the separate dQ kernel is as fast or faster (GQA 32:8 4k:
+    379 against 331; d 192/128: 213 against 138).
+    ``ATTNKIT_FLASH_DQ=atomic|kernel`` overrides the choice (tests use it).
     """
     forced = os.environ.get("ATTNKIT_FLASH_DQ", "auto")
-    if forced in ("fused", "kernel"):
-        return forced
-    if deterministic:
-        return "kernel"
-    if forced == "atomic" or (group == 1 and seq_q >= 4096 and head_dim <= 128):
-        return "atomic"
-    return "kernel"
+    if forced in ("atomic", "kernel"):
+        return forced == "atomic"
+    return group == 1 and seq_q >= 4096 and head_dim <= 128
 
 
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
@@ -579,10 +435,10 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         q, k, v, out, lse: the forward's inputs and results (shapes of ``flash_fwd``).
         grad_lse: gradient of the LSE (same shape) when the caller used it, else None; it
             enters as ``delta - grad_lse``.
-        deterministic: True computes dQ without atomics (its own launch after dK/dV: bitwise
-            reproducible, 7 instead of 5 matmuls per tile pair); False
-            lets ``dq_mode`` pick float32 atomics from the dK/dV programs where they are faster
-            (run-to-run rounding differences).
+        deterministic: True computes dQ in its own kernel (no atomics, bitwise reproducible,
+            7 instead of 5 matmuls per tile pair); False lets the launcher add dQ with float32
+            atomics from the dK/dV kernel where that is faster (``_atomic_dq_pays``;
+            run-to-run rounding differences).
         Other arguments: as for ``flash_fwd``.
 
     Returns:
@@ -636,27 +492,19 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                   MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
                   DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
 )
-    mode = dq_mode(deterministic=deterministic, group=hq // hk, seq_q=sq, head_dim=d)
-    atomic = mode == "atomic"
+    atomic = not deterministic and _atomic_dq_pays(hq // hk, sq, d)
     dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic \
         else torch.empty_like(q)
     dqs = _strides(dq_acc, varlen)
-    args = (q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
-            *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen), *lstrides,
-            kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
-
-    if mode == "fused":
-        def fused_grid(meta):
-            kv_programs = triton.cdiv(sk, meta["BLOCK_N1"])
-            return (kv_programs + (hq // hk) * triton.cdiv(sq, meta["BLOCK_M2"]), batch * hk)
-
-        _bwd_fused_kernel[fused_grid](*args, HQ=hq, HK=hk, GROUP=hq // hk, **common)
-        return dq_acc, dk, dv
 
     def kv_grid(meta):
         return (triton.cdiv(sk, meta["BLOCK_N"]), batch * hk)
 
-    _bwd_dkdv_kernel[kv_grid](*args, HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, **common)
+    _bwd_dkdv_kernel[kv_grid](
+        q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
+        *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen), *lstrides,
+        kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
+        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, **common)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
 

@@ -48,49 +48,38 @@ def seq_bucket(seq: int) -> int:
     return min(65536, max(1024, triton.next_power_of_2(seq)))
 
 
-TILE_BLOCKS = ("BLOCK_M", "BLOCK_N")
+def _config(row: tuple[int, int, int, int]) -> triton.Config:
+    """A ``triton.Config`` from a table row ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``."""
+    block_m, block_n, warps, stages = row
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps,
+                         num_stages=stages)
 
 
-def _config(names: tuple[str, ...], row: tuple[int, ...]) -> triton.Config:
-    """A ``triton.Config`` from a table row ``(*block sizes, num_warps, num_stages)``."""
-    *blocks, warps, stages = row
-    return triton.Config(dict(zip(names, blocks)), num_warps=warps, num_stages=stages)
-
-
-def tile_configs(table: dict[int, tuple[tuple[int, ...], ...]], width: int, *,
-                 masked: bool = False, fp32: bool = False,
-                 names: tuple[str, ...] = TILE_BLOCKS) -> list[triton.Config]:
-    """Autotune configs for a head-dim width from rows ``(*blocks, num_warps, num_stages)``.
+def tile_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]], width: int, *,
+                 masked: bool = False, fp32: bool = False) -> list[triton.Config]:
+    """Autotune configs ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` for a head-dim width.
 
     ``table`` maps the widest padded head dim (64, 128, 256) to its candidates, best guess
-    first; ``names`` are the block-size parameters of a row (``BLOCK_M, BLOCK_N`` by default;
-    pairs of query and key tile sizes; the fused backward's ``BLOCK_M1, BLOCK_N1, BLOCK_M2,
-    BLOCK_N2`` mirror each other). Under the interpreter (or ``ATTNKIT_FLASH_TUNE=0``) only
-    one config is tried.
+    first; under the interpreter (or ``ATTNKIT_FLASH_TUNE=0``) only one config is tried.
     ``masked``: a dense ``attn_mask`` tile is pipelined through shared memory beside K and V, so
     only tiles of at most 64 x 64 with at most two stages are kept (the large tiles overflow
     the 227 KiB of an H100's shared memory).
     ``fp32``: float32 inputs get the one small config of ``FP32_TILES``.
     """
     if interpreting():
-        return [_config(names, (16,) * len(names) + (4, 1))]
+        return [_config((16, 16, 4, 1))]
     key = 64 if width <= 64 else (128 if width <= 128 else 256)
     if fp32:
-        queries, keys = FP32_TILES[key]
-        blocks = (queries, keys) if len(names) == 2 else (queries, keys, keys, queries)
-        return [_config(names, (*blocks, 4, 1))]
+        return [_config((*FP32_TILES[key], 4, 1))]
     rows = table[key]
     if masked:
-        def small(row):
-            blocks = row[:len(names)]
-            return all(m * n <= MASKED_TILE_AREA for m, n in zip(blocks[::2], blocks[1::2]))
-        rows = tuple((*row[:-1], min(row[-1], 2)) for row in rows if small(row)) \
-            or ((64, 32) * (len(names) // 2) + (4, 1),)
-    configs = [_config(names, row) for row in rows]
+        rows = tuple((bm, bn, w, min(st, 2)) for bm, bn, w, st in rows
+                     if bm * bn <= MASKED_TILE_AREA) or ((64, 32, 4, 1),)
+    configs = [_config(row) for row in rows]
     return configs[:1] if tuning_limited() else configs
 
 
-def pruner(table: dict[int, tuple[tuple[int, ...], ...]], names: tuple[str, ...] = TILE_BLOCKS):
+def pruner(table: dict[int, tuple[tuple[int, int, int, int], ...]]):
     """An ``early_config_prune`` that swaps in ``table``'s configs for the launch's head dims,
     mask kind and input dtype."""
 
@@ -98,19 +87,17 @@ def pruner(table: dict[int, tuple[tuple[int, ...], ...]], names: tuple[str, ...]
         width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
                     kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
         masked = kwargs.get("MASK_KIND", named_args.get("MASK_KIND", 0)) != 0
-        q = named_args.get("q_ptr")
-        fp32 = getattr(q, "dtype", None) == torch.float32
-        return tile_configs(table, width, masked=masked, fp32=fp32, names=names)
+        fp32 = getattr(named_args.get("q_ptr"), "dtype", None) == torch.float32
+        return tile_configs(table, width, masked=masked, fp32=fp32)
 
     return prune
 
 
-def all_configs(table: dict[int, tuple[tuple[int, ...], ...]],
-                names: tuple[str, ...] = TILE_BLOCKS) -> list[triton.Config]:
+def all_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]]) -> list[triton.Config]:
     """Every config of ``table`` (the autotuner's list before pruning)."""
     if interpreting():
-        return tile_configs(table, 64, names=names)
-    return [_config(names, row) for rows in table.values() for row in rows]
+        return tile_configs(table, 64)
+    return [_config(row) for rows in table.values() for row in rows]
 
 
 def autotune_bench(kernel_call, quantiles):
