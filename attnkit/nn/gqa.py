@@ -9,8 +9,6 @@ weights load with ``load_state_dict(..., strict=True)``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +25,7 @@ from attnkit.nn._inputs import (
 )
 from attnkit.nn.norms import RMSNorm
 from attnkit.nn.rotary import RotaryEmbedding
-from attnkit.ops._checks import check_int, check_number
+from attnkit.ops._checks import check_int, check_number, check_scale
 from attnkit.ops.attention import attention
 from attnkit.ops.decode import decode_attention
 from attnkit.ops.rope_write import write_rotated
@@ -116,11 +114,7 @@ class GroupedQueryAttention(nn.Module):
         self.rope = check_rope(rope, head_dim, what="head_dim")
         self.dropout = check_dropout(dropout)
         self.softcap = check_number("softcap", softcap, minimum=0.0)
-        if scale is None:
-            scale = 1.0 / math.sqrt(head_dim)
-        scale = check_number("scale", scale)
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        scale = check_scale(scale, head_dim)
         self.scale = scale
 
         q_dim, kv_dim = num_heads * head_dim, num_kv_heads * head_dim

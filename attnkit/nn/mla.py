@@ -17,7 +17,7 @@ from attnkit.nn._inputs import (
 )
 from attnkit.nn.norms import RMSNorm
 from attnkit.nn.rotary import RotaryEmbedding
-from attnkit.ops._checks import check_int, check_number
+from attnkit.ops._checks import check_int, check_scale
 from attnkit.ops.attention import attention
 from attnkit.ops.mla_decode import mla_decode_attention
 from attnkit.ops.rope_scaling import YarnScaling
@@ -148,10 +148,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.dropout = check_dropout(dropout)
         if scale is None:
             scale = self.qk_head_dim ** -0.5 * yarn_softmax_scale(rope.scaling)
-        scale = check_number("scale", scale)
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"scale must be a positive finite number, got {scale}")
-        self.scale = scale
+        self.scale = check_scale(scale, self.qk_head_dim)
 
         q_out = num_heads * self.qk_head_dim
         if q_lora_rank is None:

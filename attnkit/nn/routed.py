@@ -18,15 +18,13 @@ rule (ties, scores).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from attnkit.nn._documents import resolve_documents
 from attnkit.nn._inputs import check_hidden, check_rope, resolve_heads, resolve_positions
 from attnkit.nn.rotary import RotaryEmbedding
-from attnkit.ops._checks import check_int, check_number
+from attnkit.ops._checks import check_int, check_scale
 from attnkit.ops.sparse import routed_attention
 
 __all__ = ["SparseRoutedAttention"]
@@ -72,11 +70,7 @@ class SparseRoutedAttention(nn.Module):
         num_kv_heads, head_dim = resolve_heads(hidden_size, num_heads, num_kv_heads, head_dim)
         check_int("segment_size", segment_size, minimum=1)
         check_int("top_k", top_k, minimum=1)
-        if scale is None:
-            scale = 1.0 / math.sqrt(head_dim)
-        scale = check_number("scale", scale)
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        scale = check_scale(scale, head_dim)
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.segment_size, self.top_k, self.scale = segment_size, top_k, scale
