@@ -14,7 +14,12 @@ A tuning aid beside the harness (``attnkit bench``), made for one short device c
 modules are what ships). Rates are TFLOP/s with the harness's FLOP count (visible pairs,
 backward 2.5x forward). JSON rows are written after every shape.
 
-Usage: ``PYTHONPATH=. python benchmarks/flash_sweep.py --json out.json [--wide] [--only TEXT]``
+``--tma none/all`` times the kernels once per ``ATTNKIT_FLASH_TMA`` value (pointer loads
+against TMA descriptors; keys get a ``_none``/``_all`` suffix); ``--no-peers`` skips the API and
+SDPA timings.
+
+Usage: ``PYTHONPATH=. python benchmarks/flash_sweep.py --json out.json [--wide] [--only TEXT]
+[--tma none/all] [--no-peers]``
 """
 
 from __future__ import annotations
@@ -116,19 +121,19 @@ def sdpa_times(case, inputs, warm_s) -> dict:
     return out
 
 
-def run_case(case, *, warm_s: float, timed: bool, modes=MODES, device: str = "cuda") -> dict:
-    import attnkit
-    inputs = make_inputs(case, torch.device(device), seed=0)
-    opts = options(case, inputs)
+def _kernels(row, case, inputs, opts, *, warm_s, timed, modes, tag) -> None:
+    """Time the forward and each backward mode into ``row`` (keys suffixed ``tag``)."""
     q, k, v, do = (inputs[n].detach() for n in ("q", "k", "v", "dout"))
-    flops = 2 * case.visible_pairs() * case.heads_q * (case.head_dim + case.dv)
-    row = {"case": case.name, "fwd_gflop": flops / 1e9}
-    t0 = time.time()
-    out, lse = fwd_mod.flash_fwd(q, k, v, **opts)
-    if timed:
-        row["fwd_ms"] = bench(lambda: fwd_mod.flash_fwd(q, k, v, **opts), warm_s)
-        row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
-    row["fwd_cfg"] = picks(fwd_mod._flash_fwd_kernel)
+    flops = row["fwd_gflop"] * 1e9
+    try:
+        out, lse = fwd_mod.flash_fwd(q, k, v, **opts)
+        if timed:
+            row[f"fwd{tag}_ms"] = bench(lambda: fwd_mod.flash_fwd(q, k, v, **opts), warm_s)
+            row[f"fwd{tag}_tflops"] = flops / row[f"fwd{tag}_ms"] / 1e9
+        row[f"fwd{tag}_cfg"] = picks(fwd_mod._flash_fwd_kernel)
+    except Exception as err:
+        row[f"fwd{tag}_error"] = f"{type(err).__name__}: {err}"[:300]
+        return
     for mode in modes:
         os.environ["ATTNKIT_FLASH_DQ"] = mode
         try:
@@ -137,17 +142,36 @@ def run_case(case, *, warm_s: float, timed: bool, modes=MODES, device: str = "cu
             call()
             if timed:
                 ms = bench(call, warm_s)
-                row[f"bwd_{mode}_ms"] = ms
-                row[f"bwd_{mode}_tflops"] = 2.5 * flops / ms / 1e9
+                row[f"bwd_{mode}{tag}_ms"] = ms
+                row[f"bwd_{mode}{tag}_tflops"] = 2.5 * flops / ms / 1e9
             kern = {"atomic": bwd_mod._bwd_dkdv_kernel, "kernel": bwd_mod._bwd_dq_kernel}[mode]
-            row[f"bwd_{mode}_cfg"] = picks(kern)
+            row[f"bwd_{mode}{tag}_cfg"] = picks(kern)
             if mode == "kernel":
-                row["bwd_kernel_dkdv_cfg"] = picks(bwd_mod._bwd_dkdv_kernel)
+                row[f"bwd_kernel_dkdv{tag}_cfg"] = picks(bwd_mod._bwd_dkdv_kernel)
         except Exception as err:  # keep going: report the failing mode
-            row[f"bwd_{mode}_error"] = f"{type(err).__name__}: {err}"[:300]
+            row[f"bwd_{mode}{tag}_error"] = f"{type(err).__name__}: {err}"[:300]
         finally:
             os.environ.pop("ATTNKIT_FLASH_DQ", None)
-    if timed:
+
+
+def run_case(case, *, warm_s: float, timed: bool, modes=MODES, device: str = "cuda",
+             tma=("auto",), peers: bool = True) -> dict:
+    """One shape: the kernels under each ``ATTNKIT_FLASH_TMA`` value of ``tma`` (keys tagged
+    ``_<value>`` unless it is the only ``auto``), then (``peers``) the API and SDPA."""
+    import attnkit
+    inputs = make_inputs(case, torch.device(device), seed=0)
+    opts = options(case, inputs)
+    flops = 2 * case.visible_pairs() * case.heads_q * (case.head_dim + case.dv)
+    row = {"case": case.name, "fwd_gflop": flops / 1e9}
+    t0 = time.time()
+    for value in tma:
+        os.environ["ATTNKIT_FLASH_TMA"] = value
+        try:
+            tag = "" if tuple(tma) == ("auto",) else f"_{value.replace(',', '+')}"
+            _kernels(row, case, inputs, opts, warm_s=warm_s, timed=timed, modes=modes, tag=tag)
+        finally:
+            os.environ.pop("ATTNKIT_FLASH_TMA", None)
+    if timed and peers:
         # The public API (host overhead included), default dQ choice.
         qg, kg, vg = (inputs[n] for n in ("q", "k", "v"))
         kw = dict(causal=case.causal, window=case.window)
@@ -177,7 +201,11 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="case name substring")
     parser.add_argument("--warm-s", type=float, default=0.3)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--tma", default="auto",
+                        help="ATTNKIT_FLASH_TMA values to compare, separated by '/'")
+    parser.add_argument("--no-peers", action="store_true", help="kernels only: no API, SDPA")
     args = parser.parse_args()
+    tma = tuple(args.tma.split("/"))
     if args.wide:
         widen()
     todo = [c for c in prefill_cases() if not args.only or any(s in c.name for s in args.only)]
@@ -191,7 +219,8 @@ def main() -> None:
             for mode in modes:
                 if (i * len(modes) + modes.index(mode)) % parts == part:
                     try:
-                        run_case(case, warm_s=0, timed=False, modes=(mode,))
+                        run_case(case, warm_s=0, timed=False, modes=(mode,), tma=tma,
+                                 peers=False)
                     except Exception as err:
                         print(f"warm {case.name} {mode}: {type(err).__name__}: {err}"[:300])
         return
@@ -200,13 +229,15 @@ def main() -> None:
                "wide": args.wide, "rows": []}
     for case in todo:
         try:
-            row = run_case(case, warm_s=args.warm_s, timed=True, modes=modes)
+            row = run_case(case, warm_s=args.warm_s, timed=True, modes=modes, tma=tma,
+                           peers=not args.no_peers)
         except Exception as err:
             row = {"case": case.name, "error": f"{type(err).__name__}: {err}"[:300]}
         results["rows"].append(row)
         short = {k: round(v, 1) for k, v in row.items() if k.endswith("tflops")}
-        print(case.name, short, row.get("fwd_cfg", {}).get("best"),
-              {m: row.get(f"bwd_{m}_cfg", {}).get("best") for m in modes}, flush=True)
+        best = {k[:-4]: v.get("best") for k, v in row.items() if k.endswith("_cfg")}
+        errors = {k: v for k, v in row.items() if k.endswith("error")}
+        print(case.name, short, best, errors or "", flush=True)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(results, fh, indent=1)

@@ -1,8 +1,10 @@
 # Sourced by the one-call GPU scripts (final_gpu_run.sh, sweep_gpu_run.sh): the GPU's state and
 # the GPU test suite in parallel shards without autotuning (ATTNKIT_FLASH_TUNE=0), logs in $OUT.
 #   gpu_info                      -> $OUT/gpu.txt (name, clocks, temperature, torch, triton)
-#   start_test_shards TIMEOUT     starts the shards in the background (TESTS="<-k expression>"
-#                                 runs only those flash tests; SKIP_TESTS=1 none); then `wait`
+#   start_test_shards TIMEOUT     starts the shards in the background (TESTS=tiles: the tile-
+#                                 table shards only; TESTS=flash: the other flash shards;
+#                                 TESTS="<-k expression>" only those flash tests; SKIP_TESTS=1
+#                                 none); then `wait`
 #   collect_test_shards           -> $OUT/tests.log, and prints the summary lines
 
 gpu_info() {
@@ -22,15 +24,27 @@ _shard() {  # _shard TIMEOUT NAME PYTEST-ARGS...
 start_test_shards() {  # start_test_shards TIMEOUT
   local limit=$1 F=tests/gpu/test_flash_gpu.py D=tests/gpu/test_decode_gpu.py
   [ "${SKIP_TESTS:-0}" = "1" ] && return
-  if [ "${TESTS:-all}" != "all" ]; then
+  case "${TESTS:-all}" in all|flash|tiles) ;; *)
     _shard "$limit" some $F -k "$TESTS" &
-    return
+    return;;
+  esac
+  if [ "${TESTS:-all}" != "flash" ]; then
+    # every row of the tile tables (the autotuner may pick any): forward and dQ rows, dK/dV
+    # rows on descriptors, on pointers, and on pointers with atomic dQ
+    _shard "$limit" ta $F -k "every_tile and (fwd or dq-)" &
+    _shard "$limit" tb $F -k "every_tile and dkdv and tma_desc" &
+    _shard "$limit" tc $F -k "every_tile and dkdv and dq_kernel and ptr_loads" &
+    _shard "$limit" td $F -k "every_tile and dkdv and dq_atomic" &
+    [ "${TESTS:-all}" = "tiles" ] && return
   fi
-  _shard "$limit" fa $F -k "head_dims and bf16" &
-  _shard "$limit" fb $F -k "head_dims and fp16" &
-  _shard "$limit" fc $F -k "lengths or fp32 or reproducible or auto or compile or opcheck" &
-  _shard "$limit" fd $F -k "variants and atomic" &
-  _shard "$limit" ff $F -k "variants and kernel" &
+  for t in ptr_loads tma_desc; do  # pointer loads, TMA descriptors (ATTNKIT_FLASH_TMA none/all)
+    _shard "$limit" fa_$t $F -k "head_dims and bf16 and $t" &
+    _shard "$limit" fb_$t $F -k "head_dims and fp16 and $t" &
+    _shard "$limit" fd_$t $F -k "variants and atomic and $t" &
+    _shard "$limit" ff_$t $F -k "variants and kernel and $t" &
+  done
+  _shard "$limit" fc $F -k "lengths or fp32 or reproducible or auto or compile or opcheck or tma_path" &
+  [ "${TESTS:-all}" = "flash" ] && return
   _shard "$limit" da $D -k "matrix and bf16" &
   _shard "$limit" db $D -k "matrix and fp16" &
   _shard "$limit" dc $D -k "not matrix" &

@@ -135,8 +135,12 @@ def _grads(out, lse, tensors, grad_out, grad_lse):
 
 
 def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
-          deterministic: bool = False, dq_mode: str | None = None) -> dict:
+          deterministic: bool = False, dq_mode: str | None = None,
+          tma: str | None = None) -> dict:
     """Run ``case`` through the Triton backend and assert the tolerance rule on every output.
+
+    ``tma`` sets ``ATTNKIT_FLASH_TMA`` (which kernels read tiles through TMA descriptors:
+    ``"all"``, ``"none"``, a comma list); by default the launcher's own choice.
 
     ``dq_mode`` forces the backward's dQ path (``"atomic"`` or ``"kernel"``); by default
     ``"kernel"`` when ``deterministic`` else ``"atomic"``, so both paths are tested whatever
@@ -155,7 +159,7 @@ def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
             seed + 1)).item())
     if dq_mode is None:
         dq_mode = "kernel" if deterministic else "atomic"
-    with _env("ATTNKIT_FLASH_DQ", dq_mode):
+    with _env("ATTNKIT_FLASH_DQ", dq_mode), _env("ATTNKIT_FLASH_TMA", tma):
         out, lse = _run(q, k, v, case, kpm, mask, cu_q, cu_k, gen, deterministic)
         dq, dk, dv = _grads(out, lse, (q, k, v), data["grad_out"], data["grad_lse"])
     return _compare(case, data, to, out, lse, (dq, dk, dv), device, dtype, drop_seed, kpm,
@@ -200,13 +204,15 @@ def _compare(case, data, to, out, lse, grads, device, dtype, drop_seed, kpm, cu_
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str):
+def _env(name: str, value: str | None):
+    """Set an environment variable for the block (None: leave it as it is)."""
     before = os.environ.get(name)
-    os.environ[name] = value
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            del os.environ[name]
+            os.environ.pop(name, None)
         else:
             os.environ[name] = before

@@ -317,13 +317,54 @@ def test_launch_configs_for_fp32_and_masks(monkeypatch):
 
 @needs_kernels
 def test_dq_path_choice_and_override(monkeypatch):
-    """Atomics only where the H200 sweep measured them faster; the override wins."""
+    """Atomics only where the H200 runs measured them faster than both two-launch paths;
+    the override wins."""
     from attnkit.kernels.flash_bwd import _atomic_dq_pays
     monkeypatch.delenv("ATTNKIT_FLASH_DQ", raising=False)
     assert _atomic_dq_pays(1, 4096, 128)
+    assert _atomic_dq_pays(1, 4096, 128, tma=True)  # d 128: atomics still beat descriptors
+    assert not _atomic_dq_pays(1, 4096, 64, tma=True)  # d 64: two launches on descriptors
     for group, seq_q, head_dim in ((4, 4096, 128), (1, 1024, 128), (1, 4096, 192)):
         assert not _atomic_dq_pays(group, seq_q, head_dim)  # GQA, short, wide heads
     monkeypatch.setenv("ATTNKIT_FLASH_DQ", "atomic")
     assert _atomic_dq_pays(4, 64, 64)
     monkeypatch.setenv("ATTNKIT_FLASH_DQ", "kernel")
     assert not _atomic_dq_pays(1, 4096, 128)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", ["gqa-causal-sq>sk-d80-dv48", "packed-empty-segments",
+                                  "sliding-window", "bool-mask-rows-causal", "mla-d192-dv128",
+                                  "causal-sk>sq"])
+@pytest.mark.parametrize("dq_mode", ["atomic", "kernel"])
+def test_tma_descriptor_tiles_match_oracle(case, dq_mode):
+    """Every kernel reading its tiles through tensor descriptors (zero fill past a segment's
+    rows and a padded head dim) matches the oracle in both dQ modes (fp16: TMA is 16-bit)."""
+    check(CASES[case], dtype=torch.float16, device="cpu", deterministic=dq_mode != "atomic",
+          dq_mode=dq_mode, tma="all")
+
+
+def test_tma_choice_and_alignment_rules(monkeypatch):
+    """``ATTNKIT_FLASH_TMA`` names the kernels that read through descriptors; tensors that break
+    TMA's 16-byte rules (or are float32) keep the pointer loads; a bad value names the choices."""
+    from attnkit.kernels import flash_common as fc
+    monkeypatch.delenv("ATTNKIT_FLASH_TMA", raising=False)
+    assert fc.tma_kernels() == fc.TMA_DEFAULT
+    monkeypatch.setenv("ATTNKIT_FLASH_TMA", "none")
+    assert fc.tma_kernels() == frozenset()
+    monkeypatch.setenv("ATTNKIT_FLASH_TMA", "all")
+    assert fc.tma_kernels() == frozenset(fc.TMA_KERNELS)
+    monkeypatch.setenv("ATTNKIT_FLASH_TMA", "fwd, dq")
+    assert fc.tma_kernels() == {"fwd", "dq"}
+    monkeypatch.setenv("ATTNKIT_FLASH_TMA", "fwd,dkv")
+    with pytest.raises(ValueError, match="ATTNKIT_FLASH_TMA.*'fwd,dkv'"):
+        fc.tma_kernels()
+    q = torch.randn(2, 16, 4, 80, dtype=torch.float16)
+    assert fc.tma_aligned(q)
+    assert fc.tma_aligned(q[:, :, :1])  # one head: its stride is never used
+    assert not fc.tma_aligned(q.float())
+    assert not fc.tma_aligned(torch.randn(2, 16, 4, 84, dtype=torch.float16)[..., :80])
+    shifted = torch.randn(q.numel() + 1, dtype=torch.float16)[1:].view(q.shape)
+    assert not fc.tma_aligned(shifted)  # starts 2 bytes off a 16-byte boundary
+    monkeypatch.setenv("ATTNKIT_FLASH_TMA", "auto")
+    assert not fc.use_tma("dkdv", q)  # the interpreter takes TMA only when asked explicitly

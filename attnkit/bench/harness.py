@@ -247,6 +247,9 @@ def _run_op(suite: Suite, case, op: Op, inputs: dict, settings: Settings) -> dic
         _measure_memory(suite, row, forward, inputs, settings)
     else:
         _time_op(suite, row, forward, inputs, settings)
+    describe = getattr(forward, "describe", None)
+    if describe is not None:  # e.g. the tiles the autotuner picked for this case
+        row["detail"] = describe()
     return row
 
 

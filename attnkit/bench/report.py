@@ -268,9 +268,12 @@ def render(result: dict, console: Console | None = None) -> None:
     if result["ceilings"]:
         console.print("ceilings: " + ", ".join(f"{k} {v}" for k, v in result["ceilings"].items()))
     subject_rows = [r for r in result["rows"] if r["subject"] and r.get("detail")]
-    served = sorted({r["detail"] for r in subject_rows})
+    served = sorted({r["detail"].split("; ")[0] for r in subject_rows})
     if served:
         console.print(f"attnkit served by: {', '.join(served)}")
+    for r in subject_rows:  # the autotuner's picks, where the row has them
+        if "; " in r["detail"]:
+            console.print(f"  {r['case']}: {r['detail'].split('; ', 1)[1]}")
     if result["measure"] == "memory":
         console.print(_rich("peak memory above inputs, fwd / fwd+bwd", *memory_table(result)))
     else:

@@ -62,7 +62,29 @@ def _build(case: AttentionCase, inputs: dict, settings: Settings) -> Callable[[]
         return attnkit.attention(q, k, v, **opts)  # [b, s, hq, dv] or [total, hq, dv]
 
     forward.detail = f"backend {chosen}"
+    forward.describe = lambda: f"backend {chosen}{_tiles(chosen)}"
     return forward
+
+
+def _tiles(chosen: str) -> str:
+    """The Triton kernels' last autotuned tiles (``BLOCK_MxBLOCK_N wW sS``: the dQ kernel's
+    entry may be an earlier case's where this one took atomics), or "" when the kernels did
+    not serve the call."""
+    import sys
+
+    if chosen != "triton" or "attnkit.kernels.flash_bwd" not in sys.modules:
+        return ""
+    from attnkit.kernels import flash_bwd, flash_fwd
+
+    parts = []
+    for name, kernel in (("fwd", flash_fwd._flash_fwd_kernel),
+                         ("dkdv", flash_bwd._bwd_dkdv_kernel), ("dq", flash_bwd._bwd_dq_kernel)):
+        cfg = getattr(kernel, "best_config", None)
+        if cfg is None:
+            continue
+        blocks = "x".join(str(v) for k, v in cfg.kwargs.items() if k.startswith("BLOCK"))
+        parts.append(f"{name} {blocks} w{cfg.num_warps} s{cfg.num_stages}")
+    return "; tiles " + ", ".join(parts) if parts else ""
 
 
 ATTNKIT = Op(name="attnkit", build=_build, subject=True,

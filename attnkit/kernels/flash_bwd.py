@@ -39,13 +39,15 @@ from attnkit.kernels.flash_common import (
     dot_precision,
     head_block,
     interpreting,
-    load_rows,
+    load_tile,
     mask_args,
     pruner,
     scores,
     seed_words,
     seq_bucket,
     tile_key_range,
+    tile_source,
+    use_tma,
     visible_scores,
 )
 from attnkit.kernels.philox import dropout_keep
@@ -53,9 +55,13 @@ from attnkit.kernels.philox import dropout_keep
 # (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) by padded head-dim width.
 # dK/dV programs hold [BLOCK_N, D] and [BLOCK_N, DV] float32 accumulators; dQ programs
 # [BLOCK_M, D]: each kernel gets its own candidates.
+# 64x64 tiles with 8 warps are the ones that stop spilling with TMA descriptors (sm90,
+# Triton 3.6: no stack at d 128 against 456 bytes per thread with pointer loads).
 DKDV_TILES = {
-    64: ((64, 128, 8, 2), (128, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 2), (64, 64, 4, 2)),
-    128: ((64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 128, 8, 3)),
+    64: ((64, 128, 8, 2), (128, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 2), (64, 64, 4, 2),
+         (64, 64, 8, 3)),
+    128: ((64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 128, 8, 3),
+          (64, 64, 8, 3)),
     256: ((32, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 1), (32, 128, 8, 1)),
 }
 DQ_TILES = {
@@ -137,16 +143,21 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
                 D: tl.constexpr, DV: tl.constexpr, IS_CAUSAL: tl.constexpr,
                 WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr, EDGE: tl.constexpr,
                 HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
-                DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Accumulate dK ``[N, D]`` and dV ``[N, DV]`` of one key tile over query tiles ``[lo, hi)``."""
+                DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr,
+                TMA: tl.constexpr):
+    """Accumulate dK ``[N, D]`` and dV ``[N, DV]`` of one key tile over query tiles ``[lo, hi)``.
+
+    ``q_base``/``do_base`` are ``tile_source``s (TMA descriptors or pointers).
+    """
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
         row_ok = rows < seqlen_q
-        q = load_rows(q_base, rows, stride_qs, seqlen_q, D, BLOCK_D, EDGE)  # [M, D]
-        do = load_rows(do_base, rows, stride_dos, seqlen_q, DV, BLOCK_DV, EDGE)  # [M, DV]
+        q = load_tile(q_base, start_m, rows, stride_qs, seqlen_q, D, BLOCK_D, EDGE, TMA)  # [M, D]
+        do = load_tile(do_base, start_m, rows, stride_dos, seqlen_q, DV, BLOCK_DV, EDGE,
+                       TMA)  # [M, DV]
         lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
@@ -178,7 +189,7 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
 
 @triton.autotune(configs=all_configs(DKDV_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP",
-                      "ATOMIC_DQ"],
+                      "ATOMIC_DQ", "TMA"],
                  prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
                  do_bench=autotune_bench,
                  reset_to_zero=["dq_ptr"])
@@ -197,7 +208,7 @@ def _bwd_dkdv_kernel(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    DOT_PREC: tl.constexpr, SEQ_BUCKET,
+    DOT_PREC: tl.constexpr, TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -222,12 +233,15 @@ def _bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     col_ok = cols < seqlen_k
-    k_rows = b.to(tl.int64) * stride_kb + (k_start + cols[:, None]).to(tl.int64) * stride_ks
-    k_tile = tl.load(k_ptr + k_rows + hk * stride_kh + offs_d[None, :],
-                     mask=col_ok[:, None] & (offs_d[None, :] < D), other=0.0)  # [N, D]
-    v_rows = b.to(tl.int64) * stride_vb + (k_start + cols[:, None]).to(tl.int64) * stride_vs
-    v_tile = tl.load(v_ptr + v_rows + hk * stride_vh + offs_dv[None, :],
-                     mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [N, DV]
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + k_start.to(tl.int64) * stride_ks \
+        + hk * stride_kh
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + k_start.to(tl.int64) * stride_vs \
+        + hk * stride_vh
+    k_src = tile_source(k_base, seqlen_k, stride_ks, D, BLOCK_N, BLOCK_D, TMA)
+    v_src = tile_source(v_base, seqlen_k, stride_vs, DV, BLOCK_N, BLOCK_DV, TMA)
+    k_tile = load_tile(k_src, start_n, cols, stride_ks, seqlen_k, D, BLOCK_D, True, TMA)  # [N, D]
+    v_tile = load_tile(v_src, start_n, cols, stride_vs, seqlen_k, DV, BLOCK_DV, True,
+                       TMA)  # [N, DV]
     k0 = 0
     k1 = 0
     if DROPOUT:
@@ -240,10 +254,12 @@ def _bwd_dkdv_kernel(
     for g in range(GROUP):
         h = hk * GROUP + g
         bh = b * HQ + h
-        q_base = q_ptr + b.to(tl.int64) * stride_qb + q_start.to(tl.int64) * stride_qs \
-            + h * stride_qh
-        do_base = do_ptr + b.to(tl.int64) * stride_dob + q_start.to(tl.int64) * stride_dos \
-            + h * stride_doh
+        q_base = tile_source(
+            q_ptr + b.to(tl.int64) * stride_qb + q_start.to(tl.int64) * stride_qs
+            + h * stride_qh, seqlen_q, stride_qs, D, BLOCK_M, BLOCK_D, TMA)
+        do_base = tile_source(
+            do_ptr + b.to(tl.int64) * stride_dob + q_start.to(tl.int64) * stride_dos
+            + h * stride_doh, seqlen_q, stride_dos, DV, BLOCK_M, BLOCK_DV, TMA)
         dq_base = dq_ptr + b.to(tl.int64) * stride_dqb + q_start.to(tl.int64) * stride_dqs \
             + h * stride_dqh
         lse_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start
@@ -255,21 +271,21 @@ def _bwd_dkdv_kernel(
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC)
+            ATOMIC_DQ, DOT_PREC, TMA)
         dk, dv = _dkdv_tiles(
             dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
             stride_dos, stride_dqs, mid_lo, mid_hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC)
+            ATOMIC_DQ, DOT_PREC, TMA)
         dk, dv = _dkdv_tiles(
             dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
             stride_dos, stride_dqs, mid_hi, hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC)
+            ATOMIC_DQ, DOT_PREC, TMA)
     dk = dk * scale
     dk_rows = b.to(tl.int64) * stride_dkb + (k_start + cols[:, None]).to(tl.int64) * stride_dks
     tl.store(dk_ptr + dk_rows + hk * stride_dkh + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty),
@@ -287,14 +303,17 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
               D: tl.constexpr, DV: tl.constexpr, IS_CAUSAL: tl.constexpr,
               WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr, EDGE: tl.constexpr,
               HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
-              DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Accumulate dQ ``[M, D]`` (unscaled) of one query tile over key tiles ``[lo, hi)``."""
+              DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
+    """Accumulate dQ ``[M, D]`` (unscaled) of one query tile over key tiles ``[lo, hi)``;
+    ``k_base``/``v_base`` are ``tile_source``s."""
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        k_tile = load_rows(k_base, cols, stride_kn, seqlen_k, D, BLOCK_D, EDGE)  # [N, D]
-        v_tile = load_rows(v_base, cols, stride_vn, seqlen_k, DV, BLOCK_DV, EDGE)  # [N, DV]
+        k_tile = load_tile(k_base, start_n, cols, stride_kn, seqlen_k, D, BLOCK_D, EDGE,
+                           TMA)  # [N, D]
+        v_tile = load_tile(v_base, start_n, cols, stride_vn, seqlen_k, DV, BLOCK_DV, EDGE,
+                           TMA)  # [N, DV]
         s, t = scores(q, tl.trans(k_tile), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [M, N]
         s = visible_scores(s, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset, b, h,
                            kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
@@ -312,7 +331,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
 
 
 @triton.autotune(configs=all_configs(DQ_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET"],
+                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "TMA"],
                  prune_configs_by={"early_config_prune": pruner(DQ_TILES)},
                  do_bench=autotune_bench)
 @triton.jit
@@ -329,7 +348,7 @@ def _bwd_dq_kernel(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    SEQ_BUCKET,
+    TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -373,8 +392,12 @@ def _bwd_dq_kernel(
         k0 = tl.load(seed_ptr).to(tl.uint32)
         k1 = tl.load(seed_ptr + 1).to(tl.uint32)
     bh = b * HQ + h
-    k_base = k_ptr + b.to(tl.int64) * stride_kb + k_start.to(tl.int64) * stride_ks + hk * stride_kh
-    v_base = v_ptr + b.to(tl.int64) * stride_vb + k_start.to(tl.int64) * stride_vs + hk * stride_vh
+    k_base = tile_source(
+        k_ptr + b.to(tl.int64) * stride_kb + k_start.to(tl.int64) * stride_ks + hk * stride_kh,
+        seqlen_k, stride_ks, D, BLOCK_N, BLOCK_D, TMA)
+    v_base = tile_source(
+        v_ptr + b.to(tl.int64) * stride_vb + k_start.to(tl.int64) * stride_vs + hk * stride_vh,
+        seqlen_k, stride_vs, DV, BLOCK_N, BLOCK_DV, TMA)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, mid_lo, mid_hi, hi = tile_key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N,
                                             IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
@@ -382,37 +405,52 @@ def _bwd_dq_kernel(
                    seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
                    dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
                    stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                   True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+                   True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC, TMA)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, mid_lo, mid_hi,
                    rows, seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
                    dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
                    stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                   False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+                   False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC, TMA)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, mid_hi, hi, rows,
                    seqlen_q, seqlen_k, offset, b, h, bh, qk_scale, softcap_scale, k0, k1,
                    dropout_p, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
                    stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                   True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+                   True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC, TMA)
     dq = dq * scale
     dq_rows = b.to(tl.int64) * stride_dqb + (q_start + rows[:, None]).to(tl.int64) * stride_dqs
     tl.store(dq_ptr + dq_rows + h * stride_dqh + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
-def _atomic_dq_pays(group: int, seq_q: int, head_dim: int) -> bool:
+def _atomic_dq_pays(group: int, seq_q: int, head_dim: int, *, tma: bool = False) -> bool:
     """Whether the atomic dQ path is the faster one (when the caller allows atomics).
 
-    Measured on an H100 and again on an H200 (benchmarks/NOTES-flash.md, step 3): atomics win
-    for MHA at 4k+ queries with head dims up to 128 (H200, 16k causal: 369 against 325
-    TFLOP/s); with GQA (the dK/dV program then loops over the group, so fewer programs run)
-    and on short or wide-head shapes the separate dQ kernel is as fast or faster (GQA 32:8 4k:
-    379 against 331; d 192/128: 213 against 138).
+    ``tma``: whether the dK/dV kernel may read its tiles through TMA descriptors (sm90+,
+    4k+ tokens: ``_dkdv_tma``); with atomic dQ they lose 10-30%, so the choice is between
+    atomics on pointers and two launches on descriptors.
+    Measured on an H200 (benchmarks/NOTES-flash.md, steps 3-4): atomics win for MHA at 4k+
+    queries with head dims up to 128 (16k causal, d 128: 366 against 325 TFLOP/s for two
+    launches on pointers, 345 on descriptors), except at head dims up to 64 with descriptors
+    (16k full: 338 against 311); with GQA (the dK/dV program then loops over the group, so
+    fewer programs run) and on short or wide-head shapes the separate dQ kernel is as fast or
+    faster (GQA 32:8 4k: 379 against 331; d 192/128: 213 against 138, 237 on descriptors).
     ``ATTNKIT_FLASH_DQ=atomic|kernel`` overrides the choice (tests use it).
     """
     forced = os.environ.get("ATTNKIT_FLASH_DQ", "auto")
     if forced in ("atomic", "kernel"):
         return forced == "atomic"
+    if tma and head_dim <= 64:
+        return False
     return group == 1 and seq_q >= 4096 and head_dim <= 128
+
+
+def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
+    """Whether the dK/dV kernel may read through TMA descriptors: ``use_tma`` and, unless
+    ``ATTNKIT_FLASH_TMA`` names the kernels explicitly, at least 4096 tokens (H200: at 1k the
+    device-side set-up of the descriptors in thousands of short programs costs 5-38%; at 4k+
+    they gain up to 12%, NOTES-flash.md step 4)."""
+    explicit = os.environ.get("ATTNKIT_FLASH_TMA", "auto").strip().lower() != "auto"
+    return (seq >= 4096 or explicit) and use_tma("dkdv", q, k, v, do, mask_kind=mask_kind)
 
 
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
@@ -492,7 +530,10 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                   MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
                   DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
 )
-    atomic = not deterministic and _atomic_dq_pays(hq // hk, sq, d)
+    # TMA descriptors for the dK/dV kernel's tiles in the two-launch path only (with atomic
+    # dQ they are slower): they decide the dQ path.
+    tma = _dkdv_tma(q, k, v, do, mask_kind=mask_kind, seq=max(sq, sk))
+    atomic = not deterministic and _atomic_dq_pays(hq // hk, sq, d, tma=tma)
     dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic \
         else torch.empty_like(q)
     dqs = _strides(dq_acc, varlen)
@@ -504,7 +545,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
         *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen), *lstrides,
         kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
-        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, **common)
+        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma and not atomic, **common)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
 
@@ -515,5 +556,5 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         q, k, v, do, lse, delta, dq_acc, cu_q, cu_k, seed, kpm, mask_t,
         *qs, *ks, *vs, *dos, *dqs, *lstrides, kpm_stride, *mstrides,
         sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
-        HQ=hq, GROUP=hq // hk, **common)
+        HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind), **common)
     return dq_acc, dk, dv

@@ -177,6 +177,37 @@ def load_rows(base, idx, stride, limit, DIM: tl.constexpr, BLOCK: tl.constexpr,
 
 
 @triton.jit
+def tile_source(base, rows, stride, DIM: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_C: tl.constexpr, TMA: tl.constexpr):
+    """Where ``load_tile`` reads ``[BLOCK_R, BLOCK_C]`` tiles of a ``[rows, DIM]`` matrix.
+
+    With ``TMA`` a device-side tensor descriptor (Hopper's tensor memory accelerator copies the
+    tile to shared memory asynchronously, without per-thread address registers, and fills
+    rows past ``rows`` and columns past ``DIM`` with zeros); else ``base`` itself.
+    ``stride`` is the row stride in elements; the launcher checks TMA's alignment rules
+    (``tma_aligned``).
+    """
+    if TMA:  # a compile-time branch: only one of the two kinds is ever built
+        src = tl.make_tensor_descriptor(base, shape=[tl.maximum(rows, 1), DIM],
+                                        strides=[stride, 1], block_shape=[BLOCK_R, BLOCK_C])
+    else:
+        src = base
+    return src
+
+
+@triton.jit
+def load_tile(src, start, idx, stride, limit, DIM: tl.constexpr, BLOCK: tl.constexpr,
+              CHECK_ROWS: tl.constexpr, TMA: tl.constexpr):
+    """Rows ``idx = start + arange`` of ``tile_source``'s matrix: ``[len(idx), BLOCK]``, zeros
+    past ``limit`` rows and ``DIM`` columns (``load_rows`` when not ``TMA``)."""
+    if TMA:  # compile-time: the other branch is never built for this kind of ``src``
+        tile = src.load([start, 0])
+    else:
+        tile = load_rows(src, idx, stride, limit, DIM, BLOCK, CHECK_ROWS)
+    return tile
+
+
+@triton.jit
 def scores(a, b, qk_scale, softcap_scale, SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
     """Base-2 scores ``a @ b`` (``q [M, D] @ k^T [D, N]`` or ``k [N, D] @ q^T [D, M]``).
 
@@ -224,6 +255,85 @@ def tile_key_range(start_m, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: 
     # Tiles in [mid_lo, mid_hi) start at a multiple of BLOCK_N and end at or before full_hi.
     mid_hi = mid_lo + ((mid_hi - mid_lo) // BLOCK_N) * BLOCK_N
     return lo, mid_lo, mid_hi, hi
+
+
+# Kernels that read their tiles through TMA descriptors by default on sm90+ (ATTNKIT_FLASH_TMA),
+# from the H200 runs of benchmarks/NOTES-flash.md step 4: the dK/dV kernel gains 4-12% at 4k+
+# tokens in the two-launch path (d 64, GQA, MLA; the launcher applies the length rule); the
+# forward and the dQ kernel gain nothing in the suite (the forward loses 2-11%, and 56% at 1k
+# causal, where device-side descriptor set-up per short program dominates).
+TMA_DEFAULT = frozenset({"dkdv"})
+TMA_KERNELS = ("fwd", "dkdv", "dq")
+
+
+def tma_kernels() -> frozenset:
+    """The kernels that may use TMA descriptors: ``ATTNKIT_FLASH_TMA`` is ``auto`` (the
+    measured ``TMA_DEFAULT``), ``none``, ``all`` or a comma list of ``fwd,dkdv,dq``.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    mode = os.environ.get("ATTNKIT_FLASH_TMA", "auto").strip().lower()
+    if mode == "auto":
+        return TMA_DEFAULT
+    if mode in ("none", "0", ""):
+        return frozenset()
+    if mode in ("all", "1"):
+        return frozenset(TMA_KERNELS)
+    names = frozenset(n.strip() for n in mode.split(","))
+    if not names <= set(TMA_KERNELS):
+        raise ValueError(f"ATTNKIT_FLASH_TMA: expected auto, none, all or a comma list of "
+                         f"{', '.join(TMA_KERNELS)}; got {mode!r}")
+    return names
+
+
+def tma_aligned(*tensors: torch.Tensor) -> bool:
+    """Whether tiles of these tensors can be read through TMA descriptors.
+
+    TMA needs 16-bit inputs here (float32 keeps the pointer loads of its small tiles), a
+    16-byte aligned start and 16-byte multiples for every stride used to reach a row (batch,
+    sequence and head strides of dims longer than one), with the last dim contiguous.
+    """
+    for t in tensors:
+        if t.dtype not in (torch.float16, torch.bfloat16) or t.stride(-1) != 1:
+            return False
+        if t.data_ptr() % 16:
+            return False
+        if any((st * t.element_size()) % 16 for st, n in zip(t.stride()[:-1], t.shape[:-1])
+               if n > 1):
+            return False
+    return True
+
+
+def use_tma(kernel: str, *tensors: torch.Tensor, mask_kind: int = 0) -> bool:
+    """Whether ``kernel`` (``fwd``, ``dkdv`` or ``dq``) reads ``tensors`` through TMA: chosen
+    by ``tma_kernels``, on a GPU of compute capability 9.0+ (or the interpreter, when asked
+    for explicitly), with ``tma_aligned`` tensors and no dense ``attn_mask`` (``mask_kind``
+    0: with one, descriptors gave wrong results on an H200 with Triton 3.6). Sets Triton's
+    scratch allocator (device-side descriptors live in global scratch memory) when none is
+    set."""
+    if kernel not in tma_kernels() or mask_kind != 0 or not tma_aligned(*tensors):
+        return False
+    if interpreting():
+        return os.environ.get("ATTNKIT_FLASH_TMA", "auto") != "auto"
+    if not tensors[0].is_cuda or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    _ensure_allocator()
+    return True
+
+
+def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Triton's global scratch for device-side descriptors, from PyTorch's caching allocator."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator() -> None:
+    """Install ``_scratch`` as Triton's allocator in this thread's context if none is set
+    (the setting is a context variable: autograd's backward thread needs its own)."""
+    from triton.runtime import _allocation
+    current = _allocation._allocator.get()
+    if isinstance(current, _allocation.NullAllocator):
+        triton.set_allocator(_scratch)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

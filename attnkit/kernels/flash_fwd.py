@@ -29,13 +29,15 @@ from attnkit.kernels.flash_common import (
     autotune_bench,
     dot_precision,
     head_block,
-    load_rows,
+    load_tile,
     mask_args,
     pruner,
     scores,
     seed_words,
     seq_bucket,
     tile_key_range,
+    tile_source,
+    use_tma,
     visible_scores,
 )
 from attnkit.kernels.philox import dropout_keep
@@ -57,13 +59,15 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
                D: tl.constexpr, DV: tl.constexpr, IS_CAUSAL: tl.constexpr,
                WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr, EDGE: tl.constexpr,
                HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
-               DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Online-softmax accumulation over key tiles ``[lo, hi)`` (``lo`` a multiple of BLOCK_N)."""
+               DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
+    """Online-softmax accumulation over key tiles ``[lo, hi)`` (``lo`` a multiple of BLOCK_N);
+    ``k_base``/``v_base`` are ``tile_source``s (TMA descriptors or pointers)."""
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        k_tile = load_rows(k_base, cols, stride_kn, seqlen_k, D, BLOCK_D, EDGE)  # [N, D]
+        k_tile = load_tile(k_base, start_n, cols, stride_kn, seqlen_k, D, BLOCK_D, EDGE,
+                           TMA)  # [N, D]
         s, _ = scores(q, tl.trans(k_tile), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [M, N]
         s = visible_scores(s, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset, b, h,
                            kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
@@ -77,14 +81,15 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
         if DROPOUT:
             keep = dropout_keep(k0, k1, rows[:, None], cols[None, :], bh, dropout_p)
             p = tl.where(keep, p, 0.0)
-        v_tile = load_rows(v_base, cols, stride_vn, seqlen_k, DV, BLOCK_DV, EDGE)  # [N, DV]
+        v_tile = load_tile(v_base, start_n, cols, stride_vn, seqlen_k, DV, BLOCK_DV, EDGE,
+                           TMA)  # [N, DV]
         acc = tl.dot(p.to(v_tile.dtype), v_tile, acc, input_precision=DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
 
 
 @triton.autotune(configs=all_configs(FWD_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET"],
+                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "TMA"],
                  prune_configs_by={"early_config_prune": pruner(FWD_TILES)},
                  do_bench=autotune_bench)
 @triton.jit
@@ -99,7 +104,7 @@ def _flash_fwd_kernel(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    SEQ_BUCKET,
+    TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -134,6 +139,8 @@ def _flash_fwd_kernel(
         + hk * stride_vh
     q = tl.load(q_base + rows[:, None] * stride_qs + offs_d[None, :],
                 mask=(rows[:, None] < seqlen_q) & (offs_d[None, :] < D), other=0.0)  # [M, D]
+    k_base = tile_source(k_base, seqlen_k, stride_ks, D, BLOCK_N, BLOCK_D, TMA)
+    v_base = tile_source(v_base, seqlen_k, stride_vs, DV, BLOCK_N, BLOCK_DV, TMA)
 
     k0 = 0
     k1 = 0
@@ -153,19 +160,22 @@ def _flash_fwd_kernel(
         seqlen_k,
         offset, b, h, bh, qk_scale, softcap_scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b,
         mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV,
-        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC,
+        TMA)
     acc, l_i, m_i = _fwd_tiles(
         acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, mid_lo, mid_hi, rows, seqlen_q,
         seqlen_k,
         offset, b, h, bh, qk_scale, softcap_scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b,
         mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV,
-        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC,
+        TMA)
     acc, l_i, m_i = _fwd_tiles(
         acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, mid_hi, hi, rows, seqlen_q,
         seqlen_k,
         offset, b, h, bh, qk_scale, softcap_scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b,
         mask_ptr, stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV,
-        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC)
+        IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC,
+        TMA)
 
     seen = l_i > 0.0
     inv = tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)
@@ -249,6 +259,11 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if causal:
         right = 0  # causal and any right window intersect to the diagonal itself
 
+    # TMA descriptors (not a default: ATTNKIT_FLASH_TMA=fwd or all) at head widths of 128
+    # only: 6% slower at 64 on an H200, and Triton 3.6's ptxas crashes on the 256-wide forward
+    # with descriptors in most configs (benchmarks/sm90_resources.py --tma; NOTES step 4).
+    tma = head_block(max(d, dv)) == 128 and use_tma("fwd", k, v, mask_kind=mask_kind)
+
     def grid(meta):
         return (triton.cdiv(sq, meta["BLOCK_M"]), batch * hq)
 
@@ -261,6 +276,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         VARLEN=varlen, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
         HAS_WINDOW=(left, right) != (-1, -1), HAS_KPM=key_padding_mask is not None,
         MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
-        DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
+        DOT_PREC=dot_precision(q.dtype), TMA=tma,
+        SEQ_BUCKET=seq_bucket(max(sq, sk)),
     )
     return out, lse
