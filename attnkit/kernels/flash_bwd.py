@@ -19,6 +19,10 @@ Three launches:
    recomputes the scores and accumulates dQ on chip: no atomics, bitwise reproducible, at the
    cost of recomputing ``q @ k^T`` and ``dO @ v^T`` once more (about 7 instead of 5 matmuls).
 
+On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
+tokens in the two-launch path (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma``
+says when descriptors are allowed).
+
 Scores are recomputed in the transposed layout ``k @ q^T`` in the dK/dV kernel so ``p^T`` and
 ``ds^T`` feed the dK/dV products without a transpose. Fully masked rows have LSE ``-inf``; the
 kernels read it as ``+inf`` so their probabilities, and all their gradients, are exactly zero.
@@ -55,13 +59,11 @@ from attnkit.kernels.philox import dropout_keep
 # (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) by padded head-dim width.
 # dK/dV programs hold [BLOCK_N, D] and [BLOCK_N, DV] float32 accumulators; dQ programs
 # [BLOCK_M, D]: each kernel gets its own candidates.
-# 64x64 tiles with 8 warps are the ones that stop spilling with TMA descriptors (sm90,
-# Triton 3.6: no stack at d 128 against 456 bytes per thread with pointer loads).
+# (64x64 with 8 warps, the one dK/dV tile that stops spilling on TMA descriptors, ran 2x
+# slower than these in every shape on an H200: NOTES-flash.md step 4.)
 DKDV_TILES = {
-    64: ((64, 128, 8, 2), (128, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 2), (64, 64, 4, 2),
-         (64, 64, 8, 3)),
-    128: ((64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 128, 8, 3),
-          (64, 64, 8, 3)),
+    64: ((64, 128, 8, 2), (128, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 2), (64, 64, 4, 2)),
+    128: ((64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 128, 8, 3)),
     256: ((32, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 1), (32, 128, 8, 1)),
 }
 DQ_TILES = {
