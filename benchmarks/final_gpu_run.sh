@@ -6,8 +6,9 @@
 #     in slices that fill Triton's and inductor's disk caches (attnkit's configs, compiled
 #     FlexAttention);
 #   phase B, alone on the GPU: the whole prefill suite, timed, in one process.
-# TESTS=all (default) runs every GPU test file; TESTS="<pytest -k expression>" runs only those
-# flash tests; SKIP_TESTS=1 and SKIP_MEMORY=1 leave the tests or the memory suite out.
+# TESTS=all (default) runs every GPU test file; TESTS=flash the flash shards without the tile-
+# table ones, TESTS=tiles only those, TESTS="<pytest -k expression>" only those flash tests;
+# SKIP_TESTS=1 and SKIP_MEMORY=1 leave the tests or the memory suite out.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
