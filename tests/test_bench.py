@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from rich.console import Console
 
 from attnkit import cli
 from attnkit.bench import add_arguments, registry, report, settings_from_args
@@ -220,6 +221,24 @@ def test_harness_runs_attnkit_and_reports_peers_it_cannot_run(tmp_path):
     assert env["torch"] == torch.__version__ and env["date"] and "triton" in env
     path = report.write_json(result, tmp_path / "out" / "tiny.json")
     assert json.loads(path.read_text())["rows"][0]["case"] == "tiny gqa"
+
+
+@pytest.mark.skipif(__import__("os").environ.get("TRITON_INTERPRET") != "1",
+                    reason="the Triton kernels on the CPU need TRITON_INTERPRET=1")
+def test_subject_rows_name_the_autotuned_tiles():
+    """A row served by the Triton kernels ends with the tiles each kernel ran; the report
+    lists them under the backend line."""
+    pytest.importorskip("triton")
+    result = run_suite(_tiny_suite(ops=[ATTNKIT], cases=[_case(seq=20, causal=True)]),
+                       _settings(backend="triton", rep_ms=1.0), ceilings=False)
+    (row,) = result["rows"]
+    assert row["status"] == "ok", row
+    backend, tiles = row["detail"].split("; ")
+    assert backend == "backend triton"
+    assert tiles.startswith("tiles fwd 16x16 w4 s1, dkdv 16x16 w4 s1"), tiles
+    console = Console(record=True, width=200)
+    report.render(result, console=console)
+    assert "  c: tiles fwd 16x16 w4 s1" in console.export_text()
 
 
 def test_harness_marks_a_failed_check_and_skips_its_timing():
