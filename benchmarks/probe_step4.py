@@ -3,7 +3,8 @@
 1. A dense bool mask with TMA descriptors forced on one kernel at a time (``fwd``, ``dkdv``,
    ``dq``; two launches): does the output match the oracle? ``use_tma`` normally refuses
    descriptors beside a dense mask (they failed in the GPU tests with all three kernels on
-   descriptors).
+   descriptors). The case has d 64, where the forward stays on pointers (its width rule):
+   use a d 128 case to probe the forward.
 2. The d128 1k causal forward launcher alone (16 x 1024 tokens, 16 heads, bf16, pointers):
    the autotuner's candidate timings, then twelve ``do_bench`` medians in a row. In the
    prefill suite this row has varied by 1.4x from run to run.
