@@ -3,8 +3,8 @@
 1. A dense bool mask with TMA descriptors forced on one kernel at a time (``fwd``, ``dkdv``,
    ``dq``; two launches): does the output match the oracle? ``use_tma`` normally refuses
    descriptors beside a dense mask (they failed in the GPU tests with all three kernels on
-   descriptors). The case has d 64, where the forward stays on pointers (its width rule):
-   use a d 128 case to probe the forward.
+   descriptors). At d 64 and d 128: the forward takes descriptors at width 128 only (the
+   committed result of 2026-12-01 ran d 64 alone, so its forward leg stayed on pointers).
 2. The d128 1k causal forward launcher alone (16 x 1024 tokens, 16 heads, bf16, pointers):
    the autotuner's candidate timings, then twelve ``do_bench`` medians in a row. In the
    prefill suite this row has varied by 1.4x from run to run.
@@ -27,23 +27,25 @@ from tests.flash_check import Case, check
 
 
 def mask_with_descriptors(device: str, dtype: torch.dtype) -> dict:
-    """Probe 1: ``{"mask-<kernel>": "ok" or the failed assertion}``."""
+    """Probe 1: ``{"mask-<kernel>[-d128]": "ok" or the failed assertion}``."""
     real = flash_common.use_tma
 
     def forced(kernel, *tensors, mask_kind=0):  # ignore the dense-mask refusal
         return real(kernel, *tensors, mask_kind=0)
 
     results = {}
-    for kernel in ("fwd", "dkdv", "dq"):
-        flash_fwd.use_tma = flash_bwd.use_tma = forced
-        try:
-            check(Case((2, 130, 170, 4, 2, 64, 64), mask=("bool", "full")), dtype=dtype,
-                  device=device, deterministic=True, dq_mode="kernel", tma=kernel)
-            results[f"mask-{kernel}"] = "ok"
-        except AssertionError as err:
-            results[f"mask-{kernel}"] = str(err)[:400]
-        finally:
-            flash_fwd.use_tma = flash_bwd.use_tma = real
+    for d in (64, 128):
+        for kernel in ("fwd", "dkdv", "dq"):
+            key = f"mask-{kernel}" if d == 64 else f"mask-{kernel}-d{d}"
+            flash_fwd.use_tma = flash_bwd.use_tma = forced
+            try:
+                check(Case((2, 130, 170, 4, 2, d, d), mask=("bool", "full")), dtype=dtype,
+                      device=device, deterministic=True, dq_mode="kernel", tma=kernel)
+                results[key] = "ok"
+            except AssertionError as err:
+                results[key] = str(err)[:400]
+            finally:
+                flash_fwd.use_tma = flash_bwd.use_tma = real
     return results
 
 
