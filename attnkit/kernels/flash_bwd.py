@@ -51,6 +51,7 @@ from attnkit.kernels.flash_common import (
     seq_bucket,
     tile_key_range,
     tile_source,
+    tma_explicit,
     use_tma,
     visible_scores,
 )
@@ -451,8 +452,8 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
     ``ATTNKIT_FLASH_TMA`` names the kernels explicitly, at least 4096 tokens (H200: at 1k the
     device-side set-up of the descriptors in thousands of short programs costs 5-38%; at 4k+
     they gain up to 12%, NOTES-flash.md step 4)."""
-    explicit = os.environ.get("ATTNKIT_FLASH_TMA", "auto").strip().lower() != "auto"
-    return (seq >= 4096 or explicit) and use_tma("dkdv", q, k, v, do, mask_kind=mask_kind)
+    return (seq >= 4096 or tma_explicit()) and use_tma("dkdv", q, k, v, do,
+                                                       mask_kind=mask_kind)
 
 
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:

@@ -266,6 +266,17 @@ TMA_DEFAULT = frozenset({"dkdv"})
 TMA_KERNELS = ("fwd", "dkdv", "dq")
 
 
+def _tma_setting() -> str:
+    """``ATTNKIT_FLASH_TMA`` as set (stripped, lower case), ``auto`` when unset."""
+    return os.environ.get("ATTNKIT_FLASH_TMA", "auto").strip().lower()
+
+
+def tma_explicit() -> bool:
+    """Whether ``ATTNKIT_FLASH_TMA`` names the kernels itself (anything but ``auto``): the
+    launchers' measured rules (lengths, the interpreter) then give way to it."""
+    return _tma_setting() != "auto"
+
+
 def tma_kernels() -> frozenset:
     """The kernels that may use TMA descriptors: ``ATTNKIT_FLASH_TMA`` is ``auto`` (the
     measured ``TMA_DEFAULT``), ``none``, ``all`` or a comma list of ``fwd,dkdv,dq``.
@@ -273,7 +284,7 @@ def tma_kernels() -> frozenset:
     Raises:
         ValueError: for any other value.
     """
-    mode = os.environ.get("ATTNKIT_FLASH_TMA", "auto").strip().lower()
+    mode = _tma_setting()
     if mode == "auto":
         return TMA_DEFAULT
     if mode in ("none", "0", ""):
@@ -315,7 +326,7 @@ def use_tma(kernel: str, *tensors: torch.Tensor, mask_kind: int = 0) -> bool:
     if kernel not in tma_kernels() or mask_kind != 0 or not tma_aligned(*tensors):
         return False
     if interpreting():
-        return os.environ.get("ATTNKIT_FLASH_TMA", "auto") != "auto"
+        return tma_explicit()
     if not tensors[0].is_cuda or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
         return False
     _ensure_allocator()
