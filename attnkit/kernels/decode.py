@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnkit.kernels.flash_common import next_power_of_2
+
 if TYPE_CHECKING:  # annotations only: kernels never import ops/ or reference/ at run time
     from attnkit.ops.decode import DecodeCall
 
@@ -235,7 +237,7 @@ def choose_splits(*, programs: int, keys: int, device: torch.device) -> int:
 
 
 def _row_block(rows: int) -> int:
-    return min(64, max(16, triton.next_power_of_2(rows)))
+    return min(64, max(16, next_power_of_2(rows)))
 
 
 def decode_fwd(call: DecodeCall, *, num_splits: int | None = None, config: dict | None = None
@@ -287,13 +289,13 @@ def decode_fwd(call: DecodeCall, *, num_splits: int | None = None, config: dict 
         G=g, D=d, DV=dv, PAGE=page, PAGED=call.paged, CAUSAL=call.causal,
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, SOFTCAP=call.softcap > 0,
         SPLIT=num_splits > 1, IEEE=q.dtype == torch.float32,
-        BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+        BLOCK_M=block_m, BLOCK_D=max(16, next_power_of_2(d)),
+        BLOCK_DV=max(16, next_power_of_2(dv)),
         **(config or default_config(max(d, dv))),
     )
     if num_splits > 1:
         _combine_kernel[(b * n * hq,)](
             part, part_lse, out, lse, part.stride(0), part_lse.stride(0), num_splits, n, hq,
-            DV=dv, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
-            BLOCK_DV=max(16, triton.next_power_of_2(dv)))
+            DV=dv, BLOCK_S=max(2, next_power_of_2(num_splits)),
+            BLOCK_DV=max(16, next_power_of_2(dv)))
     return out, lse

@@ -43,6 +43,7 @@ from attnkit.kernels.flash_common import (
     dot_precision,
     head_block,
     interpreting,
+    launch,
     load_tile,
     mask_args,
     pruner,
@@ -544,7 +545,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     def kv_grid(meta):
         return (triton.cdiv(sk, meta["BLOCK_N"]), batch * hk)
 
-    _bwd_dkdv_kernel[kv_grid](
+    launch(_bwd_dkdv_kernel, kv_grid,
         q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
         *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen), *lstrides,
         kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
@@ -555,7 +556,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     def q_grid(meta):
         return (triton.cdiv(sq, meta["BLOCK_M"]), batch * hq)
 
-    _bwd_dq_kernel[q_grid](
+    launch(_bwd_dq_kernel, q_grid,
         q, k, v, do, lse, delta, dq_acc, cu_q, cu_k, seed, kpm, mask_t,
         *qs, *ks, *vs, *dos, *dqs, *lstrides, kpm_stride, *mstrides,
         sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),

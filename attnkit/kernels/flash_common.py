@@ -11,6 +11,7 @@ Scores are kept in base 2 (``log2(e)`` folded into the scale) so the softmax use
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -34,9 +35,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``), in plain integer arithmetic:
+    ``triton.next_power_of_2`` goes through Triton's function wrapper, which costs a few
+    microseconds of host time per launch."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
 def head_block(dim: int) -> int:
     """The power-of-two tile width covering a head dim (at least 16, the dot's minimum)."""
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, next_power_of_2(dim))
 
 
 def seq_bucket(seq: int) -> int:
@@ -45,7 +53,7 @@ def seq_bucket(seq: int) -> int:
     Passed as a plain (unused) kernel argument so tuning is keyed on it without compiling
     one binary per bucket (all values are multiples of 16, none is 1: one specialisation).
     """
-    return min(65536, max(1024, triton.next_power_of_2(seq)))
+    return min(65536, max(1024, next_power_of_2(seq)))
 
 
 def _config(row: tuple[int, int, int, int]) -> triton.Config:
@@ -108,6 +116,43 @@ def autotune_bench(kernel_call, quantiles):
     back (an H200 run picked 1.5x slower tiles for the 1k causal forward that way).
     """
     return triton.testing.do_bench(kernel_call, warmup=100, rep=100, quantiles=quantiles)
+
+
+_PICKS: dict[int, dict[tuple, triton.Config]] = {}  # id(kernel) -> key -> config
+_KEY_SLOTS: dict[int, tuple[tuple[str, int], ...]] = {}
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` for an autotuned kernel, with less host time.
+
+    The first call with a given autotune key goes through Triton's autotuner (which tunes and
+    picks a config); later calls launch the jitted function under it with that config directly.
+    The autotuner's own bookkeeping costs about 35 microseconds of host time per launch on the
+    H200 machine's CPU, enough to make a 0.22 ms forward host-bound in a benchmark that flushes
+    the cache between calls (benchmarks/NOTES-flash.md, step 5). The key is the autotuner's:
+    its ``key`` arguments and the dtype of every tensor argument. Clearing the autotuner's
+    cache (``kernel.cache.clear()``) clears the picks too.
+
+    Example (inside a launcher; ``grid`` a callable of the config's meta-parameters):
+        >>> launch(_flash_fwd_kernel, grid, q, k, v, ..., D=128, TMA=False, SEQ_BUCKET=1024)
+    """
+    picks = _PICKS.setdefault(id(kernel), {})
+    if not kernel.cache:  # the autotuner was reset (tests do, to force a config): so are we
+        picks.clear()
+    slots = _KEY_SLOTS.get(id(kernel))
+    if slots is None:  # where each key argument sits: by name, else by position
+        slots = _KEY_SLOTS[id(kernel)] = tuple((name, kernel.arg_names.index(name))
+                                               for name in kernel.keys)
+    key = (*(kwargs[name] if name in kwargs else args[i] for name, i in slots),
+           *(a.dtype for a in args if isinstance(a, torch.Tensor)))
+    config = picks.get(key)
+    if config is None:
+        kernel[grid](*args, **kwargs)
+        if kernel.cache:  # a single-config autotuner keeps no cache: nothing to skip then
+            picks[key] = kernel.best_config
+        return
+    kernel.best_config = config  # what the autotuner would report for this launch
+    kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
 
 
 def tuning_limited() -> bool:
@@ -284,7 +329,12 @@ def tma_kernels() -> frozenset:
     Raises:
         ValueError: for any other value.
     """
-    mode = _tma_setting()
+    return _parse_tma(_tma_setting())
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_tma(mode: str) -> frozenset:
+    """``tma_kernels`` for one setting (cached: launchers read it on every call)."""
     if mode == "auto":
         return TMA_DEFAULT
     if mode in ("none", "0", ""):
@@ -327,7 +377,7 @@ def use_tma(kernel: str, *tensors: torch.Tensor, mask_kind: int = 0) -> bool:
         return False
     if interpreting():
         return tma_explicit()
-    if not tensors[0].is_cuda or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+    if not tensors[0].is_cuda or device_capability(tensors[0].device)[0] < 9:
         return False
     _ensure_allocator()
     return True
@@ -336,6 +386,17 @@ def use_tma(kernel: str, *tensors: torch.Tensor, mask_kind: int = 0) -> bool:
 def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
     """Triton's global scratch for device-side descriptors, from PyTorch's caching allocator."""
     return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """``torch.cuda.get_device_capability(device)``, cached per device (read on every launch)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability(index)
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def _ensure_allocator() -> None:

@@ -29,6 +29,7 @@ from attnkit.kernels.flash_common import (
     autotune_bench,
     dot_precision,
     head_block,
+    launch,
     load_tile,
     mask_args,
     pruner,
@@ -267,7 +268,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     def grid(meta):
         return (triton.cdiv(sq, meta["BLOCK_M"]), batch * hq)
 
-    _flash_fwd_kernel[grid](
+    launch(_flash_fwd_kernel, grid,
         q, k, v, out, lse, cu_q, cu_k, seed, kpm, mask_t,
         qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2],
         os_[0], os_[1], os_[2], lstrides[0], lstrides[1], kpm_stride, *mstrides,

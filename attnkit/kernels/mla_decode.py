@@ -22,6 +22,7 @@ from attnkit.kernels.decode import (
     online_softmax_finish,
     online_softmax_step,
 )
+from attnkit.kernels.flash_common import next_power_of_2
 
 if TYPE_CHECKING:  # annotations only: kernels never import ops/ or reference/ at run time
     from attnkit.ops.mla_decode import MLADecodeCall
@@ -178,5 +179,5 @@ def mla_decode_fwd(call: MLADecodeCall, *, num_splits: int | None = None,
     if num_splits > 1:
         _combine_kernel[(b * n * h,)](
             part, part_lse, out, lse, part.stride(0), part_lse.stride(0), num_splits, n, h,
-            DV=r, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_DV=r)
+            DV=r, BLOCK_S=max(2, next_power_of_2(num_splits)), BLOCK_DV=r)
     return out, lse

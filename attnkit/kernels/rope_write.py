@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnkit.kernels.flash_common import next_power_of_2
+
 
 @triton.jit
 def _rope_write_kernel(
@@ -77,7 +79,7 @@ def rope_write(k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.T
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         HK=hk, D=d, DV=dv, R=rotary_dim, INTERLEAVED=interleaved,
-        BLOCK_H=triton.next_power_of_2(hk), BLOCK_R=max(2, triton.next_power_of_2(rotary_dim // 2)),
-        BLOCK_T=max(2, triton.next_power_of_2(max(d - rotary_dim, 1))),
-        BLOCK_DV=triton.next_power_of_2(dv),
+        BLOCK_H=next_power_of_2(hk), BLOCK_R=max(2, next_power_of_2(rotary_dim // 2)),
+        BLOCK_T=max(2, next_power_of_2(max(d - rotary_dim, 1))),
+        BLOCK_DV=next_power_of_2(dv),
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from attnkit.kernels.flash_common import interpreting
+from attnkit.kernels.flash_common import device_capability, interpreting
 from attnkit.kernels.flash_fwd import flash_fwd
 from attnkit.ops import custom_ops  # registers torch.ops.attnkit.flash_attn_*
 from attnkit.ops.call import AttentionCall
@@ -39,8 +39,8 @@ def unsupported_reason(call: AttentionCall) -> str | None:
         return (f"inputs are on {q.device.type}: the Triton kernels need CUDA tensors (set "
                 "TRITON_INTERPRET=1 to test them on the CPU)")
     if (q.device.type == "cuda" and not torch.compiler.is_compiling()
-            and torch.cuda.get_device_capability(q.device) < (8, 0)):
-        major, minor = torch.cuda.get_device_capability(q.device)
+            and device_capability(q.device) < (8, 0)):
+        major, minor = device_capability(q.device)
         return (f"the GPU has compute capability {major}.{minor}: the Triton kernels need 8.0 "
                 "or newer; use backend='reference'")
     if q.dtype == torch.float64:

@@ -1,0 +1,73 @@
+"""``flash_common.launch``: an autotuned launch that skips Triton's autotuner once it has picked.
+
+The flash kernels' autotuners hold one config under the interpreter, so the skip is tested here
+on a small two-config kernel whose timing function prefers the second config.
+"""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from attnkit.kernels.flash_common import launch, next_power_of_2
+
+BENCHED: list[int] = []
+
+
+def _fake_bench(kernel_call, quantiles):
+    """Runs the candidate once; the 32-wide config 'wins' (timing by call order: 2nd is faster)."""
+    kernel_call()
+    BENCHED.append(1)
+    return [2.0 if len(BENCHED) % 2 else 1.0] * 3
+
+
+@triton.autotune(configs=[triton.Config({"BLOCK": 16}, num_warps=4),
+                          triton.Config({"BLOCK": 32}, num_warps=2)],
+                 key=["N"], do_bench=_fake_bench)
+@triton.jit
+def _scale_kernel(x_ptr, y_ptr, N, factor, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + i, tl.load(x_ptr + i, mask=i < N) * factor, mask=i < N)
+
+
+def _grid(n):
+    return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
+
+
+def test_launch_tunes_once_then_skips_the_autotuner(monkeypatch):
+    BENCHED.clear()
+    _scale_kernel.cache.clear()
+    tuner_runs = []
+    real_run = _scale_kernel.run
+    monkeypatch.setattr(_scale_kernel, "run", lambda *a, **k: tuner_runs.append(1) or
+                        real_run(*a, **k))
+    x = torch.randn(100)
+    y = torch.full((100,), float("nan"))
+    launch(_scale_kernel, _grid(100), x, y, 100, 3.0)
+    assert torch.equal(y, x * 3.0)
+    assert len(tuner_runs) == 1 and len(BENCHED) == 2
+    assert _scale_kernel.best_config.kwargs == {"BLOCK": 32}
+
+    for factor in (-1.5, 0.25):  # same key: no autotuner, same config, fresh result
+        y.fill_(float("nan"))
+        launch(_scale_kernel, _grid(100), x, y, 100, factor)
+        assert torch.equal(y, x * factor)
+    assert len(tuner_runs) == 1 and len(BENCHED) == 2
+
+    x2, y2 = torch.randn(37), torch.empty(37)  # a new key: tuned again
+    launch(_scale_kernel, _grid(37), x2, y2, 37, 2.0)
+    assert torch.equal(y2, x2 * 2.0)
+    assert len(tuner_runs) == 2 and len(BENCHED) == 4
+
+    _scale_kernel.cache.clear()  # resetting the autotuner resets the picks
+    launch(_scale_kernel, _grid(100), x, y, 100, 1.0)
+    assert torch.equal(y, x)
+    assert len(tuner_runs) == 3 and len(BENCHED) == 6
+
+
+@pytest.mark.parametrize("n,expected", [(0, 1), (1, 1), (2, 2), (3, 4), (80, 128), (128, 128),
+                                        (129, 256), (192, 256), (1 << 20, 1 << 20)])
+def test_next_power_of_2_matches_triton(n, expected):
+    assert next_power_of_2(n) == expected
+    if n >= 1:
+        assert next_power_of_2(n) == triton.next_power_of_2(n)
