@@ -186,7 +186,8 @@ def run_case(case, *, warm_s: float, timed: bool, modes=MODES, device: str = "cu
         seq = inputs["max_seqlen"] if case.packed else case.seq  # what the launcher sees
         tma = bwd_mod._dkdv_tma(qg, kg, vg, inputs["dout"], mask_kind=0, seq=seq)
         row["api_dq_mode"] = "atomic" if bwd_mod._atomic_dq_pays(
-            case.heads_q // case.heads_kv, seq, case.head_dim, tma=tma) else "kernel"
+            case.heads_q // case.heads_kv, seq, case.head_dim, tma=tma,
+            window=case.window[0] >= 0) else "kernel"
         row.update(sdpa_times(case, inputs, warm_s))
         for key in [k for k in row if k.endswith("_ms") and k.startswith(("fa2", "cudnn"))]:
             mult = 1.0 if "_fwd_" in key else 2.5

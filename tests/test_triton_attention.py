@@ -324,6 +324,7 @@ def test_dq_path_choice_and_override(monkeypatch):
     assert _atomic_dq_pays(1, 4096, 128)
     assert _atomic_dq_pays(1, 4096, 128, tma=True)  # d 128: atomics still beat descriptors
     assert not _atomic_dq_pays(1, 4096, 64, tma=True)  # d 64: two launches on descriptors
+    assert not _atomic_dq_pays(1, 16384, 128, window=True)  # windows: two launches
     for group, seq_q, head_dim in ((4, 4096, 128), (1, 1024, 128), (1, 4096, 192)):
         assert not _atomic_dq_pays(group, seq_q, head_dim)  # GQA, short, wide heads
     monkeypatch.setenv("ATTNKIT_FLASH_DQ", "atomic")
