@@ -11,10 +11,12 @@
    (the suspect of step 4: dK/dV alone and dQ alone passed).
 3. ``dkdv``: extra dK/dV tile candidates at d 128 (dense MHA 4k and 16k, two launches), the
    autotuner's timing of each.
+4. ``dkdv_tma`` (not run by default): two launches with the dK/dV kernel on descriptors and its
+   least-spilling candidates, against the shipped atomic path, at d128 16k and 4k full.
 
 Usage (CUDA)::
 
-    PYTHONPATH=. OUT=/tmp python benchmarks/probe_step5.py [spread] [mask] [dkdv]
+    PYTHONPATH=. OUT=/tmp python benchmarks/probe_step5.py [spread] [mask] [dkdv] [dkdv_tma]
     # -> $OUT/probe5.json (default: all three)
 """
 
@@ -141,40 +143,74 @@ def mask_fwd_d128() -> dict:
 
 
 EXTRA_DKDV = ((128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 4, 2))
+# Descriptor-path candidates that spill least offline (sm90_resources.py --tma: STACK 136 and 128
+# bytes against 216 for the table's 64x128 w8 s3).
+EXTRA_DKDV_TMA = ((64, 128, 8, 4), (32, 128, 8, 4))
 
 
-def dkdv_candidates() -> dict:
+def _dense_case(name: str):
+    case = {c.name: c for c in prefill_cases()}[name]
+    inputs = make_inputs(case, torch.device("cuda"), 0)
+    q, k, v = (inputs[n].detach() for n in ("q", "k", "v"))
+    opts = dict(causal=case.causal, window=(-1, -1), scale=case.head_dim ** -0.5,
+                softcap=0.0, key_padding_mask=None, attn_mask=None, cu_seqlens_q=None,
+                cu_seqlens_k=None, max_seqlen_q=case.seq, max_seqlen_k=case.seq,
+                dropout_p=0.0, dropout_seed=0)
+    return q, k, v, opts
+
+
+def _dkdv_one(name: str, extra, tma: str, time_backward: bool) -> dict:
     table = flash_bwd.DKDV_TILES
     saved = table[128]
-    table[128] = tuple(saved) + EXTRA_DKDV
+    q, k, v, opts = _dense_case(name)
+    o, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+    do = torch.randn_like(o)
+
+    def backward(deterministic):
+        return flash_bwd.flash_bwd(do, q, k, v, o, lse, deterministic=deterministic, **opts)
+
+    row = {}
+    if time_backward:  # the shipped default first, with the shipped table
+        row["shipped_bwd_ms"] = triton.testing.do_bench(
+            lambda: backward(False), warmup=200, rep=200, return_mode="median")
+    table[128] = tuple(saved) + tuple(extra)
     os.environ["ATTNKIT_FLASH_DQ"] = "kernel"
-    os.environ["ATTNKIT_FLASH_TMA"] = "none"
-    found = {c.name: c for c in prefill_cases()}
-    out = {}
+    os.environ["ATTNKIT_FLASH_TMA"] = tma
     try:
-        for name in ("mha d128 s4k full", "mha d128 s16k full", "mha d128 s4k causal"):
-            case = found[name]
-            inputs = make_inputs(case, torch.device("cuda"), 0)
-            q, k, v = (inputs[n].detach() for n in ("q", "k", "v"))
-            opts = dict(causal=case.causal, window=(-1, -1), scale=case.head_dim ** -0.5,
-                        softcap=0.0, key_padding_mask=None, attn_mask=None, cu_seqlens_q=None,
-                        cu_seqlens_k=None, max_seqlen_q=case.seq, max_seqlen_k=case.seq,
-                        dropout_p=0.0, dropout_seed=0)
-            o, lse = flash_fwd.flash_fwd(q, k, v, **opts)
-            do = torch.randn_like(o)
-            flash_bwd.flash_bwd(do, q, k, v, o, lse, deterministic=True, **opts)
-            torch.cuda.synchronize()
-            tuner = flash_bwd._bwd_dkdv_kernel
-            out[name] = {"pick": str(tuner.best_config),
-                         "cand": {str(c): (t[0] if isinstance(t, (list, tuple)) else t)
-                                  for c, t in (tuner.configs_timings or {}).items()}}
-            del inputs, q, k, v, o, lse, do
-            torch.cuda.empty_cache()
+        backward(True)
+        torch.cuda.synchronize()
+        tuner = flash_bwd._bwd_dkdv_kernel
+        row.update(pick=str(tuner.best_config),
+                   cand={str(c): (t[0] if isinstance(t, (list, tuple)) else t)
+                         for c, t in (tuner.configs_timings or {}).items()})
+        if time_backward:
+            row["two_launch_bwd_ms"] = triton.testing.do_bench(
+                lambda: backward(True), warmup=200, rep=200, return_mode="median")
     finally:
         table[128] = saved
         os.environ.pop("ATTNKIT_FLASH_DQ", None)
         os.environ.pop("ATTNKIT_FLASH_TMA", None)
+    return row
+
+
+def dkdv_candidates(extra=EXTRA_DKDV, tma="none",
+                    names=("mha d128 s4k full", "mha d128 s16k full", "mha d128 s4k causal"),
+                    time_backward=False) -> dict:
+    """The autotuner's timing of the dK/dV table plus ``extra`` rows at d 128 (two launches,
+    ``ATTNKIT_FLASH_TMA=tma``); with ``time_backward`` also the whole backward on that path
+    against the shipped default (atomic dQ on pointers for these shapes)."""
+    out = {}
+    for name in names:
+        out[name] = _dkdv_one(name, extra, tma, time_backward)
+        torch.cuda.empty_cache()
     return out
+
+
+def dkdv_tma() -> dict:
+    """Two launches with the dK/dV kernel on descriptors (and its low-spill candidates) against
+    the shipped atomic path, at the two dense d 128 shapes furthest behind Flex's backward."""
+    return dkdv_candidates(EXTRA_DKDV_TMA, "dkdv", ("mha d128 s16k full", "mha d128 s4k full"),
+                           time_backward=True)
 
 
 def main() -> None:
@@ -182,7 +218,8 @@ def main() -> None:
 
     wanted = sys.argv[1:] or ["spread", "mask", "dkdv"]  # which probes, by name
     out = {"gpu_start": gpu_state()}
-    probes = {"spread": spread, "mask": mask_fwd_d128, "dkdv": dkdv_candidates}
+    probes = {"spread": spread, "mask": mask_fwd_d128, "dkdv": dkdv_candidates,
+              "dkdv_tma": dkdv_tma}
     for name, probe in ((n, probes[n]) for n in wanted):
         start = time.perf_counter()
         try:
