@@ -131,7 +131,8 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     H200 machine's CPU, enough to make a 0.22 ms forward host-bound in a benchmark that flushes
     the cache between calls (benchmarks/NOTES-flash.md, step 5). The key is the autotuner's:
     its ``key`` arguments and the dtype of every tensor argument. Clearing the autotuner's
-    cache (``kernel.cache.clear()``) clears the picks too.
+    cache (``kernel.cache.clear()``) clears the picks at the next ``launch`` (a cache refilled
+    in between by direct ``kernel[grid]`` calls is not noticed).
 
     Example (inside a launcher; ``grid`` a callable of the config's meta-parameters):
         >>> launch(_flash_fwd_kernel, grid, q, k, v, ..., D=128, TMA=False, SEQ_BUCKET=1024)
