@@ -85,8 +85,8 @@ def attention(
             recomputes the scores once more (7 instead of 5 matmuls per tile pair). Its cost,
             measured on an H200: none where the default takes that path anyway (GQA, sliding
             windows, short or wide-head shapes, d <= 64 on Hopper); for MHA at d 128 and 4k+
-            tokens from 5% faster (no causal mask, Hopper) to 12% slower (older GPUs' pointer
-            loads, causal). Also on whenever
+            tokens from 5% faster (no causal mask, TMA descriptors) to 12% slower (16k causal,
+            pointer loads as on pre-Hopper GPUs). Also on whenever
             ``torch.use_deterministic_algorithms(True)`` is set. The reference is always
             deterministic.
         backend: ``"auto"`` (Triton on CUDA when it can serve the call, else the reference),
