@@ -36,6 +36,7 @@ from attnkit.bench.harness import run_suite, time_ms
 from attnkit.bench.subject import ATTNKIT
 from attnkit.bench.suites.prefill import cases as prefill_cases
 from attnkit.kernels import flash_bwd, flash_common, flash_fwd
+from benchmarks.flash_sweep import options
 
 OUT = os.environ.get("OUT", "/tmp")
 QUERY = "clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"
@@ -85,10 +86,7 @@ def spread() -> dict:
         forward = ATTNKIT.build(case, inputs, settings)
         forward()
         q, k, v = (inputs[n].detach() for n in ("q", "k", "v"))
-        opts = dict(causal=case.causal, window=(-1, -1), scale=case.head_dim ** -0.5,
-                    softcap=0.0, key_padding_mask=None, attn_mask=None, cu_seqlens_q=None,
-                    cu_seqlens_k=None, max_seqlen_q=case.seq, max_seqlen_k=case.seq,
-                    dropout_p=0.0, dropout_seed=0)
+        opts = options(case, inputs)
 
         def launcher(q=q, k=k, v=v, opts=opts):
             return flash_fwd.flash_fwd(q, k, v, **opts)
@@ -152,11 +150,7 @@ def _dense_case(name: str):
     case = {c.name: c for c in prefill_cases()}[name]
     inputs = make_inputs(case, torch.device("cuda"), 0)
     q, k, v = (inputs[n].detach() for n in ("q", "k", "v"))
-    opts = dict(causal=case.causal, window=(-1, -1), scale=case.head_dim ** -0.5,
-                softcap=0.0, key_padding_mask=None, attn_mask=None, cu_seqlens_q=None,
-                cu_seqlens_k=None, max_seqlen_q=case.seq, max_seqlen_k=case.seq,
-                dropout_p=0.0, dropout_seed=0)
-    return q, k, v, opts
+    return q, k, v, options(case, inputs)
 
 
 def _dkdv_one(name: str, extra, tma: str, time_backward: bool) -> dict:
