@@ -333,6 +333,29 @@ def test_dq_path_choice_and_override(monkeypatch):
     assert not _atomic_dq_pays(1, 4096, 128)
 
 
+def test_direct_row_loads_choice_and_override(monkeypatch):
+    """LSE and delta loaded directly where the dK/dV kernel reads through descriptors; the
+    override wins."""
+    from attnkit.kernels.flash_bwd import _direct_rows
+    monkeypatch.delenv("ATTNKIT_FLASH_ROWS", raising=False)
+    assert _direct_rows(tma=True) and not _direct_rows(tma=False)
+    monkeypatch.setenv("ATTNKIT_FLASH_ROWS", "direct")
+    assert _direct_rows(tma=False)
+    monkeypatch.setenv("ATTNKIT_FLASH_ROWS", "pipelined")
+    assert not _direct_rows(tma=True)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", ["direct", "pipelined"])
+@pytest.mark.parametrize("case", ["gqa-causal-sq>sk-d80-dv48", "bool-mask-rows-causal",
+                                  "packed-empty-segments"])
+def test_row_loads_match_oracle(case, rows):
+    """Both ways of loading LSE and delta in the dK/dV kernel, on pointers with atomic dQ,
+    match the oracle (fully masked rows included)."""
+    check(CASES[case], dtype=torch.float16, device="cpu", dq_mode="atomic", tma="none",
+          rows=rows)
+
+
 @needs_kernels
 @pytest.mark.parametrize("case", ["gqa-causal-sq>sk-d80-dv48", "packed-empty-segments",
                                   "sliding-window", "bool-mask-rows-causal", "mla-d192-dv128",

@@ -148,7 +148,7 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
                 WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr, EDGE: tl.constexpr,
                 HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
                 DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr,
-                TMA: tl.constexpr):
+                TMA: tl.constexpr, DIRECT_ROWS: tl.constexpr):
     """Accumulate dK ``[N, D]`` and dV ``[N, DV]`` of one key tile over query tiles ``[lo, hi)``.
 
     ``q_base``/``do_base`` are ``tile_source``s (TMA descriptors or pointers).
@@ -162,9 +162,11 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
         q = load_tile(q_base, start_m, rows, stride_qs, seqlen_q, D, BLOCK_D, EDGE, TMA)  # [M, D]
         do = load_tile(do_base, start_m, rows, stride_dos, seqlen_q, DV, BLOCK_DV, EDGE,
                        TMA)  # [M, DV]
-        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+        # DIRECT_ROWS: volatile loads, which Triton's software pipeline leaves alone, straight
+        # into registers (``_direct_rows``).
+        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"), volatile=DIRECT_ROWS)
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0, volatile=DIRECT_ROWS)
         s_t, t_t = scores(k_tile, tl.trans(q), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [N, M]
         s_t = visible_scores(s_t, rows[None, :], cols[:, None], seqlen_q, seqlen_k, offset, b, h,
                              kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
@@ -193,7 +195,7 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
 
 @triton.autotune(configs=all_configs(DKDV_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP",
-                      "ATOMIC_DQ", "TMA"],
+                      "ATOMIC_DQ", "TMA", "DIRECT_ROWS"],
                  prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
                  do_bench=autotune_bench,
                  reset_to_zero=["dq_ptr"])
@@ -212,7 +214,7 @@ def _bwd_dkdv_kernel(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    DOT_PREC: tl.constexpr, TMA: tl.constexpr, SEQ_BUCKET,
+    DOT_PREC: tl.constexpr, TMA: tl.constexpr, DIRECT_ROWS: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -275,21 +277,21 @@ def _bwd_dkdv_kernel(
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC, TMA)
+            ATOMIC_DQ, DOT_PREC, TMA, DIRECT_ROWS)
         dk, dv = _dkdv_tiles(
             dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
             stride_dos, stride_dqs, mid_lo, mid_hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC, TMA)
+            ATOMIC_DQ, DOT_PREC, TMA, DIRECT_ROWS)
         dk, dv = _dkdv_tiles(
             dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
             stride_dos, stride_dqs, mid_hi, hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC, TMA)
+            ATOMIC_DQ, DOT_PREC, TMA, DIRECT_ROWS)
     dk = dk * scale
     dk_rows = b.to(tl.int64) * stride_dkb + (k_start + cols[:, None]).to(tl.int64) * stride_dks
     tl.store(dk_ptr + dk_rows + hk * stride_dkh + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty),
@@ -461,6 +463,23 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
                                                        mask_kind=mask_kind)
 
 
+def _direct_rows(*, tma: bool) -> bool:
+    """Whether the dK/dV kernel loads each query tile's LSE and delta straight into registers
+    (volatile loads) rather than through Triton's software pipeline.
+
+    The pipeline stages them in shared memory with ``cp.async``, which costs a CTA barrier per
+    query tile beside the descriptor loads, and the registers that hold the stage addresses:
+    compiled for sm90 with descriptors (64x128 tiles, 8 warps, d 128) the kernel spills 216
+    bytes per thread that way and 56 with direct loads (``benchmarks/sm90_resources.py``);
+    on pointers direct loads spill more (992 against 928). So: direct with descriptors
+    (``tma``). ``ATTNKIT_FLASH_ROWS=direct|pipelined`` overrides the choice.
+    """
+    forced = os.environ.get("ATTNKIT_FLASH_ROWS", "auto")
+    if forced in ("direct", "pipelined"):
+        return forced == "direct"
+    return tma
+
+
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
     """(batch, seq, head) strides of a dense ``[b, s, h, d]`` or packed ``[t, h, d]`` tensor."""
     return (0, *t.stride()[:2]) if varlen else tuple(t.stride()[:3])
@@ -554,7 +573,8 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
         *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen), *lstrides,
         kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
-        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma and not atomic, **common)
+        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma and not atomic,
+        DIRECT_ROWS=_direct_rows(tma=tma and not atomic), **common)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
 

@@ -1,0 +1,107 @@
+"""Step 6 probe of benchmarks/NOTES-flash.md: the backward's dQ path and the dK/dV kernel's
+LSE/delta loads, for one short device call.
+
+For each prefill shape with a dense backward (every case of the prefill suite but the packed
+one), the whole backward launcher (``flash_bwd.flash_bwd``: preprocess, dK/dV kernel, dQ
+kernel) timed by ``do_bench`` (median) under each path the environment overrides select:
+
+- ``atomic``: dQ added with atomics from the dK/dV kernel, which then reads through pointers
+  (the shipped path for MHA at 4k+ tokens and head dims up to 128 before step 6);
+- ``atomic_direct``: the same with the LSE and delta loaded directly (``_direct_rows``);
+- ``two``: two launches, the dK/dV kernel on descriptors at 4k+ tokens, LSE and delta through
+  the software pipeline;
+- ``two_direct``: two launches, LSE and delta loaded directly;
+- ``auto``: whatever the launcher picks with no override.
+
+Every path is checked against the ``auto`` path's gradients first (same inputs; they may
+differ only by rounding), so a fast wrong path cannot pass unnoticed.
+
+Usage (CUDA)::
+
+    PYTHONPATH=. OUT=/tmp python benchmarks/probe_step6.py [case substring ...]
+    # -> $OUT/probe6.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+import triton.testing
+
+from attnkit.kernels import flash_bwd, flash_fwd
+from benchmarks.probe_step5 import _dense_case, gpu_state
+
+OUT = os.environ.get("OUT", "/tmp")
+PATHS = {
+    "auto": {},
+    "atomic": {"ATTNKIT_FLASH_DQ": "atomic"},
+    "atomic_direct": {"ATTNKIT_FLASH_DQ": "atomic", "ATTNKIT_FLASH_ROWS": "direct"},
+    "two": {"ATTNKIT_FLASH_DQ": "kernel", "ATTNKIT_FLASH_ROWS": "pipelined"},
+    "two_direct": {"ATTNKIT_FLASH_DQ": "kernel", "ATTNKIT_FLASH_ROWS": "direct"},
+}
+CASES = ("mha d128 s1k full", "mha d128 s1k causal", "mha d128 s4k full",
+         "mha d128 s4k causal", "mha d128 s16k full", "mha d128 s16k causal",
+         "mha d64 s4k full", "mha d64 s4k causal", "mha d64 s16k full", "mha d64 s16k causal",
+         "gqa 32:8 d128 s4k full", "gqa 32:8 d128 s4k causal",
+         "window 1024 d128 s16k causal", "mla d192/128 s4k full")
+
+
+def _with_env(env: dict, fn):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return fn()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def one_case(name: str) -> dict:
+    q, k, v, opts = _dense_case(name)
+    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+    do = torch.randn_like(out)
+
+    def backward():
+        return flash_bwd.flash_bwd(do, q, k, v, out, lse, deterministic=False, **opts)
+
+    row = {}
+    want = _with_env({}, backward)
+    for path, env in PATHS.items():
+        got = _with_env(env, backward)
+        err = max(float((g.float() - w.float()).abs().max() / (w.float().abs().max() + 1e-6))
+                  for g, w in zip(got, want))
+        ms = _with_env(env, lambda: triton.testing.do_bench(
+            backward, warmup=100, rep=200, return_mode="median"))
+        row[path] = {"ms": round(ms, 4), "rel_err_vs_auto": round(err, 5),
+                     "dkdv_pick": str(flash_bwd._bwd_dkdv_kernel.best_config)}
+    torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    wanted = [c for c in CASES if not sys.argv[1:] or any(a in c for a in sys.argv[1:])]
+    result = {"gpu_start": gpu_state()}
+    start = time.perf_counter()
+    for name in wanted:
+        try:
+            result[name] = one_case(name)
+        except Exception as exc:  # one case's failure must not lose the others
+            result[name] = f"failed: {type(exc).__name__}: {exc}"[:800]
+        print(name, json.dumps(result[name]), flush=True)
+        result["elapsed_s"] = round(time.perf_counter() - start, 1)
+        with open(os.path.join(OUT, "probe6.json"), "w") as fh:
+            json.dump(result, fh, indent=1)
+    result["gpu_end"] = gpu_state()
+    with open(os.path.join(OUT, "probe6.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
