@@ -81,7 +81,6 @@ def one_case(name: str) -> dict:
             backward, warmup=100, rep=200, return_mode="median"))
         row[path] = {"ms": round(ms, 4), "rel_err_vs_auto": round(err, 5),
                      "dkdv_pick": str(flash_bwd._bwd_dkdv_kernel.best_config)}
-    torch.cuda.empty_cache()
     return row
 
 
@@ -94,6 +93,7 @@ def main() -> None:
             result[name] = one_case(name)
         except Exception as exc:  # one case's failure must not lose the others
             result[name] = f"failed: {type(exc).__name__}: {exc}"[:800]
+        torch.cuda.empty_cache()
         print(name, json.dumps(result[name]), flush=True)
         result["elapsed_s"] = round(time.perf_counter() - start, 1)
         with open(os.path.join(OUT, "probe6.json"), "w") as fh:
