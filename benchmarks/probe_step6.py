@@ -1,5 +1,5 @@
-"""Step 6 probe of benchmarks/NOTES-flash.md: the backward's dQ path and the dK/dV kernel's
-LSE/delta loads, for one short device call.
+"""Step 6 probe of benchmarks/NOTES-flash.md: the backward's dQ path, for one short device
+call.
 
 For each prefill shape with a dense backward (every case of the prefill suite but the packed
 one), the whole backward launcher (``flash_bwd.flash_bwd``: preprocess, dK/dV kernel, dQ
@@ -7,14 +7,18 @@ kernel) timed by ``do_bench`` (median) under each path the environment overrides
 
 - ``atomic``: dQ added with atomics from the dK/dV kernel, which then reads through pointers
   (the shipped path for MHA at 4k+ tokens and head dims up to 128 before step 6);
-- ``atomic_direct``: the same with the LSE and delta loaded directly (``_direct_rows``);
-- ``two``: two launches, the dK/dV kernel on descriptors at 4k+ tokens, LSE and delta through
-  the software pipeline;
-- ``two_direct``: two launches, LSE and delta loaded directly;
+- ``two``: two launches, the dK/dV kernel on descriptors at 4k+ tokens;
 - ``auto``: whatever the launcher picks with no override.
 
-Every path is checked against the ``auto`` path's gradients first (same inputs; they may
-differ only by rounding), so a fast wrong path cannot pass unnoticed.
+``results/probe-h200-2026-12-01-step6.json`` also has ``atomic_direct`` and ``two_direct``
+rows, and ``auto`` there is ``two_direct`` at 4k+: they were measured at commit e29d9dd, where
+the dK/dV kernel could load each query tile's LSE and delta with volatile loads, outside
+Triton's software pipeline (``ATTNKIT_FLASH_ROWS=direct``). Offline that cut the kernel's
+spills on descriptors from 216 to 56 bytes per thread, but it ran slower at 9 of 11 shapes (by
+up to 14%; within 1.5% at the other two), so it was taken out again.
+
+Each path's gradients are compared with the ``auto`` path's on the same inputs
+(``rel_err_vs_auto``: max abs difference over max abs value; rounding only, about 1e-3).
 
 Usage (CUDA)::
 
@@ -39,9 +43,7 @@ OUT = os.environ.get("OUT", "/tmp")
 PATHS = {
     "auto": {},
     "atomic": {"ATTNKIT_FLASH_DQ": "atomic"},
-    "atomic_direct": {"ATTNKIT_FLASH_DQ": "atomic", "ATTNKIT_FLASH_ROWS": "direct"},
-    "two": {"ATTNKIT_FLASH_DQ": "kernel", "ATTNKIT_FLASH_ROWS": "pipelined"},
-    "two_direct": {"ATTNKIT_FLASH_DQ": "kernel", "ATTNKIT_FLASH_ROWS": "direct"},
+    "two": {"ATTNKIT_FLASH_DQ": "kernel"},
 }
 CASES = ("mha d128 s1k full", "mha d128 s1k causal", "mha d128 s4k full",
          "mha d128 s4k causal", "mha d128 s16k full", "mha d128 s16k causal",

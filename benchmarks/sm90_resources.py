@@ -47,11 +47,9 @@ POINTER_TYPES = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_q_ptr": "*i32",
 def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: int, d: int = 128,
                  dv: int | None = None, causal: bool = False, window: tuple[int, int] = (-1, -1),
                  group: int = 1, atomic: bool = False, mask_kind: int = 0,
-                 dtype: str = "bf16", tma: bool = False,
-                 direct_rows: bool | None = None) -> dict:
+                 dtype: str = "bf16", tma: bool = False) -> dict:
     """Compile one kernel variant for sm90 (``dtype`` inputs: bf16, fp16 or fp32); return its
-    resource figures. ``direct_rows``: the dK/dV kernel's ``DIRECT_ROWS`` (default: ``tma``,
-    as the launcher chooses)."""
+    resource figures."""
     dv = dv or d
     jit, names = KERNELS[kernel]
     fn = jit.fn
@@ -64,9 +62,7 @@ def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: in
                  BLOCK_DV=max(16, triton.next_power_of_2(dv)), VARLEN=False, IS_CAUSAL=causal,
                  WIN_LEFT=left, WIN_RIGHT=right, HAS_WINDOW=(left, right) != (-1, -1),
                  HAS_KPM=False, MASK_KIND=mask_kind, SOFTCAP=False, DROPOUT=False,
-                 DOT_PREC="tf32x3" if dtype == "fp32" else "tf32", ATOMIC_DQ=atomic, TMA=tma,
-                 DIRECT_ROWS=tma if direct_rows is None else direct_rows,
-                 **dict(zip(names, blocks)))
+                 DOT_PREC="tf32x3" if dtype == "fp32" else "tf32", ATOMIC_DQ=atomic, TMA=tma, **dict(zip(names, blocks)))
     const = {k: v for k, v in const.items() if k in params}
     sig = {}
     for p in params:
@@ -118,8 +114,6 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--tma", action="store_true", help="tiles through TMA descriptors")
     parser.add_argument("--atomic", action="store_true", help="dK/dV kernel with atomic dQ")
-    parser.add_argument("--rows", choices=["direct", "pipelined"], default=None,
-                        help="dK/dV kernel: LSE and delta loads (default: direct with --tma)")
     args = parser.parse_args()
     if args.kernel:
         rows = [(args.kernel, tuple(int(x) for x in args.blocks.split(",")), args.warps,
@@ -131,8 +125,7 @@ def main() -> None:
         try:
             r = compile_sm90(kernel, blocks=blocks, warps=warps, stages=stages, d=d, dv=dv,
                              causal=args.causal or not args.kernel, dtype=args.dtype,
-                             tma=args.tma, atomic=args.atomic,
-                             direct_rows=None if args.rows is None else args.rows == "direct")
+                             tma=args.tma, atomic=args.atomic)
             print(f"{kernel:6s} d{d}/{dv} blocks={blocks} w{warps} s{stages}"
                   f"{' tma' if args.tma else ''}: REG {r['reg']} STACK {r['stack']} SHARED {r['shared']}", flush=True)
         except Exception as err:  # report and go on: a config that does not compile

@@ -136,7 +136,7 @@ def _grads(out, lse, tensors, grad_out, grad_lse):
 
 def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
           deterministic: bool = False, dq_mode: str | None = None,
-          tma: str | None = None, rows: str | None = None) -> dict:
+          tma: str | None = None) -> dict:
     """Run ``case`` through the Triton backend and assert the tolerance rule on every output.
 
     ``tma`` sets ``ATTNKIT_FLASH_TMA`` (which kernels read tiles through TMA descriptors:
@@ -145,9 +145,6 @@ def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
     ``dq_mode`` forces the backward's dQ path (``"atomic"`` or ``"kernel"``); by default
     ``"kernel"`` when ``deterministic`` else ``"atomic"``, so both paths are tested whatever
     the launcher would pick for the shape.
-
-    ``rows`` sets ``ATTNKIT_FLASH_ROWS`` (``"direct"`` or ``"pipelined"``: how the dK/dV kernel
-    loads each query tile's LSE and delta); by default the launcher's own choice.
 
     Returns the kernel's results (``out``, ``lse``, ``dq``, ``dk``, ``dv``) for further checks.
     """
@@ -162,8 +159,7 @@ def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
             seed + 1)).item())
     if dq_mode is None:
         dq_mode = "kernel" if deterministic else "atomic"
-    with _env("ATTNKIT_FLASH_DQ", dq_mode), _env("ATTNKIT_FLASH_TMA", tma), \
-            _env("ATTNKIT_FLASH_ROWS", rows):
+    with _env("ATTNKIT_FLASH_DQ", dq_mode), _env("ATTNKIT_FLASH_TMA", tma):
         out, lse = _run(q, k, v, case, kpm, mask, cu_q, cu_k, gen, deterministic)
         dq, dk, dv = _grads(out, lse, (q, k, v), data["grad_out"], data["grad_lse"])
     return _compare(case, data, to, out, lse, (dq, dk, dv), device, dtype, drop_seed, kpm,

@@ -20,8 +20,8 @@ Three launches:
    cost of recomputing ``q @ k^T`` and ``dO @ v^T`` once more (about 7 instead of 5 matmuls).
 
 On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
-tokens in the two-launch path (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma``
-says when descriptors are allowed).
+tokens (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma`` says when descriptors are
+allowed), and dQ then gets its own kernel (``_atomic_dq_pays``).
 
 Scores are recomputed in the transposed layout ``k @ q^T`` in the dK/dV kernel so ``p^T`` and
 ``ds^T`` feed the dK/dV products without a transpose. Fully masked rows have LSE ``-inf``; the
@@ -148,7 +148,7 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
                 WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr, EDGE: tl.constexpr,
                 HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
                 DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr,
-                TMA: tl.constexpr, DIRECT_ROWS: tl.constexpr):
+                TMA: tl.constexpr):
     """Accumulate dK ``[N, D]`` and dV ``[N, DV]`` of one key tile over query tiles ``[lo, hi)``.
 
     ``q_base``/``do_base`` are ``tile_source``s (TMA descriptors or pointers).
@@ -162,11 +162,9 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
         q = load_tile(q_base, start_m, rows, stride_qs, seqlen_q, D, BLOCK_D, EDGE, TMA)  # [M, D]
         do = load_tile(do_base, start_m, rows, stride_dos, seqlen_q, DV, BLOCK_DV, EDGE,
                        TMA)  # [M, DV]
-        # DIRECT_ROWS: volatile loads, which Triton's software pipeline leaves alone, straight
-        # into registers (``_direct_rows``).
-        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"), volatile=DIRECT_ROWS)
+        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0, volatile=DIRECT_ROWS)
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         s_t, t_t = scores(k_tile, tl.trans(q), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [N, M]
         s_t = visible_scores(s_t, rows[None, :], cols[:, None], seqlen_q, seqlen_k, offset, b, h,
                              kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
@@ -195,7 +193,7 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
 
 @triton.autotune(configs=all_configs(DKDV_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP",
-                      "ATOMIC_DQ", "TMA", "DIRECT_ROWS"],
+                      "ATOMIC_DQ", "TMA"],
                  prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
                  do_bench=autotune_bench,
                  reset_to_zero=["dq_ptr"])
@@ -214,7 +212,7 @@ def _bwd_dkdv_kernel(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    DOT_PREC: tl.constexpr, TMA: tl.constexpr, DIRECT_ROWS: tl.constexpr, SEQ_BUCKET,
+    DOT_PREC: tl.constexpr, TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -277,21 +275,21 @@ def _bwd_dkdv_kernel(
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC, TMA, DIRECT_ROWS)
+            ATOMIC_DQ, DOT_PREC, TMA)
         dk, dv = _dkdv_tiles(
             dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
             stride_dos, stride_dqs, mid_lo, mid_hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC, TMA, DIRECT_ROWS)
+            ATOMIC_DQ, DOT_PREC, TMA)
         dk, dv = _dkdv_tiles(
             dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
             stride_dos, stride_dqs, mid_hi, hi, cols, seqlen_q, seqlen_k, offset, b, h, bh,
             qk_scale, softcap_scale, scale, k0, k1, dropout_p, kpm_ptr, stride_kpm_b, mask_ptr,
             stride_mb, stride_mh, stride_mm, stride_mn, BLOCK_M, BLOCK_D, BLOCK_DV, D, DV,
             IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True, HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT,
-            ATOMIC_DQ, DOT_PREC, TMA, DIRECT_ROWS)
+            ATOMIC_DQ, DOT_PREC, TMA)
     dk = dk * scale
     dk_rows = b.to(tl.int64) * stride_dkb + (k_start + cols[:, None]).to(tl.int64) * stride_dks
     tl.store(dk_ptr + dk_rows + hk * stride_dkh + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty),
@@ -433,23 +431,25 @@ def _atomic_dq_pays(group: int, seq_q: int, head_dim: int, *, tma: bool = False,
     """Whether the atomic dQ path is the faster one (when the caller allows atomics).
 
     ``tma``: whether the dK/dV kernel may read its tiles through TMA descriptors (sm90+,
-    4k+ tokens: ``_dkdv_tma``); with atomic dQ they lose 10-30%, so the choice is between
-    atomics on pointers and two launches on descriptors.
-    Measured on an H200 (benchmarks/NOTES-flash.md, steps 3-4): atomics win for MHA at 4k+
-    queries with head dims up to 128 (16k causal, d 128: 366 against 325 TFLOP/s for two
-    launches on pointers, 345 on descriptors), except at head dims up to 64 with descriptors
-    (16k full: 338 against 311); with GQA (the dK/dV program then loops over the group, so
-    fewer programs run) and on short or wide-head shapes the separate dQ kernel is as fast or
-    faster (GQA 32:8 4k: 379 against 331; d 192/128: 213 against 138, 237 on descriptors).
-    ``window``: a left window bounds the keys each query sees (``window[0] >= 0``); there the two launches
-    measured 4% faster on pointers (258 against 247 TFLOP/s, window 1024 at 16k, d 128) and
-    8% with descriptors (255 against 235 in the descriptor sweep), so atomics are not used.
+    4k+ tokens: ``_dkdv_tma``). With atomic dQ they lose 10-30%, so the choice is between
+    atomics on pointers and two launches on descriptors, and on an H200 two launches on
+    descriptors won at every dense shape (benchmarks/NOTES-flash.md, step 6: MHA d 128, whole
+    backward, 16k full 14.67 against 15.21 ms, 16k causal 7.45 against 7.72, 4k full 3.84
+    against 4.00, 4k causal 2.20 against 2.28; d 64 16k full 15.67 against 17.66).
+    Without descriptors (older GPUs, float32, dense masks, ``ATTNKIT_FLASH_TMA``) atomics win
+    for MHA at 4k+ queries with head dims up to 128 (steps 3-4: 16k causal, d 128, 366
+    against 325 TFLOP/s for two launches on pointers); with GQA (the dK/dV program then loops
+    over the group, so fewer programs run) and on short or wide-head shapes the separate dQ
+    kernel is as fast or faster (GQA 32:8 4k: 379 against 331; d 192/128: 213 against 138).
+    ``window``: a left window bounds the keys each query sees (``window[0] >= 0``); there the
+    two launches measured 4% faster on pointers (258 against 247 TFLOP/s, window 1024 at 16k,
+    d 128) and 8% with descriptors (255 against 235), so atomics are not used.
     ``ATTNKIT_FLASH_DQ=atomic|kernel`` overrides the choice (tests use it).
     """
     forced = os.environ.get("ATTNKIT_FLASH_DQ", "auto")
     if forced in ("atomic", "kernel"):
         return forced == "atomic"
-    if window or (tma and head_dim <= 64):
+    if window or tma:
         return False
     return group == 1 and seq_q >= 4096 and head_dim <= 128
 
@@ -461,23 +461,6 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
     they gain up to 12%, NOTES-flash.md step 4)."""
     return (seq >= 4096 or tma_explicit()) and use_tma("dkdv", q, k, v, do,
                                                        mask_kind=mask_kind)
-
-
-def _direct_rows(*, tma: bool) -> bool:
-    """Whether the dK/dV kernel loads each query tile's LSE and delta straight into registers
-    (volatile loads) rather than through Triton's software pipeline.
-
-    The pipeline stages them in shared memory with ``cp.async``, which costs a CTA barrier per
-    query tile beside the descriptor loads, and the registers that hold the stage addresses:
-    compiled for sm90 with descriptors (64x128 tiles, 8 warps, d 128) the kernel spills 216
-    bytes per thread that way and 56 with direct loads (``benchmarks/sm90_resources.py``);
-    on pointers direct loads spill more (992 against 928). So: direct with descriptors
-    (``tma``). ``ATTNKIT_FLASH_ROWS=direct|pipelined`` overrides the choice.
-    """
-    forced = os.environ.get("ATTNKIT_FLASH_ROWS", "auto")
-    if forced in ("direct", "pipelined"):
-        return forced == "direct"
-    return tma
 
 
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
@@ -573,8 +556,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
         *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen), *lstrides,
         kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
-        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma and not atomic,
-        DIRECT_ROWS=_direct_rows(tma=tma and not atomic), **common)
+        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma and not atomic, **common)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
 

@@ -83,10 +83,11 @@ def attention(
         deterministic: make the backward bitwise reproducible. The Triton backward then
             computes dq in its own kernel instead of adding it with float32 atomics, which
             recomputes the scores once more (7 instead of 5 matmuls per tile pair). Its cost,
-            measured on an H200: none where the default takes that path anyway (GQA, sliding
-            windows, short or wide-head shapes, d <= 64 on Hopper); for MHA at d 128 and 4k+
-            tokens from 5% faster (no causal mask, TMA descriptors) to 12% slower (16k causal,
-            pointer loads as on pre-Hopper GPUs). Also on whenever
+            measured on an H200: none where the default takes that path anyway, which on
+            Hopper is every shape whose backward reads through TMA descriptors (4k+ tokens,
+            16-bit inputs, no dense mask), and GQA, sliding windows, short or wide-head shapes
+            everywhere; for MHA at d <= 128 and 4k+ tokens on pointer loads (pre-Hopper GPUs,
+            dense masks) up to 12% slower (16k causal). Also on whenever
             ``torch.use_deterministic_algorithms(True)`` is set. The reference is always
             deterministic.
         backend: ``"auto"`` (Triton on CUDA when it can serve the call, else the reference),
