@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnkit.kernels.flash_common import launch, next_power_of_2
+from attnkit.kernels.flash_common import launch, next_power_of_2, tuned
 
 BENCHED: list[int] = []
 
@@ -43,7 +43,11 @@ def test_launch_tunes_once_then_skips_the_autotuner(monkeypatch):
                         real_run(*a, **k))
     x = torch.randn(100)
     y = torch.full((100,), float("nan"))
+    assert not tuned(_scale_kernel, x, y, 100, 3.0)
     launch(_scale_kernel, _grid(100), x, y, 100, 3.0)
+    assert tuned(_scale_kernel, x, y, 100, -1.0)  # the key is N (and the dtypes) only
+    assert not tuned(_scale_kernel, x, y, 37, 3.0)
+    assert not tuned(_scale_kernel, x.double(), y.double(), 100, 3.0)
     assert torch.equal(y, x * 3.0)
     assert len(tuner_runs) == 1 and len(BENCHED) == 2
     assert _scale_kernel.best_config.kwargs == {"BLOCK": 32}
@@ -60,6 +64,7 @@ def test_launch_tunes_once_then_skips_the_autotuner(monkeypatch):
     assert len(tuner_runs) == 2 and len(BENCHED) == 4
 
     _scale_kernel.cache.clear()  # resetting the autotuner resets the picks
+    assert not tuned(_scale_kernel, x, y, 100, 1.0)
     launch(_scale_kernel, _grid(100), x, y, 100, 1.0)
     assert torch.equal(y, x)
     assert len(tuner_runs) == 3 and len(BENCHED) == 6
@@ -71,3 +76,12 @@ def test_next_power_of_2_matches_triton(n, expected):
     assert next_power_of_2(n) == expected
     if n >= 1:
         assert next_power_of_2(n) == triton.next_power_of_2(n)
+
+
+def test_overlap_choice(monkeypatch):
+    """The dQ kernel runs beside the dK/dV kernel only on CUDA; the override wins there."""
+    from attnkit.kernels import flash_bwd
+    cpu = torch.zeros(1)
+    for value in ("auto", "0", "1"):
+        monkeypatch.setenv("ATTNKIT_FLASH_OVERLAP", value)
+        assert not flash_bwd._overlap(cpu)

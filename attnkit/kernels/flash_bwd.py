@@ -30,6 +30,7 @@ kernels read it as ``+inf`` so their probabilities, and all their gradients, are
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -53,6 +54,7 @@ from attnkit.kernels.flash_common import (
     tile_key_range,
     tile_source,
     tma_explicit,
+    tuned,
     use_tma,
     visible_scores,
 )
@@ -463,6 +465,31 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
                                                        mask_kind=mask_kind)
 
 
+def _overlap(q: torch.Tensor) -> bool:
+    """Whether the two-launch backward runs its dQ kernel beside the dK/dV kernel, on a side
+    stream (CUDA only, once both kernels are tuned for the call's key, so that the autotuner
+    never times a candidate beside the other kernel).
+
+    The dK/dV kernel's 255 registers per thread leave room for one of its programs per SM, and
+    its grid rarely fills the last wave (2048 programs on 132 SMs: 15.5 waves); the dQ
+    kernel's first programs fill those SMs instead of waiting for the whole kernel.
+    ``ATTNKIT_FLASH_OVERLAP=0|1`` overrides the choice.
+    """
+    forced = os.environ.get("ATTNKIT_FLASH_OVERLAP", "auto")
+    if forced in ("0", "1"):
+        return forced == "1" and q.is_cuda and not interpreting()
+    return q.is_cuda and not interpreting() and OVERLAP_DEFAULT
+
+
+OVERLAP_DEFAULT = False  # until measured: benchmarks/probe_step6.py
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for ``_overlap`` (created on first use)."""
+    return torch.cuda.Stream(device)
+
+
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
     """(batch, seq, head) strides of a dense ``[b, s, h, d]`` or packed ``[t, h, d]`` tensor."""
     return (0, *t.stride()[:2]) if varlen else tuple(t.stride()[:3])
@@ -552,20 +579,36 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     def kv_grid(meta):
         return (triton.cdiv(sk, meta["BLOCK_N"]), batch * hk)
 
-    launch(_bwd_dkdv_kernel, kv_grid,
-        q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
-        *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen), *lstrides,
-        kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
-        HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma and not atomic, **common)
-    if atomic:
-        return dq_acc.to(q.dtype), dk, dv
-
     def q_grid(meta):
         return (triton.cdiv(sq, meta["BLOCK_M"]), batch * hq)
 
-    launch(_bwd_dq_kernel, q_grid,
-        q, k, v, do, lse, delta, dq_acc, cu_q, cu_k, seed, kpm, mask_t,
-        *qs, *ks, *vs, *dos, *dqs, *lstrides, kpm_stride, *mstrides,
-        sq, sk, qk_scale, softcap_scale, scale, float(dropout_p),
-        HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind), **common)
+    dkdv_args = (q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
+                 *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen),
+                 *lstrides, kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale,
+                 float(dropout_p))
+    dkdv_opts = dict(HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma and not atomic,
+                     **common)
+    if atomic:
+        launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
+        return dq_acc.to(q.dtype), dk, dv
+    dq_args = (q, k, v, do, lse, delta, dq_acc, cu_q, cu_k, seed, kpm, mask_t,
+               *qs, *ks, *vs, *dos, *dqs, *lstrides, kpm_stride, *mstrides,
+               sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
+    dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind),
+                   **common)
+    if _overlap(q) and tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts) \
+            and tuned(_bwd_dq_kernel, *dq_args, **dq_opts):
+        # The dQ kernel on a side stream, so its programs take the SMs that the dK/dV
+        # kernel's last wave leaves idle (``_overlap``). Both only read what the preprocess
+        # wrote; the main stream waits for the side stream before anything reads dQ.
+        main = torch.cuda.current_stream(q.device)
+        side = _side_stream(q.device)
+        side.wait_stream(main)
+        launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
+        with torch.cuda.stream(side):
+            launch(_bwd_dq_kernel, q_grid, *dq_args, **dq_opts)
+        main.wait_stream(side)
+        return dq_acc, dk, dv
+    launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
+    launch(_bwd_dq_kernel, q_grid, *dq_args, **dq_opts)
     return dq_acc, dk, dv

@@ -137,6 +137,19 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     Example (inside a launcher; ``grid`` a callable of the config's meta-parameters):
         >>> launch(_flash_fwd_kernel, grid, q, k, v, ..., D=128, TMA=False, SEQ_BUCKET=1024)
     """
+    picks, key = _picks_and_key(kernel, args, kwargs)
+    config = picks.get(key)
+    if config is None:
+        kernel[grid](*args, **kwargs)
+        if kernel.cache:  # a single-config autotuner keeps no cache: nothing to skip then
+            picks[key] = kernel.best_config
+        return
+    kernel.best_config = config  # what the autotuner would report for this launch
+    kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+
+def _picks_and_key(kernel, args, kwargs) -> tuple[dict, tuple]:
+    """``launch``'s picks for ``kernel`` and the key of one call's arguments."""
     picks = _PICKS.setdefault(id(kernel), {})
     if not kernel.cache:  # the autotuner was reset (tests do, to force a config): so are we
         picks.clear()
@@ -146,14 +159,21 @@ def launch(kernel, grid, *args, **kwargs) -> None:
                                                for name in kernel.keys)
     key = (*(kwargs[name] if name in kwargs else args[i] for name, i in slots),
            *(a.dtype for a in args if isinstance(a, torch.Tensor)))
-    config = picks.get(key)
-    if config is None:
-        kernel[grid](*args, **kwargs)
-        if kernel.cache:  # a single-config autotuner keeps no cache: nothing to skip then
-            picks[key] = kernel.best_config
-        return
-    kernel.best_config = config  # what the autotuner would report for this launch
-    kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+    return picks, key
+
+
+def tuned(kernel, *args, **kwargs) -> bool:
+    """Whether ``launch(kernel, grid, *args, **kwargs)`` would skip the autotuner (a config
+    is picked for this key already, or the kernel has a single config).
+
+    Example:
+        >>> tuned(_bwd_dq_kernel, q, k, ..., HQ=16, TMA=False)  # before any launch
+        False
+    """
+    if len(kernel.configs) == 1:
+        return True
+    picks, key = _picks_and_key(kernel, args, kwargs)
+    return key in picks
 
 
 def tuning_limited() -> bool:
