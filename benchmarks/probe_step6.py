@@ -7,7 +7,8 @@ kernel) timed by ``do_bench`` (median) under each path the environment overrides
 
 - ``atomic``: dQ added with atomics from the dK/dV kernel, which then reads through pointers
   (the shipped path for MHA at 4k+ tokens and head dims up to 128 before step 6);
-- ``two``: two launches, the dK/dV kernel on descriptors at 4k+ tokens;
+- ``two``: two launches one after the other, the dK/dV kernel on descriptors at 4k+ tokens;
+- ``two_overlap``: the same with the dQ kernel on a side stream (``_overlap``);
 - ``auto``: whatever the launcher picks with no override.
 
 ``results/probe-h200-2026-12-01-step6.json`` also has ``atomic_direct`` and ``two_direct``
@@ -43,13 +44,13 @@ OUT = os.environ.get("OUT", "/tmp")
 PATHS = {
     "auto": {},
     "atomic": {"ATTNKIT_FLASH_DQ": "atomic"},
-    "two": {"ATTNKIT_FLASH_DQ": "kernel"},
+    "two": {"ATTNKIT_FLASH_DQ": "kernel", "ATTNKIT_FLASH_OVERLAP": "0"},
+    "two_overlap": {"ATTNKIT_FLASH_DQ": "kernel", "ATTNKIT_FLASH_OVERLAP": "1"},
 }
-CASES = ("mha d128 s1k full", "mha d128 s1k causal", "mha d128 s4k full",
-         "mha d128 s4k causal", "mha d128 s16k full", "mha d128 s16k causal",
-         "mha d64 s4k full", "mha d64 s4k causal", "mha d64 s16k full", "mha d64 s16k causal",
-         "gqa 32:8 d128 s4k full", "gqa 32:8 d128 s4k causal",
-         "window 1024 d128 s16k causal", "mla d192/128 s4k full")
+CASES = ("mha d128 s16k full", "mha d128 s4k full", "mha d128 s1k full", "mha d128 s4k causal",
+         "mha d128 s16k causal", "mha d128 s1k causal", "window 1024 d128 s16k causal",
+         "gqa 32:8 d128 s4k full", "mha d64 s16k full", "mha d64 s4k causal",
+         "mha d64 s16k causal", "gqa 32:8 d128 s4k causal", "mla d192/128 s4k full")
 
 
 def _with_env(env: dict, fn):
