@@ -79,9 +79,20 @@ def test_next_power_of_2_matches_triton(n, expected):
 
 
 def test_overlap_choice(monkeypatch):
-    """The dQ kernel runs beside the dK/dV kernel only on CUDA; the override wins there."""
+    """The dQ kernel runs beside the dK/dV kernel up to 4k tokens or with a left window, only
+    on CUDA; the override wins there."""
     from attnkit.kernels import flash_bwd
     cpu = torch.zeros(1)
     for value in ("auto", "0", "1"):
         monkeypatch.setenv("ATTNKIT_FLASH_OVERLAP", value)
-        assert not flash_bwd._overlap(cpu)
+        assert not flash_bwd._overlap(cpu, seq=1024, window=False)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(flash_bwd, "interpreting", lambda: False)
+    monkeypatch.setenv("ATTNKIT_FLASH_OVERLAP", "auto")
+    assert flash_bwd._overlap(cpu, seq=4096, window=False)
+    assert flash_bwd._overlap(cpu, seq=16384, window=True)
+    assert not flash_bwd._overlap(cpu, seq=16384, window=False)
+    monkeypatch.setenv("ATTNKIT_FLASH_OVERLAP", "1")
+    assert flash_bwd._overlap(cpu, seq=16384, window=False)
+    monkeypatch.setenv("ATTNKIT_FLASH_OVERLAP", "0")
+    assert not flash_bwd._overlap(cpu, seq=1024, window=False)

@@ -465,23 +465,27 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
                                                        mask_kind=mask_kind)
 
 
-def _overlap(q: torch.Tensor) -> bool:
+def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:
     """Whether the two-launch backward runs its dQ kernel beside the dK/dV kernel, on a side
     stream (CUDA only, once both kernels are tuned for the call's key, so that the autotuner
     never times a candidate beside the other kernel).
 
     The dK/dV kernel's 255 registers per thread leave room for one of its programs per SM, and
     its grid rarely fills the last wave (2048 programs on 132 SMs: 15.5 waves); the dQ
-    kernel's first programs fill those SMs instead of waiting for the whole kernel.
+    kernel's first programs fill those SMs instead of waiting for the whole kernel. Measured
+    on an H200 (benchmarks/NOTES-flash.md, step 6, whole backward): 1-3% faster up to 4k
+    tokens (d 128 1k full 1.116 against 1.154 ms, 4k causal 2.125 against 2.178; GQA 32:8 4k
+    6.81 against 6.96) and with a left window (16k, window 1024: 1.430 against 1.467), but
+    0-2% slower at 16k tokens otherwise (d 64 16k full 15.90 against 15.58), so: ``seq``
+    (the longer of the query and key lengths) up to 4096, or ``window``.
     ``ATTNKIT_FLASH_OVERLAP=0|1`` overrides the choice.
     """
+    if not q.is_cuda or interpreting():
+        return False
     forced = os.environ.get("ATTNKIT_FLASH_OVERLAP", "auto")
     if forced in ("0", "1"):
-        return forced == "1" and q.is_cuda and not interpreting()
-    return q.is_cuda and not interpreting() and OVERLAP_DEFAULT
-
-
-OVERLAP_DEFAULT = False  # until measured: benchmarks/probe_step6.py
+        return forced == "1"
+    return seq <= 4096 or window
 
 
 @functools.cache
@@ -596,7 +600,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
     dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind),
                    **common)
-    if _overlap(q) and tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts) \
+    if _overlap(q, seq=max(sq, sk), window=left >= 0) and tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts) \
             and tuned(_bwd_dq_kernel, *dq_args, **dq_opts):
         # The dQ kernel on a side stream, so its programs take the SMs that the dK/dV
         # kernel's last wave leaves idle (``_overlap``). Both only read what the preprocess
