@@ -25,6 +25,8 @@ Usage (CUDA)::
 
     PYTHONPATH=. OUT=/tmp python benchmarks/probe_step6.py [case substring ...]
     # -> $OUT/probe6.json
+    PYTHONPATH=. OUT=/tmp python benchmarks/probe_step6.py window_tiles
+    # -> $OUT/probe6-window.json: the window case's backward with fixed tile pairs
 """
 
 from __future__ import annotations
@@ -87,7 +89,46 @@ def one_case(name: str) -> dict:
     return row
 
 
+WINDOW_TILES = {"dkdv 64x128 w8 s3, dq 128x64 w8 s3": ((64, 128, 8, 3), (128, 64, 8, 3)),
+                "dkdv 64x64 w4 s2, dq 64x64 w4 s2": ((64, 64, 4, 2), (64, 64, 4, 2)),
+                "dkdv 64x64 w4 s2, dq 128x64 w8 s3": ((64, 64, 4, 2), (128, 64, 8, 3)),
+                "dkdv 64x128 w8 s3, dq 64x64 w4 s2": ((64, 128, 8, 3), (64, 64, 4, 2))}
+
+
+def window_tiles(name: str = "window 1024 d128 s16k causal") -> dict:
+    """The whole backward of ``name`` with each pair of tiles the autotuner picked in runs 5
+    and 6 (and the two mixes), sequential and overlapped."""
+    q, k, v, opts = _dense_case(name)
+    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+    do = torch.randn_like(out)
+    saved = flash_bwd.DKDV_TILES[128], flash_bwd.DQ_TILES[128]
+    row = {}
+    try:
+        for label, (dkdv, dq) in WINDOW_TILES.items():
+            flash_bwd.DKDV_TILES[128], flash_bwd.DQ_TILES[128] = (dkdv,), (dq,)
+            flash_bwd._bwd_dkdv_kernel.cache.clear()
+            flash_bwd._bwd_dq_kernel.cache.clear()
+            for overlap in ("0", "1"):
+                row[f"{label}, overlap {overlap}"] = round(_with_env(
+                    {"ATTNKIT_FLASH_OVERLAP": overlap}, lambda: triton.testing.do_bench(
+                        lambda: flash_bwd.flash_bwd(do, q, k, v, out, lse, deterministic=False,
+                                                    **opts),
+                        warmup=100, rep=200, return_mode="median")), 4)
+            print(label, row, flush=True)
+    finally:
+        flash_bwd.DKDV_TILES[128], flash_bwd.DQ_TILES[128] = saved
+        flash_bwd._bwd_dkdv_kernel.cache.clear()
+        flash_bwd._bwd_dq_kernel.cache.clear()
+    return row
+
+
 def main() -> None:
+    if sys.argv[1:] == ["window_tiles"]:
+        result = {"gpu_start": gpu_state(), "window_tiles": window_tiles(),
+                  "gpu_end": gpu_state()}
+        with open(os.path.join(OUT, "probe6-window.json"), "w") as fh:
+            json.dump(result, fh, indent=1)
+        return
     wanted = [c for c in CASES if not sys.argv[1:] or any(a in c for a in sys.argv[1:])]
     result = {"gpu_start": gpu_state()}
     start = time.perf_counter()
