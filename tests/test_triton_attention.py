@@ -316,28 +316,6 @@ def test_launch_configs_for_fp32_and_masks(monkeypatch):
 
 
 @needs_kernels
-def test_narrow_windows_keep_the_small_backward_tiles(monkeypatch):
-    """Backward launches at head width 128 with a left window of at most 1024 keys try only
-    the 64x64 rows; wider windows, other widths and the forward keep the whole table."""
-    from attnkit.kernels import flash_bwd, flash_fwd
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.delenv("ATTNKIT_FLASH_TUNE", raising=False)
-
-    def tiles(kernel, **kwargs):
-        prune = kernel.early_config_prune
-        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-                for c in prune(kernel.configs, {}, BLOCK_D=128, BLOCK_DV=128, **kwargs)]
-
-    for kernel, table in ((flash_bwd._bwd_dkdv_kernel, flash_bwd.DKDV_TILES),
-                          (flash_bwd._bwd_dq_kernel, flash_bwd.DQ_TILES)):
-        assert tiles(kernel, WIN_LEFT=1024) == [(64, 64, 4, 2)]
-        assert tiles(kernel, WIN_LEFT=0) == [(64, 64, 4, 2)]
-        for left in (-1, 1025, 4096):
-            assert tiles(kernel, WIN_LEFT=left) == list(table[128])
-    assert tiles(flash_fwd._flash_fwd_kernel, WIN_LEFT=1024) == list(flash_fwd.FWD_TILES[128])
-
-
-@needs_kernels
 def test_dq_path_choice_and_override(monkeypatch):
     """Atomics only where the H200 runs measured them faster than the two-launch paths (MHA
     at 4k+ without descriptors); the override wins."""

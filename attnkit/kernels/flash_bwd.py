@@ -196,8 +196,7 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
 @triton.autotune(configs=all_configs(DKDV_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP",
                       "ATOMIC_DQ", "TMA"],
-                 prune_configs_by={"early_config_prune": pruner(
-                     DKDV_TILES, narrow_window_rows=((64, 64, 4, 2),))},
+                 prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
                  do_bench=autotune_bench,
                  reset_to_zero=["dq_ptr"])
 @triton.jit
@@ -339,8 +338,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
 
 @triton.autotune(configs=all_configs(DQ_TILES),
                  key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "TMA"],
-                 prune_configs_by={"early_config_prune": pruner(
-                     DQ_TILES, narrow_window_rows=((64, 64, 4, 2),))},
+                 prune_configs_by={"early_config_prune": pruner(DQ_TILES)},
                  do_bench=autotune_bench)
 @triton.jit
 def _bwd_dq_kernel(

@@ -64,8 +64,7 @@ def _config(row: tuple[int, int, int, int]) -> triton.Config:
 
 
 def tile_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]], width: int, *,
-                 masked: bool = False, fp32: bool = False,
-                 only: tuple[tuple[int, int, int, int], ...] = ()) -> list[triton.Config]:
+                 masked: bool = False, fp32: bool = False) -> list[triton.Config]:
     """Autotune configs ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` for a head-dim width.
 
     ``table`` maps the widest padded head dim (64, 128, 256) to its candidates, best guess
@@ -74,8 +73,6 @@ def tile_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]], width:
     only tiles of at most 64 x 64 with at most two stages are kept (the large tiles overflow
     the 227 KiB of an H100's shared memory).
     ``fp32``: float32 inputs get the one small config of ``FP32_TILES``.
-    ``only``: keep just these rows of the table where it has them (``pruner``'s narrow
-    windows).
     """
     if interpreting():
         return [_config((16, 16, 4, 1))]
@@ -83,7 +80,6 @@ def tile_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]], width:
     if fp32:
         return [_config((*FP32_TILES[key], 4, 1))]
     rows = table[key]
-    rows = tuple(row for row in rows if row in only) or rows
     if masked:
         rows = tuple((bm, bn, w, min(st, 2)) for bm, bn, w, st in rows
                      if bm * bn <= MASKED_TILE_AREA) or ((64, 32, 4, 1),)
@@ -91,31 +87,16 @@ def tile_configs(table: dict[int, tuple[tuple[int, int, int, int], ...]], width:
     return configs[:1] if tuning_limited() else configs
 
 
-NARROW_WINDOW = 1024  # keys; see ``pruner``
-
-
-def pruner(table: dict[int, tuple[tuple[int, int, int, int], ...]], *,
-           narrow_window_rows: tuple[tuple[int, int, int, int], ...] = ()):
+def pruner(table: dict[int, tuple[tuple[int, int, int, int], ...]]):
     """An ``early_config_prune`` that swaps in ``table``'s configs for the launch's head dims,
-    mask kind and input dtype.
-
-    ``narrow_window_rows``: the only rows tried at head width 128 when a left window of at
-    most ``NARROW_WINDOW`` keys bounds each query (backward kernels). There the autotuner,
-    timing each kernel alone, has picked 64x128 / 128x64 tiles in one H200 run and 64x64 in
-    another, and the whole backward with 64x64 tiles in both kernels ran 12-14% faster
-    (window 1024 at 16k: 1.27 against 1.42-1.48 ms, benchmarks/NOTES-flash.md step 6).
-    """
+    mask kind and input dtype."""
 
     def prune(configs, named_args, **kwargs):
-        def arg(name, default):
-            return kwargs.get(name, named_args.get(name, default))
-
-        width = max(arg("BLOCK_D", 64), arg("BLOCK_DV", 64))
-        masked = arg("MASK_KIND", 0) != 0
+        width = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
+                    kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64)))
+        masked = kwargs.get("MASK_KIND", named_args.get("MASK_KIND", 0)) != 0
         fp32 = getattr(named_args.get("q_ptr"), "dtype", None) == torch.float32
-        narrow = 64 < width <= 128 and 0 <= arg("WIN_LEFT", -1) <= NARROW_WINDOW
-        return tile_configs(table, width, masked=masked, fp32=fp32,
-                            only=narrow_window_rows if narrow else ())
+        return tile_configs(table, width, masked=masked, fp32=fp32)
 
     return prune
 
