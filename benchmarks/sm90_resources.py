@@ -60,7 +60,7 @@ def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: in
     const = dict(HQ=16 * group, HK=16, GROUP=group, D=d, DV=dv,
                  BLOCK_D=max(16, triton.next_power_of_2(d)),
                  BLOCK_DV=max(16, triton.next_power_of_2(dv)), VARLEN=False, IS_CAUSAL=causal,
-                 WIN_LEFT=left, WIN_RIGHT=right, HAS_WINDOW=(left, right) != (-1, -1),
+                 WIN_LEFT=left, WIN_RIGHT=right,
                  HAS_KPM=False, MASK_KIND=mask_kind, SOFTCAP=False, DROPOUT=False,
                  DOT_PREC="tf32x3" if dtype == "fp32" else "tf32", ATOMIC_DQ=atomic, TMA=tma, **dict(zip(names, blocks)))
     const = {k: v for k, v in const.items() if k in params}

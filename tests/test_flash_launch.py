@@ -4,6 +4,8 @@ The flash kernels' autotuners hold one config under the interpreter, so the skip
 on a small two-config kernel whose timing function prefers the second config.
 """
 
+import os
+
 import pytest
 import torch
 import triton
@@ -96,3 +98,33 @@ def test_overlap_choice(monkeypatch):
     assert flash_bwd._overlap(cpu, seq=16384, window=False)
     monkeypatch.setenv("ATTNKIT_FLASH_OVERLAP", "0")
     assert not flash_bwd._overlap(cpu, seq=1024, window=False)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the kernels on CPU")
+def test_causal_and_windowed_calls_are_tuned_apart(monkeypatch):
+    """Every flash kernel's autotune key tells a sliding window from plain causal attention
+    (and one window size from another): a causal call's tiles must not serve a windowed one.
+    (Before step 6 the key held only whether any window was set, and causal attention sets a
+    right window of 0, so a windowed backward took the causal shape's tiles: 12% slower.)"""
+    import attnkit
+    from attnkit.kernels import flash_bwd, flash_common, flash_fwd
+
+    keys: dict[str, dict] = {}  # call -> kernel name -> autotune key
+    now = []  # the call being made
+    real = flash_common.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        keys.setdefault(now[-1], {})[kernel.base_fn.__name__] = \
+            flash_common._picks_and_key(kernel, args, kwargs)[1]
+        return real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(flash_fwd, "launch", spy)
+    monkeypatch.setattr(flash_bwd, "launch", spy)
+    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "kernel")
+    q = torch.randn(1, 40, 2, 32, dtype=torch.float16, requires_grad=True)
+    for label, window in (("causal", (-1, -1)), ("window 7", (7, 0)), ("window 9", (9, 0))):
+        now.append(label)
+        attnkit.attention(q, q, q, causal=True, window=window, backend="triton").sum().backward()
+    assert set(keys["causal"]) == {"_flash_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}
+    for name in keys["causal"]:
+        assert len({keys[label][name] for label in keys}) == 3, name

@@ -194,8 +194,8 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
 
 
 @triton.autotune(configs=all_configs(DKDV_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "GROUP",
-                      "ATOMIC_DQ", "TMA"],
+                 key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
+                      "GROUP", "ATOMIC_DQ", "TMA"],
                  prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
                  do_bench=autotune_bench,
                  reset_to_zero=["dq_ptr"])
@@ -212,7 +212,7 @@ def _bwd_dkdv_kernel(
     HQ: tl.constexpr, HK: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
     DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
     DOT_PREC: tl.constexpr, TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -337,7 +337,8 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
 
 
 @triton.autotune(configs=all_configs(DQ_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "TMA"],
+                 key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
+                      "TMA"],
                  prune_configs_by={"early_config_prune": pruner(DQ_TILES)},
                  do_bench=autotune_bench)
 @triton.jit
@@ -352,7 +353,7 @@ def _bwd_dq_kernel(
     HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
     TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -567,7 +568,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         right = 0
     common = dict(D=d, DV=dv_dim, BLOCK_D=head_block(d), BLOCK_DV=head_block(dv_dim),
                   VARLEN=varlen, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
-                  HAS_WINDOW=(left, right) != (-1, -1), HAS_KPM=key_padding_mask is not None,
+                  HAS_KPM=key_padding_mask is not None,
                   MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
                   DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
 )

@@ -90,7 +90,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
 
 
 @triton.autotune(configs=all_configs(FWD_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "HAS_WINDOW", "MASK_KIND", "SEQ_BUCKET", "TMA"],
+                 key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
+                      "TMA"],
                  prune_configs_by={"early_config_prune": pruner(FWD_TILES)},
                  do_bench=autotune_bench)
 @triton.jit
@@ -103,7 +104,7 @@ def _flash_fwd_kernel(
     HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
     TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -275,7 +276,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         sq, sk, qk_scale, softcap_scale, float(dropout_p),
         HQ=hq, GROUP=hq // hk, D=d, DV=dv, BLOCK_D=head_block(d), BLOCK_DV=head_block(dv),
         VARLEN=varlen, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
-        HAS_WINDOW=(left, right) != (-1, -1), HAS_KPM=key_padding_mask is not None,
+        HAS_KPM=key_padding_mask is not None,
         MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
         DOT_PREC=dot_precision(q.dtype), TMA=tma,
         SEQ_BUCKET=seq_bucket(max(sq, sk)),
