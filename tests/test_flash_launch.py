@@ -128,3 +128,23 @@ def test_causal_and_windowed_calls_are_tuned_apart(monkeypatch):
     assert set(keys["causal"]) == {"_flash_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}
     for name in keys["causal"]:
         assert len({keys[label][name] for label in keys}) == 3, name
+
+
+def test_every_variant_flag_is_in_the_autotune_keys():
+    """Each flash kernel's autotune key holds every compile-time flag that changes the work of
+    a program, so that no variant runs with tiles tuned for another. Left out: the tile sizes
+    (what is tuned), the padded head dims and the dot precision (functions of ``D``/``DV``
+    and the dtypes, which the key holds), head counts and, where a program serves one query
+    head, the group size (the same work per program)."""
+    import inspect
+
+    from attnkit.kernels import flash_bwd, flash_fwd
+
+    derived = {"BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "DOT_PREC", "HQ", "HK"}
+    for kernel, per_query_head in ((flash_fwd._flash_fwd_kernel, True),
+                                   (flash_bwd._bwd_dkdv_kernel, False),  # loops over the group
+                                   (flash_bwd._bwd_dq_kernel, True)):
+        params = inspect.signature(kernel.base_fn).parameters
+        flags = {name for name, p in params.items() if "constexpr" in str(p.annotation)}
+        missing = flags - derived - ({"GROUP"} if per_query_head else set()) - set(kernel.keys)
+        assert not missing, (kernel.base_fn.__name__, sorted(missing))

@@ -195,7 +195,7 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
 
 @triton.autotune(configs=all_configs(DKDV_TILES),
                  key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
-                      "GROUP", "ATOMIC_DQ", "TMA"],
+                      "VARLEN", "HAS_KPM", "SOFTCAP", "DROPOUT", "GROUP", "ATOMIC_DQ", "TMA"],
                  prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
                  do_bench=autotune_bench,
                  reset_to_zero=["dq_ptr"])
@@ -338,7 +338,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
 
 @triton.autotune(configs=all_configs(DQ_TILES),
                  key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
-                      "TMA"],
+                      "VARLEN", "HAS_KPM", "SOFTCAP", "DROPOUT", "TMA"],
                  prune_configs_by={"early_config_prune": pruner(DQ_TILES)},
                  do_bench=autotune_bench)
 @triton.jit

@@ -91,7 +91,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
 
 @triton.autotune(configs=all_configs(FWD_TILES),
                  key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
-                      "TMA"],
+                      "VARLEN", "HAS_KPM", "SOFTCAP", "DROPOUT", "TMA"],
                  prune_configs_by={"early_config_prune": pruner(FWD_TILES)},
                  do_bench=autotune_bench)
 @triton.jit
