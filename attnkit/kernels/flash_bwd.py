@@ -18,6 +18,8 @@ Three launches:
    one program per (query tile, batch x query head)
    recomputes the scores and accumulates dQ on chip: no atomics, bitwise reproducible, at the
    cost of recomputing ``q @ k^T`` and ``dO @ v^T`` once more (about 7 instead of 5 matmuls).
+   Up to 4k tokens and with windows it runs on a side stream beside the dK/dV kernel
+   (``_overlap``), filling the SMs that kernel's last wave leaves idle.
 
 On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
 tokens (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma`` says when descriptors are
@@ -476,9 +478,10 @@ def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:
     kernel's first programs fill those SMs instead of waiting for the whole kernel. Measured
     on an H200 (benchmarks/NOTES-flash.md, step 6, whole backward): 1-3% faster up to 4k
     tokens (d 128 1k full 1.116 against 1.154 ms, 4k causal 2.125 against 2.178; GQA 32:8 4k
-    6.81 against 6.96) and with a left window (16k, window 1024: 1.430 against 1.467), but
-    0-2% slower at 16k tokens otherwise (d 64 16k full 15.90 against 15.58), so: ``seq``
-    (the longer of the query and key lengths) up to 4096, or ``window``.
+    6.81 against 6.96) and with a left window (16k, window 1024 with 64x128 / 128x64 tiles:
+    1.430 against 1.467; with 64x64 tiles in both kernels the same, 1.272), but 0-2% slower
+    at 16k tokens otherwise (d 64 16k full 15.90 against 15.58), so: ``seq`` (the longer of
+    the query and key lengths) up to 4096, or ``window``.
     ``ATTNKIT_FLASH_OVERLAP=0|1`` overrides the choice.
     """
     if not q.is_cuda or interpreting():
