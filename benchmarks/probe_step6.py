@@ -14,9 +14,10 @@ kernel) timed by ``do_bench`` (median) under each path the environment overrides
 ``results/probe-h200-2026-12-01-step6.json`` also has ``atomic_direct`` and ``two_direct``
 rows, and ``auto`` there is ``two_direct`` at 4k+: they were measured at commit e29d9dd, where
 the dK/dV kernel could load each query tile's LSE and delta with volatile loads, outside
-Triton's software pipeline (``ATTNKIT_FLASH_ROWS=direct``). Offline that cut the kernel's
-spills on descriptors from 216 to 56 bytes per thread, but it ran slower at 9 of 11 shapes (by
-up to 14%; within 1.5% at the other two), so it was taken out again.
+Triton's software pipeline (``ATTNKIT_FLASH_ROWS=direct``). Offline (unspecialised
+arguments) that cut the kernel's spills on descriptors from 216 to 56 bytes per thread, but it
+ran slower at 9 of 11 shapes (by up to 14%; within 1.5% at the other two), so it was taken out
+again.
 
 Each path's gradients are compared with the ``auto`` path's on the same inputs
 (``rel_err_vs_auto``: max abs difference over max abs value; rounding only, about 1e-3).

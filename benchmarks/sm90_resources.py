@@ -3,7 +3,10 @@
 Triton compiles to a cubin without a device when given a target; ``cuobjdump`` (shipped with
 Triton) then reports registers per thread, stack (register spills) and shared memory. A
 kernel that spills (STACK > 0) or needs more than 227 KiB of shared memory is slow or does
-not launch on an H100: this check costs no device time.
+not launch on an H100: this check costs no device time. Arguments are marked divisible by 16,
+as the GPU's JIT specialises them for aligned tensors and sizes (``--no-specialise``: unknown
+divisibility, which gives other code and far more spills; the figures of steps 4-5 of
+``NOTES-flash.md`` were made that way).
 
 Usage::
 
@@ -47,9 +50,15 @@ POINTER_TYPES = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_q_ptr": "*i32",
 def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: int, d: int = 128,
                  dv: int | None = None, causal: bool = False, window: tuple[int, int] = (-1, -1),
                  group: int = 1, atomic: bool = False, mask_kind: int = 0,
-                 dtype: str = "bf16", tma: bool = False) -> dict:
+                 dtype: str = "bf16", tma: bool = False, specialise: bool = True) -> dict:
     """Compile one kernel variant for sm90 (``dtype`` inputs: bf16, fp16 or fp32); return its
-    resource figures."""
+    resource figures.
+
+    ``specialise``: mark every pointer and integer argument divisible by 16, as Triton's JIT
+    does on the GPU for aligned tensors and sizes like the prefill suite's (without it, strides
+    of unknown alignment give other code: the dK/dV kernel on pointers then spills 928 bytes
+    per thread at 64x128 w8 s3, d 128, where the GPU's build keeps K and V in shared memory).
+    """
     dv = dv or d
     jit, names = KERNELS[kernel]
     fn = jit.fn
@@ -74,7 +83,12 @@ def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: in
             sig[p] = "i32"
         else:
             sig[p] = "fp32"
-    src = ASTSource(fn, sig, constexprs={(params.index(k),): v for k, v in const.items()})
+    attrs = {}
+    if specialise:  # what the GPU's JIT assumes of 16-byte aligned pointers and sizes
+        attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params)
+                 if sig[p].startswith("*") or sig[p] == "i32"}
+    src = ASTSource(fn, sig, constexprs={(params.index(k),): v for k, v in const.items()},
+                    attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=warps, num_stages=stages))
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,6 +128,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--tma", action="store_true", help="tiles through TMA descriptors")
     parser.add_argument("--atomic", action="store_true", help="dK/dV kernel with atomic dQ")
+    parser.add_argument("--no-specialise", action="store_true",
+                        help="integer and pointer arguments of unknown divisibility")
     args = parser.parse_args()
     if args.kernel:
         rows = [(args.kernel, tuple(int(x) for x in args.blocks.split(",")), args.warps,
@@ -125,7 +141,8 @@ def main() -> None:
         try:
             r = compile_sm90(kernel, blocks=blocks, warps=warps, stages=stages, d=d, dv=dv,
                              causal=args.causal or not args.kernel, dtype=args.dtype,
-                             tma=args.tma, atomic=args.atomic)
+                             tma=args.tma, atomic=args.atomic,
+                             specialise=not args.no_specialise)
             print(f"{kernel:6s} d{d}/{dv} blocks={blocks} w{warps} s{stages}"
                   f"{' tma' if args.tma else ''}: REG {r['reg']} STACK {r['stack']} SHARED {r['shared']}", flush=True)
         except Exception as err:  # report and go on: a config that does not compile

@@ -65,8 +65,8 @@ from attnkit.kernels.philox import dropout_keep
 # (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) by padded head-dim width.
 # dK/dV programs hold [BLOCK_N, D] and [BLOCK_N, DV] float32 accumulators; dQ programs
 # [BLOCK_M, D]: each kernel gets its own candidates.
-# (64x64 with 8 warps, the one dK/dV tile that stops spilling on TMA descriptors, ran 2x
-# slower than these in every shape on an H200: NOTES-flash.md step 4.)
+# (64x64 with 8 warps, the dK/dV tile with the fewest registers at d 128 (189 on descriptors),
+# ran 2x slower than these in every shape on an H200: NOTES-flash.md step 4.)
 DKDV_TILES = {
     64: ((64, 128, 8, 2), (128, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 2), (64, 64, 4, 2)),
     128: ((64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 128, 8, 3)),
