@@ -8,7 +8,7 @@ With ``p = softmax(s)`` recomputed from the saved LSE, ``delta_i = sum_d dO_i * 
 
 Three launches:
 
-1. ``_bwd_preprocess``: ``delta`` float32, laid out like the LSE.
+1. ``_bwd_preprocess``: ``delta`` float32 and the base-2 LSE, laid out like the LSE.
 2. ``_bwd_dkdv_kernel``: one program per (key tile, batch x KV head). It keeps its K/V tile and
    dK/dV accumulators on chip and loops over the query heads of its group (GQA/MQA: dK/dV are
    reduced over the group in-kernel, K/V never repeated) and over the query tiles that can see
@@ -27,7 +27,8 @@ allowed), and dQ then gets its own kernel (``_atomic_dq_pays``).
 
 Scores are recomputed in the transposed layout ``k @ q^T`` in the dK/dV kernel so ``p^T`` and
 ``ds^T`` feed the dK/dV products without a transpose. Fully masked rows have LSE ``-inf``; the
-kernels read it as ``+inf`` so their probabilities, and all their gradients, are exactly zero.
+preprocess hands the other kernels the LSE in base 2 with ``+inf`` there, so their
+probabilities, and all their gradients, are exactly zero.
 """
 
 from __future__ import annotations
@@ -80,12 +81,14 @@ DQ_TILES = {
 
 
 @triton.jit
-def _bwd_preprocess(out_ptr, do_ptr, delta_ptr, cu_q_ptr,
+def _bwd_preprocess(out_ptr, do_ptr, lse_ptr, delta_ptr, lse2_ptr, cu_q_ptr,
                     stride_ob, stride_os, stride_oh, stride_db, stride_ds, stride_dh,
                     stride_lb, stride_lh, seq_q,
                     HQ: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
                     VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
-    """``delta[b, h, i] = sum_d out[b, i, h, d] * dout[b, i, h, d]`` in float32."""
+    """``delta[b, h, i] = sum_d out[b, i, h, d] * dout[b, i, h, d]`` in float32, and the LSE
+    as the other two kernels use it: base 2, ``+inf`` for fully masked rows (``-inf``), so
+    that their probabilities ``exp2(s - lse2)`` are exactly zero."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HQ
@@ -104,8 +107,11 @@ def _bwd_preprocess(out_ptr, do_ptr, delta_ptr, cu_q_ptr,
     do = tl.load(do_ptr + b.to(tl.int64) * stride_db + (q_start + rows[:, None]).to(tl.int64)
                  * stride_ds + h * stride_dh + offs_dv[None, :], mask=valid, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(delta_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start + rows,
-             delta, mask=rows < seqlen_q)
+    row_at = b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start + rows
+    tl.store(delta_ptr + row_at, delta, mask=rows < seqlen_q)
+    lse = tl.load(lse_ptr + row_at, mask=rows < seqlen_q, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    tl.store(lse2_ptr + row_at, lse2, mask=rows < seqlen_q)
 
 
 @triton.jit
@@ -166,9 +172,12 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
         q = load_tile(q_base, start_m, rows, stride_qs, seqlen_q, D, BLOCK_D, EDGE, TMA)  # [M, D]
         do = load_tile(do_base, start_m, rows, stride_dos, seqlen_q, DV, BLOCK_DV, EDGE,
                        TMA)  # [M, DV]
-        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        if EDGE:  # base-2 LSE, +inf on fully masked rows: ``_bwd_preprocess``
+            lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+            delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        else:  # a middle tile: every row is one of the segment's queries
+            lse = tl.load(lse_base + rows)
+            delta = tl.load(delta_base + rows)
         s_t, t_t = scores(k_tile, tl.trans(q), qk_scale, softcap_scale, SOFTCAP, DOT_PREC)  # [N, M]
         s_t = visible_scores(s_t, rows[None, :], cols[:, None], seqlen_q, seqlen_k, offset, b, h,
                              kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
@@ -392,8 +401,7 @@ def _bwd_dq_kernel(
     do = tl.load(do_ptr + do_rows + h * stride_doh + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [M, DV]
     l_base = b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start + rows
-    lse = tl.load(lse_ptr + l_base, mask=row_ok, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    lse = tl.load(lse_ptr + l_base, mask=row_ok, other=float("inf"))  # base 2: preprocess
     delta = tl.load(delta_ptr + l_base, mask=row_ok, other=0.0)
     k0 = 0
     k1 = 0
@@ -553,8 +561,9 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     cu_q = cu_seqlens_q if varlen else seed
     cu_k = cu_seqlens_k if varlen else seed
     pre_block = 64 if not interpreting() else 16
+    lse2 = torch.empty_like(lse)  # base-2 LSE, +inf on fully masked rows
     _bwd_preprocess[(triton.cdiv(sq, pre_block), batch * hq)](
-        out, do, delta, cu_q, *os_, *dos, *lstrides, sq, HQ=hq, DV=dv_dim,
+        out, do, lse, delta, lse2, cu_q, *os_, *dos, *lstrides, sq, HQ=hq, DV=dv_dim,
         BLOCK_DV=head_block(dv_dim), VARLEN=varlen, BLOCK_M=pre_block)
     if grad_lse is not None:
         delta.sub_(grad_lse)
@@ -590,7 +599,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     def q_grid(meta):
         return (triton.cdiv(sq, meta["BLOCK_M"]), batch * hq)
 
-    dkdv_args = (q, k, v, do, lse, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
+    dkdv_args = (q, k, v, do, lse2, delta, dq_acc, dk, dv, cu_q, cu_k, seed, kpm, mask_t,
                  *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen),
                  *lstrides, kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale,
                  float(dropout_p))
@@ -599,7 +608,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if atomic:
         launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
         return dq_acc.to(q.dtype), dk, dv
-    dq_args = (q, k, v, do, lse, delta, dq_acc, cu_q, cu_k, seed, kpm, mask_t,
+    dq_args = (q, k, v, do, lse2, delta, dq_acc, cu_q, cu_k, seed, kpm, mask_t,
                *qs, *ks, *vs, *dos, *dqs, *lstrides, kpm_stride, *mstrides,
                sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
     dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind),
