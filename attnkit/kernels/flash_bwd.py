@@ -613,8 +613,10 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
     dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind),
                    **common)
-    if _overlap(q, seq=max(sq, sk), window=left >= 0) and tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts) \
-            and tuned(_bwd_dq_kernel, *dq_args, **dq_opts):
+    overlap = (_overlap(q, seq=max(sq, sk), window=left >= 0)
+               and tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts)
+               and tuned(_bwd_dq_kernel, *dq_args, **dq_opts))
+    if overlap:
         # The dQ kernel on a side stream, so its programs take the SMs that the dK/dV
         # kernel's last wave leaves idle (``_overlap``). Both only read what the preprocess
         # wrote; the main stream waits for the side stream before anything reads dQ.

@@ -74,25 +74,19 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, r
             # units.
             s, _ = scores(q, tl.trans(k_tile), qk_scale, softcap_scale, SOFTCAP,
                           DOT_PREC)  # [M, N]
-            s = visible_scores(s, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset, b,
-                               h, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh,
-                               stride_mm, stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE,
-                               HAS_KPM, MASK_KIND)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
+            row_scale = 1.0
         else:
             # Raw products: -inf masks do not care about the scale, the row max scales after
             # the reduction (qk_scale > 0: the same value), and exp2's argument is one FMA per
             # score instead of a multiply and a subtraction.
-            qk = tl.dot(q, tl.trans(k_tile), input_precision=DOT_PREC)  # [M, N]
-            qk = visible_scores(qk, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset,
-                                b, h, kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh,
-                                stride_mm, stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE,
-                                HAS_KPM, MASK_KIND)
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(qk * qk_scale - m_safe[:, None])
+            s = tl.dot(q, tl.trans(k_tile), input_precision=DOT_PREC)  # [M, N]
+            row_scale = qk_scale
+        s = visible_scores(s, rows[:, None], cols[None, :], seqlen_q, seqlen_k, offset, b, h,
+                           kpm_ptr, stride_kpm_b, mask_ptr, stride_mb, stride_mh, stride_mm,
+                           stride_mn, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, EDGE, HAS_KPM, MASK_KIND)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * row_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s * row_scale - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
