@@ -44,6 +44,7 @@ start_test_shards() {  # start_test_shards TIMEOUT
     _shard "$limit" ff_$t $F -k "variants and kernel and $t" &
   done
   _shard "$limit" fc $F -k "lengths or fp32 or reproducible or auto or compile or opcheck or tma_path" &
+  _shard "$limit" fl $F -k "fast_launch" &
   [ "${TESTS:-all}" = "flash" ] && return
   _shard "$limit" da $D -k "matrix and bf16" &
   _shard "$limit" db $D -k "matrix and fp16" &

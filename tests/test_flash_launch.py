@@ -100,6 +100,23 @@ def test_overlap_choice(monkeypatch):
     assert not flash_bwd._overlap(cpu, seq=1024, window=False)
 
 
+def test_the_key_reads_dtypes_where_tensors_were_and_rescans_otherwise():
+    """``_picks_and_key`` reads dtypes at the positions where the kernel's first call had
+    tensors; its key equals a full scan's, and a non-tensor found there triggers a rescan."""
+    from attnkit.kernels import flash_common
+
+    def full_scan(args, n):
+        return (n, *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+
+    x, y = torch.randn(8), torch.randn(8, dtype=torch.float64)
+    for args in ((x, y, 8, 1.0), (y, x, 8, 2.0), (x.half(), y, 8, 3.0)):
+        assert flash_common._picks_and_key(_scale_kernel, args, {})[1] == full_scan(args, 8)
+    moved = (x, 5, 8, y)  # the second tensor moved: the stale positions are dropped
+    assert flash_common._picks_and_key(_scale_kernel, moved, {})[1] == full_scan(moved, 8)
+    assert flash_common._picks_and_key(_scale_kernel, (x, y, 8, 1.0), {})[1] == \
+        full_scan((x, y, 8, 1.0), 8)
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the kernels on CPU")
 def test_causal_and_windowed_calls_are_tuned_apart(monkeypatch):
     """Every flash kernel's autotune key tells a sliding window from plain causal attention

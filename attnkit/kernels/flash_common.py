@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from attnkit.kernels import fast_launch
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # Largest BLOCK_M * BLOCK_N kept when a dense attn_mask tile shares shared memory with K and V.
@@ -33,6 +35,12 @@ FP32_TILES = {64: (32, 64), 128: (32, 32), 256: (16, 16)}
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ints (``triton.cdiv`` is a constexpr function whose call
+    costs several microseconds of host time; launchers call this one per launch)."""
+    return -(-a // b)
 
 
 def next_power_of_2(n: int) -> int:
@@ -120,6 +128,8 @@ def autotune_bench(kernel_call, quantiles):
 
 _PICKS: dict[int, dict[tuple, triton.Config]] = {}  # id(kernel) -> key -> config
 _KEY_SLOTS: dict[int, tuple[tuple[str, int], ...]] = {}
+# (id(kernel), number of positional arguments) -> positions of the tensor arguments
+_TENSOR_SLOTS: dict[tuple[int, int], tuple[int, ...]] = {}
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
@@ -132,7 +142,8 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     the cache between calls (benchmarks/NOTES-flash.md, step 5). The key is the autotuner's:
     its ``key`` arguments and the dtype of every tensor argument. Clearing the autotuner's
     cache (``kernel.cache.clear()``) clears the picks at the next ``launch`` (a cache refilled
-    in between by direct ``kernel[grid]`` calls is not noticed).
+    in between by direct ``kernel[grid]`` calls is not noticed). The jitted function is then
+    launched through ``fast_launch.run``, which skips Triton's argument binding as well.
 
     Example (inside a launcher; ``grid`` a callable of the config's meta-parameters):
         >>> launch(_flash_fwd_kernel, grid, q, k, v, ..., D=128, TMA=False, SEQ_BUCKET=1024)
@@ -145,11 +156,17 @@ def launch(kernel, grid, *args, **kwargs) -> None:
             picks[key] = kernel.best_config
         return
     kernel.best_config = config  # what the autotuner would report for this launch
-    kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+    fast_launch.run(kernel.fn, grid, args, {**kwargs, **config.all_kwargs()})
 
 
 def _picks_and_key(kernel, args, kwargs) -> tuple[dict, tuple]:
-    """``launch``'s picks for ``kernel`` and the key of one call's arguments."""
+    """``launch``'s picks for ``kernel`` and the key of one call's arguments.
+
+    The key's dtypes are read at the positions where the kernel's first call with as many
+    positional arguments had tensors (the launchers pass a placeholder tensor for an absent
+    one, never None), which saves scanning some 60 arguments on every launch (about 5 us of
+    host time each, four times per backward); a non-tensor found there rescans.
+    """
     picks = _PICKS.setdefault(id(kernel), {})
     if not kernel.cache:  # the autotuner was reset (tests do, to force a config): so are we
         picks.clear()
@@ -157,8 +174,17 @@ def _picks_and_key(kernel, args, kwargs) -> tuple[dict, tuple]:
     if slots is None:  # where each key argument sits: by name, else by position
         slots = _KEY_SLOTS[id(kernel)] = tuple((name, kernel.arg_names.index(name))
                                                for name in kernel.keys)
-    key = (*(kwargs[name] if name in kwargs else args[i] for name, i in slots),
-           *(a.dtype for a in args if isinstance(a, torch.Tensor)))
+    where = (id(kernel), len(args))
+    tensors = _TENSOR_SLOTS.get(where)
+    if tensors is None:
+        tensors = _TENSOR_SLOTS[where] = tuple(
+            i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+    try:
+        dtypes = [args[i].dtype for i in tensors]
+    except AttributeError:  # a position that held a tensor holds something else now
+        del _TENSOR_SLOTS[where]
+        return _picks_and_key(kernel, args, kwargs)
+    key = (*[kwargs[name] if name in kwargs else args[i] for name, i in slots], *dtypes)
     return picks, key
 
 

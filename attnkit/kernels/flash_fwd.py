@@ -27,6 +27,7 @@ from attnkit.kernels.flash_common import (
     LOG2E,
     all_configs,
     autotune_bench,
+    cdiv,
     dot_precision,
     head_block,
     launch,
@@ -278,7 +279,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     tma = head_block(max(d, dv)) == 128 and use_tma("fwd", k, v, mask_kind=mask_kind)
 
     def grid(meta):
-        return (triton.cdiv(sq, meta["BLOCK_M"]), batch * hq)
+        return (cdiv(sq, meta["BLOCK_M"]), batch * hq)
 
     launch(_flash_fwd_kernel, grid,
         q, k, v, out, lse, cu_q, cu_k, seed, kpm, mask_t,

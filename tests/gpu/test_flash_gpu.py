@@ -118,6 +118,45 @@ def test_overlapped_dq_kernel_is_bitwise_reproducible(tma, monkeypatch):
             assert torch.equal(got[name], want[name]), name
 
 
+@pytest.mark.parametrize("tma", TMA.values(), ids=TMA.keys())
+@pytest.mark.parametrize("dq_mode", ["atomic", "kernel"])
+@pytest.mark.parametrize("name", ["additive-keys-kpm", "dropout-softcap-window",
+                                  "packed-window-dropout", "mla-packed"])
+def test_fast_launch_matches_the_oracle_across_calls(name, dq_mode, tma):
+    """Calls after the first launch the kept compiled kernels (``fast_launch``): every kernel
+    of the forward and backward is served from them on the second and third calls (fresh
+    inputs of the same shapes), and each call passes the oracle."""
+    from attnkit.kernels import fast_launch
+    assert fast_launch.ENABLED
+    before = fast_launch.HITS
+    for seed in range(3):
+        check(VARIANTS[name], dtype=BF16, device="cuda", seed=seed,
+              deterministic=dq_mode != "atomic", dq_mode=dq_mode, tma=tma)
+    # Calls 2 and 3: the forward, the preprocess and the dK/dV kernel (and the dQ kernel).
+    assert fast_launch.HITS - before >= 6
+
+
+def test_fast_launch_tells_a_misaligned_view_apart():
+    """A query view 2 bytes off a 16-byte boundary (Triton specialises pointers on 16-byte
+    alignment) is keyed apart from aligned queries of the same shape: right results both
+    ways, each from its own kept kernel."""
+    from attnkit.kernels import fast_launch
+    shape = (2, 300, 4, 64)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    k, v = (torch.randn(shape, device="cuda", dtype=BF16, generator=gen) for _ in range(2))
+    flat = torch.randn(2 * 300 * 4 * 64 + 1, device="cuda", dtype=BF16, generator=gen)
+    shifted = flat[1:].view(shape)  # 2 bytes past the allocation's start
+    aligned = flat[:-1].view(shape)
+    before = fast_launch.HITS
+    for q in (aligned, shifted, aligned, shifted, aligned, shifted):
+        got = attnkit.attention(q, k, v, causal=True, backend="triton")
+        want = attnkit.attention(q.float(), k.float(), v.float(), causal=True,
+                                 backend="reference")
+        torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+    # The first call tunes; the second of each alignment keeps its kernel; the rest hit.
+    assert fast_launch.HITS - before >= 3
+
+
 def test_auto_picks_triton_on_cuda():
     from attnkit.ops import backends
     from attnkit.ops.attention import _validate
