@@ -132,8 +132,10 @@ def test_fast_launch_matches_the_oracle_across_calls(name, dq_mode, tma):
     for seed in range(3):
         check(VARIANTS[name], dtype=BF16, device="cuda", seed=seed,
               deterministic=dq_mode != "atomic", dq_mode=dq_mode, tma=tma)
-    # Calls 2 and 3: the forward, the preprocess and the dK/dV kernel (and the dQ kernel).
-    assert fast_launch.HITS - before >= 6
+    # From a cold start: the forward and the dK/dV (and dQ) kernels go through the autotuner
+    # on call 1 and keep their kernels on call 2, so they hit on call 3; the preprocess (not
+    # autotuned) keeps on call 1 and hits on calls 2 and 3.
+    assert fast_launch.HITS - before >= 4
 
 
 def test_fast_launch_tells_a_misaligned_view_apart():
