@@ -159,6 +159,25 @@ def test_fast_launch_tells_a_misaligned_view_apart():
     assert fast_launch.HITS - before >= 3
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_inputs_on_another_device_than_the_current_one():
+    """Triton launches on the current device: inputs on cuda:1 while cuda:0 is current still
+    give the oracle's forward and gradients (the backend switches devices)."""
+    torch.cuda.set_device(0)
+    gen = torch.Generator(device="cuda:1").manual_seed(0)
+    q, k, v = (torch.randn(2, 200, 4, 64, device="cuda:1", dtype=BF16, generator=gen)
+               .requires_grad_() for _ in range(3))
+    out = attnkit.attention(q, k, v, causal=True, backend="triton")
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    ref = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    want = attnkit.attention(*ref, causal=True, backend="reference")
+    want_grads = torch.autograd.grad(want.square().sum(), ref)
+    assert out.device == q.device
+    torch.testing.assert_close(out.float(), want, atol=2e-2, rtol=2e-2)
+    for got, expect in zip(grads, want_grads):
+        torch.testing.assert_close(got.float(), expect, atol=5e-2, rtol=5e-2)
+
+
 def test_auto_picks_triton_on_cuda():
     from attnkit.ops import backends
     from attnkit.ops.attention import _validate
