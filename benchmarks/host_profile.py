@@ -1,13 +1,17 @@
-"""Host time of one ``attnkit.attention`` call on CUDA, and where it goes (cProfile).
+"""Host time of the flash launchers and of ``attnkit.attention`` on CUDA, and where it goes.
 
-At 1k tokens the forward kernel runs for about 0.22 ms on an H200; when the host needs longer
-than that (plus ``do_bench``'s cache flush) to issue one call, the benchmark measures the host,
-not the kernel (NOTES-flash.md step 5). This prints, for the d128 1k causal prefill shape
-(16 x 1024 tokens, 16 heads, bf16): the host microseconds per call of the public forward with
-autograd, the forward without autograd, the launcher alone and the backward, then the top
-functions by own time for the public forward with autograd.
+At 1k tokens the forward kernel runs for about 0.22 ms on an H200 and the backward's kernels
+for about 0.73 ms; when the host needs longer than that (plus ``do_bench``'s cache flush) to
+issue one call, the benchmark measures the host, not the kernels (NOTES-flash.md steps 5 and
+7). For one prefill case (default d128 1k causal) this times the host microseconds per call
+of ``flash_fwd``, ``flash_bwd``, the public forward without and with autograd and the public
+forward + backward, and profiles each with cProfile (top functions by own time).
 
-Usage (CUDA): ``PYTHONPATH=. python benchmarks/host_profile.py [--top 30]``
+Usage (CUDA)::
+
+    PYTHONPATH=. OUT=/tmp python benchmarks/host_profile.py ["mha d128 s1k causal"] [--top 30]
+    # -> $OUT/probe-host.json, $OUT/probe-host.txt (ATTNKIT_FAST_LAUNCH=0: without kept
+    #    kernels, attnkit/kernels/fast_launch.py)
 """
 
 from __future__ import annotations
@@ -15,13 +19,18 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
+import os
 import pstats
 import time
 
 import torch
 
 import attnkit
-from attnkit.kernels import flash_fwd
+from attnkit.kernels import flash_bwd, flash_fwd
+from benchmarks.probe_step5 import _dense_case
+
+OUT = os.environ.get("OUT", "/tmp")
 
 
 def host_us(fn, calls: int = 50, rounds: int = 5) -> float:
@@ -38,46 +47,57 @@ def host_us(fn, calls: int = 50, rounds: int = 5) -> float:
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--top", type=int, default=30)
-    args = parser.parse_args()
-    q = torch.randn(16, 1024, 16, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k = torch.randn_like(q, requires_grad=True)
-    v = torch.randn_like(q, requires_grad=True)
-    qd, kd, vd = q.detach(), k.detach(), v.detach()
-    opts = dict(causal=True, window=(-1, -1), scale=128 ** -0.5, softcap=0.0,
-                key_padding_mask=None, attn_mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                max_seqlen_q=1024, max_seqlen_k=1024, dropout_p=0.0, dropout_seed=0)
-    out = attnkit.attention(q, k, v, causal=True)
-    dout = torch.randn_like(out)
-    out.backward(dout, retain_graph=True)
-
-    def backward():
-        q.grad = k.grad = v.grad = None
-        out.backward(dout, retain_graph=True)
-
-    timings = {
-        "api_fwd_autograd": host_us(lambda: attnkit.attention(q, k, v, causal=True)),
-        "api_fwd_no_grad": host_us(lambda: attnkit.attention(qd, kd, vd, causal=True)),
-        "launcher": host_us(lambda: flash_fwd.flash_fwd(qd, kd, vd, **opts)),
-        "empty_x2": host_us(lambda: (torch.empty_like(qd), torch.empty(16, 16, 1024,
-                                                                        device="cuda"))),
-        "api_bwd": host_us(backward, calls=20),
-    }
-    for name, us in timings.items():
-        print(f"host {name:18s} {us:8.1f} us", flush=True)
+def profile(fn, top: int, calls: int = 200) -> str:
+    """cProfile's ``top`` functions by own time over ``calls`` calls."""
     prof = cProfile.Profile()
     torch.cuda.synchronize()
     prof.enable()
-    for i in range(400):
-        attnkit.attention(q, k, v, causal=True)
-        if i % 50 == 49:
-            torch.cuda.synchronize()
+    for _ in range(calls):
+        fn()
     prof.disable()
+    torch.cuda.synchronize()
     text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(args.top)
-    print(text.getvalue())
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("case", nargs="?", default="mha d128 s1k causal")
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    q, k, v, opts = _dense_case(args.case)
+    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+    do = torch.randn_like(out)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    public = dict(causal=opts["causal"], window=opts["window"])
+
+    def api_fwd_bwd():
+        attnkit.attention(qg, kg, vg, **public).backward(do)
+
+    def api_no_grad():
+        with torch.no_grad():
+            return attnkit.attention(q, k, v, **public)
+
+    paths = {
+        "flash_fwd": lambda: flash_fwd.flash_fwd(q, k, v, **opts),
+        "flash_bwd": lambda: flash_bwd.flash_bwd(do, q, k, v, out, lse, deterministic=False,
+                                                 **opts),
+        "api_fwd_nograd": api_no_grad,
+        "api_fwd": lambda: attnkit.attention(qg, kg, vg, **public),
+        "api_fwd_bwd": api_fwd_bwd,
+    }
+    result, texts = {"case": args.case}, []
+    for label, fn in paths.items():
+        for _ in range(3):
+            fn()  # tune and warm
+        us = result[f"{label}_host_us"] = round(host_us(fn), 1)
+        texts.append(f"===== {label}: {us} us per call\n{profile(fn, args.top)}")
+        print(label, us, flush=True)
+    with open(os.path.join(OUT, "probe-host.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    with open(os.path.join(OUT, "probe-host.txt"), "w") as fh:
+        fh.write("\n".join(texts))
 
 
 if __name__ == "__main__":

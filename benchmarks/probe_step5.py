@@ -51,18 +51,26 @@ def gpu_state() -> str:
         return f"nvidia-smi failed: {exc!r}"
 
 
-def kernel_us(fn, name: str) -> float | None:
-    """Mean device duration (us) of the kernels whose name contains ``name`` over 10 calls."""
+def kernels_us(fn, names: tuple[str, ...]) -> dict:
+    """Mean device time per call (us) of each kernel whose name holds one of ``names``, over
+    10 calls (profiler: no host gaps)."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(10):
             fn()
         torch.cuda.synchronize()
+    got = {}
     for event in prof.key_averages():
-        if name in event.key:
-            return float(getattr(event, "device_time", None) or getattr(event, "cuda_time", 0.0))
-    return None
+        if any(n in event.key for n in names):
+            total = getattr(event, "device_time_total", None) or event.cuda_time_total
+            got[event.key[:40]] = round(float(total) / 10, 1)
+    return got
+
+
+def kernel_us(fn, name: str) -> float | None:
+    """Mean device time per call (us) of the first kernel whose name contains ``name``."""
+    return next(iter(kernels_us(fn, (name,)).values()), None)
 
 
 def host_us(fn, calls: int = 20) -> float:

@@ -24,7 +24,7 @@ import time
 import torch
 import triton.testing
 
-from benchmarks.probe_step5 import _dense_case, gpu_state, host_us
+from benchmarks.probe_step5 import _dense_case, gpu_state, host_us, kernels_us
 
 OUT = os.environ.get("OUT", "/tmp")
 CASES = ("mha d128 s1k causal", "mha d64 s1k causal", "mha d128 s1k full")
@@ -39,23 +39,6 @@ def _impls() -> dict:
     except ImportError:
         pass
     return impls
-
-
-def kernels_us(fn, names: tuple[str, ...]) -> dict:
-    """Mean device time per call (us) of each kernel whose name holds one of ``names``, over
-    10 calls (profiler: no host gaps)."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
-    got = {}
-    for event in prof.key_averages():
-        if any(n in event.key for n in names):
-            total = getattr(event, "device_time_total", None) or event.cuda_time_total
-            got[event.key[:40]] = round(float(total) / 10, 1)
-    return got
 
 
 def _timings(kernel) -> dict:

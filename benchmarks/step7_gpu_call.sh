@@ -16,7 +16,7 @@ wait
 cat "$OUT"/t_*.log > "$OUT/tests.log"; rm "$OUT"/t_*.log
 grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log"
 for f in 1 0; do
-  ATTNKIT_FAST_LAUNCH=$f OUT="$OUT/fast$f" timeout 100 python benchmarks/probe_host.py \
+  ATTNKIT_FAST_LAUNCH=$f OUT="$OUT/fast$f" timeout 100 python benchmarks/host_profile.py \
     > "$OUT/fast$f/probe-host.log" 2>&1
   echo "fast launch $f:"; cat "$OUT/fast$f/probe-host.log"
 done

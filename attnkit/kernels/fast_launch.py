@@ -39,36 +39,42 @@ _PLAIN_TYPES: set[tuple[type, ...]] = set()  # non-tensor argument types seen wi
 _TENSOR_SLOTS: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...] | int]] = {}
 
 
-def _slots(fn, args: tuple) -> tuple[tuple[int, ...], tuple[int, ...] | int]:
+def slots(owner, args: tuple) -> tuple[tuple[int, ...], tuple[int, ...] | int]:
     """(tensor positions, the others: a start index when they all follow the tensors) of
-    ``args``, kept per kernel and argument count."""
-    where = (id(fn), len(args))
-    slots = _TENSOR_SLOTS.get(where)
-    if slots is None:
+    ``args``, kept per ``owner`` (a kernel) and argument count; ``forget_slots`` when a call
+    does not fit them. ``flash_common``'s autotune key reads its dtypes through this too."""
+    where = (id(owner), len(args))
+    kept = _TENSOR_SLOTS.get(where)
+    if kept is None:
         tensors = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
         others = tuple(i for i in range(len(args)) if i not in tensors)
         if tensors == tuple(range(len(tensors))):
             others = len(tensors)
-        slots = _TENSOR_SLOTS[where] = (tensors, others)
-    return slots
+        kept = _TENSOR_SLOTS[where] = (tensors, others)
+    return kept
+
+
+def forget_slots(owner, args: tuple) -> None:
+    """Drop the kept positions of ``owner``'s calls with as many arguments as ``args``."""
+    _TENSOR_SLOTS.pop((id(owner), len(args)), None)
 
 
 def call_key(fn, args: tuple, kwargs: dict) -> tuple:
     """The cache key of one call (see the module docstring). The tensors' positions are kept
     per kernel and argument count, and rescanned when a call does not fit them."""
-    tensors, others = _slots(fn, args)
+    tensors, others = slots(fn, args)
     try:
         picked = list(map(args.__getitem__, tensors))
         dtypes = tuple([t.dtype for t in picked])
         align = tuple([t.data_ptr() & 15 for t in picked])
     except AttributeError:  # a position that held a tensor holds something else now
-        del _TENSOR_SLOTS[(id(fn), len(args))]
+        forget_slots(fn, args)
         return call_key(fn, args, kwargs)
     scalars = args[others:] if isinstance(others, int) else tuple(map(args.__getitem__, others))
     types = tuple(map(type, scalars))  # 1, True and 1.0 are equal keys but specialise apart
     if types not in _PLAIN_TYPES:
         if any(issubclass(t, torch.Tensor) for t in set(types)):  # a tensor moved: rescan
-            del _TENSOR_SLOTS[(id(fn), len(args))]
+            forget_slots(fn, args)
             return call_key(fn, args, kwargs)
         _PLAIN_TYPES.add(types)
     return (torch.cuda.current_device(), tuple(kwargs), tuple(kwargs.values()), tensors,

@@ -53,6 +53,7 @@ from attnkit.kernels.flash_common import (
     launch,
     load_tile,
     mask_args,
+    on_input_device,
     pruner,
     scores,
     seed_words,
@@ -536,6 +537,7 @@ def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
     return (0, *t.stride()[:2]) if varlen else tuple(t.stride()[:3])
 
 
+@on_input_device
 def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               out: torch.Tensor, lse: torch.Tensor, *, grad_lse: torch.Tensor | None = None,
               causal: bool, window: tuple[int, int],

@@ -43,6 +43,28 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def on_input_device(launcher):
+    """Decorate a launcher so that it runs on its first argument's CUDA device.
+
+    Triton launches on the current device. Without this, inputs on ``cuda:1`` with
+    ``cuda:0`` current would be launched on ``cuda:0``. The check costs one
+    ``current_device`` call. CPU tensors (the interpreter) pass straight through.
+
+    Example:
+        >>> @on_input_device
+        ... def flash_fwd(q, k, v, **options): ...
+    """
+
+    @functools.wraps(launcher)
+    def on_device(first, *args, **kwargs):
+        if first.is_cuda and first.device.index != torch.cuda.current_device():
+            with torch.cuda.device(first.device):
+                return launcher(first, *args, **kwargs)
+        return launcher(first, *args, **kwargs)
+
+    return on_device
+
+
 def next_power_of_2(n: int) -> int:
     """The smallest power of two >= ``n`` (1 for ``n <= 1``), in plain integer arithmetic:
     ``triton.next_power_of_2`` goes through Triton's function wrapper, which costs a few
@@ -128,8 +150,6 @@ def autotune_bench(kernel_call, quantiles):
 
 _PICKS: dict[int, dict[tuple, triton.Config]] = {}  # id(kernel) -> key -> config
 _KEY_SLOTS: dict[int, tuple[tuple[str, int], ...]] = {}
-# (id(kernel), number of positional arguments) -> positions of the tensor arguments
-_TENSOR_SLOTS: dict[tuple[int, int], tuple[int, ...]] = {}
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
@@ -174,15 +194,11 @@ def _picks_and_key(kernel, args, kwargs) -> tuple[dict, tuple]:
     if slots is None:  # where each key argument sits: by name, else by position
         slots = _KEY_SLOTS[id(kernel)] = tuple((name, kernel.arg_names.index(name))
                                                for name in kernel.keys)
-    where = (id(kernel), len(args))
-    tensors = _TENSOR_SLOTS.get(where)
-    if tensors is None:
-        tensors = _TENSOR_SLOTS[where] = tuple(
-            i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+    tensors = fast_launch.slots(kernel, args)[0]
     try:
         dtypes = [args[i].dtype for i in tensors]
     except AttributeError:  # a position that held a tensor holds something else now
-        del _TENSOR_SLOTS[where]
+        fast_launch.forget_slots(kernel, args)
         return _picks_and_key(kernel, args, kwargs)
     key = (*[kwargs[name] if name in kwargs else args[i] for name, i in slots], *dtypes)
     return picks, key

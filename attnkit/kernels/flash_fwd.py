@@ -33,6 +33,7 @@ from attnkit.kernels.flash_common import (
     launch,
     load_tile,
     mask_args,
+    on_input_device,
     pruner,
     scores,
     seed_words,
@@ -207,6 +208,7 @@ def _flash_fwd_kernel(
     l_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh
     tl.store(l_base + q_start + rows, lse, mask=rows < seqlen_q)
 
+@on_input_device
 def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
               window: tuple[int, int], scale: float, softcap: float,
               key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None,

@@ -75,21 +75,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def run(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the kernels: ``(out, lse)`` with the shapes of ``attnkit.attention``.
-
-    Triton launches on the current CUDA device, so inputs on another device are run under
-    ``torch.cuda.device`` of theirs (autograd runs the backward on that device's thread).
-    """
-    device = call.q.device
-    if (device.type == "cuda" and device.index is not None
-            and not torch.compiler.is_compiling()
-            and device.index != torch.cuda.current_device()):
-        with torch.cuda.device(device):
-            return _run(call)
-    return _run(call)
-
-
-def _run(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the kernels: ``(out, lse)`` with the shapes of ``attnkit.attention``."""
     q, k, v = (_last_dim_contiguous(t) for t in (call.q, call.k, call.v))
     kpm = call.key_padding_mask
     if kpm is not None and kpm.stride(-1) != 1:

@@ -162,7 +162,8 @@ def test_fast_launch_tells_a_misaligned_view_apart():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_inputs_on_another_device_than_the_current_one():
     """Triton launches on the current device: inputs on cuda:1 while cuda:0 is current still
-    give the oracle's forward and gradients (the backend switches devices)."""
+    give the oracle's forward and gradients (the launchers switch devices,
+    ``flash_common.on_input_device``)."""
     torch.cuda.set_device(0)
     gen = torch.Generator(device="cuda:1").manual_seed(0)
     q, k, v = (torch.randn(2, 200, 4, 64, device="cuda:1", dtype=BF16, generator=gen)
