@@ -35,7 +35,6 @@ start_test_shards() {  # start_test_shards TIMEOUT
     _shard "$limit" tb $F -k "every_tile and dkdv and tma_desc" &
     _shard "$limit" tc $F -k "every_tile and dkdv and dq_kernel and ptr_loads" &
     _shard "$limit" td $F -k "every_tile and dkdv and dq_atomic" &
-    _shard "$limit" te $F -k "every_tile and fused" &
     [ "${TESTS:-all}" = "tiles" ] && return
   fi
   for t in ptr_loads tma_desc; do  # pointer loads, TMA descriptors (ATTNKIT_FLASH_TMA none/all)
@@ -43,7 +42,6 @@ start_test_shards() {  # start_test_shards TIMEOUT
     _shard "$limit" fb_$t $F -k "head_dims and fp16 and $t" &
     _shard "$limit" fd_$t $F -k "variants and atomic and $t" &
     _shard "$limit" ff_$t $F -k "variants and kernel and $t" &
-    _shard "$limit" fe_$t $F -k "variants and fused and $t" &
   done
   _shard "$limit" fc $F -k "lengths or fp32 or reproducible or auto or compile or opcheck or tma_path" &
   _shard "$limit" fl $F -k "fast_launch" &

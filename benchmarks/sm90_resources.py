@@ -42,7 +42,6 @@ KERNELS = {
     "fwd": (flash_fwd._flash_fwd_kernel, ("BLOCK_M", "BLOCK_N")),
     "dkdv": (flash_bwd._bwd_dkdv_kernel, ("BLOCK_M", "BLOCK_N")),
     "dq": (flash_bwd._bwd_dq_kernel, ("BLOCK_M", "BLOCK_N")),
-    "fused": (flash_bwd._bwd_fused_kernel, ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")),
 }
 POINTER_TYPES = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "cu_q_ptr": "*i32",
                  "cu_k_ptr": "*i32", "seed_ptr": "*i64", "kpm_ptr": "*u8", "mask_ptr": "*u8"}
@@ -72,7 +71,7 @@ def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: in
                  BLOCK_DV=max(16, triton.next_power_of_2(dv)), VARLEN=False, IS_CAUSAL=causal,
                  WIN_LEFT=left, WIN_RIGHT=right,
                  HAS_KPM=False, MASK_KIND=mask_kind, SOFTCAP=False, DROPOUT=False,
-                 DOT_PREC="tf32x3" if dtype == "fp32" else "tf32", ATOMIC_DQ=atomic, TMA=tma, TMA_DQ=tma, **dict(zip(names, blocks)))
+                 DOT_PREC="tf32x3" if dtype == "fp32" else "tf32", ATOMIC_DQ=atomic, TMA=tma, **dict(zip(names, blocks)))
     const = {k: v for k, v in const.items() if k in params}
     sig = {}
     for p in params:
@@ -111,8 +110,7 @@ def _table_rows():
     for width, rows in flash_fwd.FWD_TILES.items():
         for *blocks, w, st in rows:
             yield "fwd", tuple(blocks), w, st, {64: 64, 128: 128, 256: 192}[width]
-    for kernel, table in (("dkdv", flash_bwd.DKDV_TILES), ("dq", flash_bwd.DQ_TILES),
-                          ("fused", flash_bwd.FUSED_TILES)):
+    for kernel, table in (("dkdv", flash_bwd.DKDV_TILES), ("dq", flash_bwd.DQ_TILES)):
         for width, rows in table.items():
             for *blocks, w, st in rows:
                 yield kernel, tuple(blocks), w, st, {64: 64, 128: 128, 256: 192}[width]

@@ -142,8 +142,7 @@ def check(case: Case, *, dtype: torch.dtype, device: str, seed: int = 0,
     ``tma`` sets ``ATTNKIT_FLASH_TMA`` (which kernels read tiles through TMA descriptors:
     ``"all"``, ``"none"``, a comma list); by default the launcher's own choice.
 
-    ``dq_mode`` forces the backward's dQ path (``"atomic"``, ``"kernel"`` or ``"fused"``: the
-    one-launch backward, where it serves the case, else the dQ kernel); by default
+    ``dq_mode`` forces the backward's dQ path (``"atomic"`` or ``"kernel"``); by default
     ``"kernel"`` when ``deterministic`` else ``"atomic"``, so both paths are tested whatever
     the launcher would pick for the shape.
 

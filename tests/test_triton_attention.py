@@ -57,8 +57,8 @@ def test_kernels_match_oracle_fp32(case):
 
 
 @needs_kernels
-@pytest.mark.parametrize("dq_mode", ["atomic", "kernel", "fused"])
-def test_fp16_and_every_backward_mode(dq_mode):
+@pytest.mark.parametrize("dq_mode", ["atomic", "kernel"])
+def test_fp16_and_both_backward_modes(dq_mode):
     case = Case((2, 33, 17, 4, 2, 80, 48), causal=True, kpm=True)
     check(case, dtype=torch.float16, device="cpu", deterministic=dq_mode != "atomic",
           dq_mode=dq_mode)
@@ -333,62 +333,11 @@ def test_dq_path_choice_and_override(monkeypatch):
     assert not _atomic_dq_pays(1, 4096, 128)
 
 
-# Every case the one-launch backward takes (16-bit inputs, head widths up to 128, no mask).
-FUSED_CASES = [name for name, case in CASES.items()
-               if case.mask is None and max(case.shape[5:]) <= 128]
-
-
-@needs_kernels
-@pytest.mark.parametrize("case", FUSED_CASES)
-def test_one_launch_backward_matches_oracle(case, monkeypatch):
-    """The dK/dV and dQ programs in one launch (``_bwd_fused_kernel``) match the oracle on
-    every variant it serves, and it is the kernel that ran (fp16: its 16-bit inputs)."""
-    from attnkit.kernels import flash_bwd
-    ran = []
-    real = flash_bwd.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        ran.append(kernel.base_fn.__name__)
-        return real(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(flash_bwd, "launch", spy)
-    check(CASES[case], dtype=torch.float16, device="cpu", deterministic=True, dq_mode="fused")
-    assert ran == ["_bwd_fused_kernel"]
-
-
-@needs_kernels
-def test_dq_path_rules(monkeypatch):
-    """``_dq_path``: atomics where they pay and are allowed, else one launch where it serves
-    (16-bit, head widths up to 128, no dense mask), else the separate dQ kernel; the
-    override wins where the call allows it; a bad override is named."""
-    from attnkit.kernels.flash_bwd import _dq_path
-    base = dict(deterministic=False, group=1, seq_q=4096, head_dim=128, width=128, tma=False,
-                window=False, mask_kind=0, dtype=torch.bfloat16)
-    monkeypatch.delenv("ATTNKIT_FLASH_DQ", raising=False)
-    assert _dq_path(**base) == "atomic"  # MHA 4k on pointers
-    assert _dq_path(**{**base, "deterministic": True}) == "fused"
-    assert _dq_path(**{**base, "tma": True}) == "fused"
-    assert _dq_path(**{**base, "seq_q": 1024, "dtype": torch.float16}) == "fused"
-    for change in ({"mask_kind": 1}, {"dtype": torch.float32}, {"width": 256, "head_dim": 192}):
-        assert _dq_path(**{**base, "seq_q": 1024, **change}) == "kernel", change
-    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "kernel")
-    assert _dq_path(**base) == "kernel"
-    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "fused")
-    assert _dq_path(**base) == "fused"
-    assert _dq_path(**{**base, "mask_kind": 2}) == "kernel"  # not served: the dQ kernel
-    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "atomic")
-    assert _dq_path(**{**base, "seq_q": 64, "group": 4}) == "atomic"
-    assert _dq_path(**{**base, "deterministic": True}) == "fused"
-    monkeypatch.setenv("ATTNKIT_FLASH_DQ", "fast")
-    with pytest.raises(ValueError, match="ATTNKIT_FLASH_DQ.*'fast'"):
-        _dq_path(**base)
-
-
 @needs_kernels
 @pytest.mark.parametrize("case", ["gqa-causal-sq>sk-d80-dv48", "packed-empty-segments",
                                   "sliding-window", "bool-mask-rows-causal", "mla-d192-dv128",
                                   "causal-sk>sq"])
-@pytest.mark.parametrize("dq_mode", ["atomic", "kernel", "fused"])
+@pytest.mark.parametrize("dq_mode", ["atomic", "kernel"])
 def test_tma_descriptor_tiles_match_oracle(case, dq_mode):
     """Every kernel reading its tiles through tensor descriptors (zero fill past a segment's
     rows and a padded head dim) matches the oracle in both dQ modes (fp16: TMA is 16-bit)."""

@@ -62,7 +62,6 @@ from attnkit.kernels.flash_common import (
     tile_source,
     tma_explicit,
     tuned,
-    tuning_limited,
     use_tma,
     visible_scores,
 )
@@ -83,42 +82,6 @@ DQ_TILES = {
     128: ((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (128, 64, 8, 3)),
     256: ((64, 32, 4, 2), (64, 64, 8, 2), (32, 64, 4, 1)),
 }
-
-
-# The one-launch backward (``_bwd_fused_kernel``): (BLOCK_M1, BLOCK_N1) of its dK/dV programs,
-# (BLOCK_M2, BLOCK_N2) of its dQ programs, num_warps, num_stages; both kinds share the warps
-# and stages. Head widths up to 128 without a dense mask, 16-bit inputs (``_dq_path``).
-# None spills at d 128 on sm90 (``benchmarks/sm90_resources.py --kernel fused``; 32x128 /
-# 128x32 with 4 warps did: 920-1032 bytes per thread).
-FUSED_TILES = {
-    64: ((64, 128, 128, 64, 8, 2), (64, 128, 128, 64, 8, 3), (128, 128, 128, 64, 8, 2),
-         (64, 64, 64, 64, 4, 2)),
-    128: ((64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2), (64, 64, 64, 64, 4, 2),
-          (64, 128, 64, 64, 8, 3)),
-}
-
-
-def _fused_config(row: tuple[int, int, int, int, int, int]) -> triton.Config:
-    m1, n1, m2, n2, warps, stages = row
-    return triton.Config({"BLOCK_M1": m1, "BLOCK_N1": n1, "BLOCK_M2": m2, "BLOCK_N2": n2},
-                         num_warps=warps, num_stages=stages)
-
-
-def fused_configs(width: int | None = None) -> list[triton.Config]:
-    """``FUSED_TILES``' configs for a padded head width (all widths when None); one small
-    config under the interpreter, the first only with ``ATTNKIT_FLASH_TUNE=0``."""
-    if interpreting():
-        return [_fused_config((16, 16, 16, 16, 4, 1))]
-    if width is None:
-        return [_fused_config(row) for rows in FUSED_TILES.values() for row in rows]
-    configs = [_fused_config(row) for row in FUSED_TILES[64 if width <= 64 else 128]]
-    return configs[:1] if tuning_limited() else configs
-
-
-def _fused_prune(configs, named_args, **kwargs):
-    """``early_config_prune`` of ``_bwd_fused_kernel``: the launch's head width's rows."""
-    return fused_configs(max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64)),
-                             kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 64))))
 
 
 @triton.jit
@@ -245,9 +208,14 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
     return dk, dv
 
 
+@triton.autotune(configs=all_configs(DKDV_TILES),
+                 key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
+                      "VARLEN", "HAS_KPM", "SOFTCAP", "DROPOUT", "GROUP", "ATOMIC_DQ", "TMA"],
+                 prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
+                 do_bench=autotune_bench,
+                 reset_to_zero=["dq_ptr"])
 @triton.jit
-def _dkdv_program(
-    pid_n, pid_bh,
+def _bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
     cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
@@ -261,10 +229,11 @@ def _dkdv_program(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    DOT_PREC: tl.constexpr, TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr, TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One dK/dV program: key tile ``pid_n`` of ``pid_bh = batch * HK + kv head``."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
     b = pid_bh // HK
     hk = pid_bh % HK
     if VARLEN:
@@ -382,9 +351,13 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, h
     return dq
 
 
+@triton.autotune(configs=all_configs(DQ_TILES),
+                 key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
+                      "VARLEN", "HAS_KPM", "SOFTCAP", "DROPOUT", "TMA"],
+                 prune_configs_by={"early_config_prune": pruner(DQ_TILES)},
+                 do_bench=autotune_bench)
 @triton.jit
-def _dq_program(
-    pid_m, pid_bh,
+def _bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
@@ -397,10 +370,13 @@ def _dq_program(
     IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
     HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    TMA: tl.constexpr,
+    TMA: tl.constexpr, SEQ_BUCKET,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One dQ program: query tile ``pid_m`` of ``pid_bh = batch * HQ + query head``."""
+    pid_m = tl.program_id(0)
+    if IS_CAUSAL:  # the last query tiles see the most keys: start them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
     b = pid_bh // HQ
     h = pid_bh % HQ
     hk = h // GROUP
@@ -467,152 +443,6 @@ def _dq_program(
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
-@triton.autotune(configs=all_configs(DKDV_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
-                      "VARLEN", "HAS_KPM", "SOFTCAP", "DROPOUT", "GROUP", "ATOMIC_DQ", "TMA"],
-                 prune_configs_by={"early_config_prune": pruner(DKDV_TILES)},
-                 do_bench=autotune_bench,
-                 reset_to_zero=["dq_ptr"])
-@triton.jit
-def _bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
-    cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-    stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
-    stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
-    stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-    seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-    HQ: tl.constexpr, HK: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-    DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
-    SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    DOT_PREC: tl.constexpr, TMA: tl.constexpr, SEQ_BUCKET,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Grid ``(key tiles, batch x KV heads)``: ``_dkdv_program`` (with atomic dQ if asked)."""
-    _dkdv_program(
-        tl.program_id(0), tl.program_id(1),
-        q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
-        cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-        stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-        stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-        stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
-        stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
-        stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-        seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-        HQ, HK, GROUP, D, DV, BLOCK_D, BLOCK_DV, VARLEN, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-        HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, ATOMIC_DQ, DOT_PREC, TMA, BLOCK_M, BLOCK_N)
-
-
-@triton.autotune(configs=all_configs(DQ_TILES),
-                 key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
-                      "VARLEN", "HAS_KPM", "SOFTCAP", "DROPOUT", "TMA"],
-                 prune_configs_by={"early_config_prune": pruner(DQ_TILES)},
-                 do_bench=autotune_bench)
-@triton.jit
-def _bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-    stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
-    stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-    seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-    HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
-    SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-    TMA: tl.constexpr, SEQ_BUCKET,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Grid ``(query tiles, batch x query heads)``: ``_dq_program``."""
-    pid_m = tl.program_id(0)
-    if IS_CAUSAL:  # the last query tiles see the most keys: start them first
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    _dq_program(
-        pid_m, tl.program_id(1),
-        q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-        cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-        stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-        stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-        stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
-        stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-        seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-        HQ, GROUP, D, DV, BLOCK_D, BLOCK_DV, VARLEN, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-        HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC, TMA, BLOCK_M, BLOCK_N)
-
-
-@triton.autotune(configs=fused_configs(),
-                 key=["D", "DV", "IS_CAUSAL", "WIN_LEFT", "WIN_RIGHT", "MASK_KIND", "SEQ_BUCKET",
-                      "VARLEN", "HAS_KPM", "SOFTCAP", "DROPOUT", "GROUP", "TMA", "TMA_DQ"],
-                 prune_configs_by={"early_config_prune": _fused_prune},
-                 do_bench=autotune_bench)
-@triton.jit
-def _bwd_fused_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
-    cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-    stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
-    stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
-    stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-    seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-    HQ: tl.constexpr, HK: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-    DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, WIN_LEFT: tl.constexpr, WIN_RIGHT: tl.constexpr,
-    HAS_KPM: tl.constexpr, MASK_KIND: tl.constexpr,
-    SOFTCAP: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PREC: tl.constexpr, TMA: tl.constexpr, TMA_DQ: tl.constexpr, SEQ_BUCKET,
-    BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
-    BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
-):
-    """dK/dV and dQ in one launch. Grid ``(key tiles + GROUP x query tiles, batch x KV heads)``.
-
-    Along axis 0, programs ``[0, key tiles)`` are ``_dkdv_program``s (``BLOCK_M1`` x
-    ``BLOCK_N1`` tiles); the rest are ``_dq_program``s (``BLOCK_M2`` x ``BLOCK_N2``) for the
-    group's query heads, ``dq_ptr`` being the final dQ. So the dQ programs of a KV head run
-    next to its dK/dV programs, reading the same Q, K, V and dO from the L2, and no wave is
-    left half empty between the two kinds.
-    """
-    pid = tl.program_id(0)
-    pid_bhk = tl.program_id(1)
-    kv_tiles = tl.cdiv(seq_k, BLOCK_N1)
-    if pid < kv_tiles:
-        _dkdv_program(
-            pid, pid_bhk,
-            q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
-            cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-            stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-            stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-            stride_dqb, stride_dqs, stride_dqh, stride_dkb, stride_dks, stride_dkh,
-            stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
-            stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-            seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-            HQ, HK, GROUP, D, DV, BLOCK_D, BLOCK_DV, VARLEN, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-            HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, False, DOT_PREC, TMA, BLOCK_M1, BLOCK_N1)
-    else:
-        q_tiles = tl.cdiv(seq_q, BLOCK_M2)
-        g = (pid - kv_tiles) // q_tiles
-        pid_m = (pid - kv_tiles) % q_tiles
-        if IS_CAUSAL:  # the last query tiles see the most keys: start them first
-            pid_m = q_tiles - 1 - pid_m
-        pid_bh = (pid_bhk // HK) * HQ + (pid_bhk % HK) * GROUP + g
-        _dq_program(
-            pid_m, pid_bh,
-            q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-            cu_q_ptr, cu_k_ptr, seed_ptr, kpm_ptr, mask_ptr,
-            stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
-            stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-            stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
-            stride_kpm_b, stride_mb, stride_mh, stride_mm, stride_mn,
-            seq_q, seq_k, qk_scale, softcap_scale, scale, dropout_p,
-            HQ, GROUP, D, DV, BLOCK_D, BLOCK_DV, VARLEN, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-            HAS_KPM, MASK_KIND, SOFTCAP, DROPOUT, DOT_PREC, TMA_DQ, BLOCK_M2, BLOCK_N2)
-
-
 def _atomic_dq_pays(group: int, seq_q: int, head_dim: int, *, tma: bool = False,
                     window: bool = False) -> bool:
     """Whether the atomic dQ path is the faster one (when the caller allows atomics).
@@ -639,36 +469,6 @@ def _atomic_dq_pays(group: int, seq_q: int, head_dim: int, *, tma: bool = False,
     if window or tma:
         return False
     return group == 1 and seq_q >= 4096 and head_dim <= 128
-
-
-def _dq_path(*, deterministic: bool, group: int, seq_q: int, head_dim: int, width: int,
-             tma: bool, window: bool, mask_kind: int, dtype: torch.dtype) -> str:
-    """How the backward computes dQ: ``"atomic"`` (float32 atomics from the dK/dV kernel),
-    ``"kernel"`` (its own kernel, after or beside the dK/dV kernel: ``_overlap``) or
-    ``"fused"`` (dQ programs in the dK/dV kernel's launch: ``_bwd_fused_kernel``).
-
-    ``"atomic"`` where ``_atomic_dq_pays`` and atomics are allowed (not ``deterministic``);
-    otherwise ``"fused"`` for head widths up to 128 (``width``, the padded wider of the two
-    head dims), 16-bit inputs and no dense mask (``mask_kind`` 0), else ``"kernel"``.
-    ``ATTNKIT_FLASH_DQ=atomic|kernel|fused`` forces a path where the call allows it
-    (``atomic`` gives way to ``deterministic``, ``fused`` to the limits above).
-
-    Raises:
-        ValueError: ``ATTNKIT_FLASH_DQ`` is set to something else than ``auto``, ``atomic``,
-            ``kernel`` or ``fused``.
-    """
-    forced = os.environ.get("ATTNKIT_FLASH_DQ", "auto")
-    if forced not in ("auto", "atomic", "kernel", "fused"):
-        raise ValueError(f"ATTNKIT_FLASH_DQ: expected auto, atomic, kernel or fused, "
-                         f"got {forced!r}")
-    fused_ok = width <= 128 and mask_kind == 0 and dtype in (torch.float16, torch.bfloat16)
-    if forced == "kernel" or (forced == "fused" and not fused_ok):
-        return "kernel"
-    if forced == "fused":
-        return "fused"
-    if not deterministic and _atomic_dq_pays(group, seq_q, head_dim, tma=tma, window=window):
-        return "atomic"
-    return "fused" if fused_ok else "kernel"
 
 
 def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
@@ -815,10 +615,8 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     # TMA descriptors for the dK/dV kernel's tiles in the two-launch path only (with atomic
     # dQ they are slower): they decide the dQ path.
     tma = _dkdv_tma(q, k, v, do, mask_kind=mask_kind, seq=max(sq, sk))
-    path = _dq_path(deterministic=deterministic, group=hq // hk, seq_q=sq, head_dim=d,
-                    width=max(head_block(d), head_block(dv_dim)), tma=tma, window=left >= 0,
-                    mask_kind=mask_kind, dtype=q.dtype)
-    atomic = path == "atomic"
+    atomic = not deterministic and _atomic_dq_pays(hq // hk, sq, d, tma=tma,
+                                                   window=left >= 0)
     dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic \
         else torch.empty_like(q)
     dqs = _strides(dq_acc, varlen)
@@ -838,19 +636,11 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if atomic:
         launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
         return dq_acc.to(q.dtype), dk, dv
-    tma_dq = use_tma("dq", k, v, mask_kind=mask_kind)
-    if path == "fused":
-        def fused_grid(meta):  # dK/dV programs, then the group's dQ programs, per KV head
-            return (cdiv(sk, meta["BLOCK_N1"]) + (hq // hk) * cdiv(sq, meta["BLOCK_M2"]),
-                    batch * hk)
-
-        launch(_bwd_fused_kernel, fused_grid, *dkdv_args, HQ=hq, HK=hk, GROUP=hq // hk,
-               TMA=tma, TMA_DQ=tma_dq, **common)
-        return dq_acc, dk, dv
     dq_args = (q, k, v, do, lse2, delta, dq_acc, cu_q, cu_k, seed, kpm, mask_t,
                *qs, *ks, *vs, *dos, *dqs, *lstrides, kpm_stride, *mstrides,
                sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
-    dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=tma_dq, **common)
+    dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind),
+                   **common)
     overlap = (_overlap(q, seq=max(sq, sk), window=left >= 0)
                and tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts)
                and tuned(_bwd_dq_kernel, *dq_args, **dq_opts))

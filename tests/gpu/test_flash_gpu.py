@@ -3,8 +3,8 @@
 Forward, LSE and every gradient by the tolerance rule (``tests/flash_check.py``): awkward
 lengths (1, 17, 113, 1000, unequal q/k), head dims 64 to 256 including 80, 96 and 192/128,
 GQA/MQA, causal and windows, key padding, bool and additive masks broadcast through strides,
-softcap, dropout, packed batches with empty segments, fp16/bf16/fp32 (tf32x3), every backward
-mode (atomic dQ, separate dQ kernel, dQ programs in the dK/dV launch), and tiles read through pointers or through TMA tensor
+softcap, dropout, packed batches with empty segments, fp16/bf16/fp32 (tf32x3), both backward
+modes (atomic dQ, separate dQ kernel), and tiles read through pointers or through TMA tensor
 descriptors (``ATTNKIT_FLASH_TMA``: "ptr_loads" ids run ``none``, "tma_desc" ids ``all``; on
 GPUs before sm90 both take the pointer path; the long ids keep ``-k`` from matching the
 checkout's directory names).
@@ -71,7 +71,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("tma", TMA.values(), ids=TMA.keys())
-@pytest.mark.parametrize("dq_mode", ["atomic", "kernel", "fused"])
+@pytest.mark.parametrize("dq_mode", ["atomic", "kernel"])
 @pytest.mark.parametrize("case", VARIANTS.values(), ids=VARIANTS.keys())
 def test_variants(case, dq_mode, tma):
     check(case, dtype=BF16, device="cuda", deterministic=dq_mode != "atomic", dq_mode=dq_mode,
@@ -95,11 +95,10 @@ def test_fp32_uses_tf32_within_rule(causal):
     check(Case((2, 113, 113, 4, 2, 64, 64), causal=causal), dtype=FP32, device="cuda")
 
 
-@pytest.mark.parametrize("dq_mode", ["kernel", "fused"])
-def test_deterministic_backward_is_bitwise_reproducible(dq_mode):
+def test_deterministic_backward_is_bitwise_reproducible():
     case = Case((2, 1000, 1000, 8, 2, 128, 128), causal=True)
-    first = check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode=dq_mode)
-    second = check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode=dq_mode)
+    first = check(case, dtype=BF16, device="cuda", deterministic=True)
+    second = check(case, dtype=BF16, device="cuda", deterministic=True)
     for name in ("out", "lse", "dq", "dk", "dv"):
         assert torch.equal(first[name], second[name]), name
 
@@ -120,7 +119,7 @@ def test_overlapped_dq_kernel_is_bitwise_reproducible(tma, monkeypatch):
 
 
 @pytest.mark.parametrize("tma", TMA.values(), ids=TMA.keys())
-@pytest.mark.parametrize("dq_mode", ["atomic", "kernel", "fused"])
+@pytest.mark.parametrize("dq_mode", ["atomic", "kernel"])
 @pytest.mark.parametrize("name", ["additive-keys-kpm", "dropout-softcap-window",
                                   "packed-window-dropout", "mla-packed"])
 def test_fast_launch_matches_the_oracle_across_calls(name, dq_mode, tma):
@@ -275,24 +274,19 @@ def _tile_cases():
     for width, rows in flash_bwd.DQ_TILES.items():
         for row in rows:
             yield "dq", width, row, "kernel", "tma_desc"
-    for width, rows in flash_bwd.FUSED_TILES.items():
-        for row in rows:
-            yield "fused", width, row, "fused", "tma_desc"
-            yield "fused", width, row, "fused", "ptr_loads"
 
 
 TILE_CASES = list(_tile_cases())
 
 
 @pytest.mark.parametrize("kernel,width,row,dq_mode,tma", TILE_CASES,
-                         ids=[f"{k}-w{w}-{'x'.join(map(str, r[:-2]))}w{r[-2]}s{r[-1]}-dq_{m}-{t}"
+                         ids=[f"{k}-w{w}-{r[0]}x{r[1]}w{r[2]}s{r[3]}-dq_{m}-{t}"
                               for k, w, r, m, t in TILE_CASES])
 def test_every_tile_config_matches_oracle(kernel, width, row, dq_mode, tma):
     from attnkit.kernels import flash_bwd, flash_fwd
     tables = {"fwd": (flash_fwd.FWD_TILES, flash_fwd._flash_fwd_kernel),
               "dkdv": (flash_bwd.DKDV_TILES, flash_bwd._bwd_dkdv_kernel),
-              "dq": (flash_bwd.DQ_TILES, flash_bwd._bwd_dq_kernel),
-              "fused": (flash_bwd.FUSED_TILES, flash_bwd._bwd_fused_kernel)}
+              "dq": (flash_bwd.DQ_TILES, flash_bwd._bwd_dq_kernel)}
     table, tuner = tables[kernel]
     d, dv = {64: (64, 64), 128: (128, 128), 256: (192, 128)}[width]
     with pytest.MonkeyPatch.context() as mp:
@@ -300,6 +294,6 @@ def test_every_tile_config_matches_oracle(kernel, width, row, dq_mode, tma):
         tuner.cache.clear()
         try:
             check(Case((2, 300, 300, 4, 2, d, dv), causal=True), dtype=BF16, device="cuda",
-                  deterministic=dq_mode != "atomic", dq_mode=dq_mode, tma=TMA[tma])
+                  deterministic=dq_mode == "kernel", dq_mode=dq_mode, tma=TMA[tma])
         finally:
             tuner.cache.clear()
