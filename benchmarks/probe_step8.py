@@ -1,0 +1,96 @@
+"""Step 8 probe of benchmarks/NOTES-flash.md: dQ by TMA bulk reductions from the dK/dV
+kernel against the separate dQ kernel, for one short device call.
+
+For each prefill shape with a dense backward, the whole backward launcher
+(``flash_bwd.flash_bwd``) timed by ``do_bench`` (median, L2 flushed) under each dQ path:
+
+- ``split``: the dK/dV kernel, then (or beside it, ``_overlap``) the dQ kernel
+  (``ATTNKIT_FLASH_DQ=kernel``): the shipped path of runs 6-8 wherever atomics did not pay;
+- ``atomic_tma``: the dK/dV kernel on descriptors adds each dQ tile into a float32 buffer by
+  one TMA bulk reduction (``ATTNKIT_FLASH_DQ=atomic ATTNKIT_FLASH_TMA=all``).
+
+(Its first version, commit 735d164, measured a one-launch backward, dK/dV and dQ programs in
+one grid, against ``split``: ``results/probe-h200-2026-12-01-step8-fused.json``.)
+
+Each path's gradients are compared with the ``split`` path's on the same inputs
+(``rel_err_vs_split``: max abs difference over max abs value; rounding only). The tiles the
+autotuner picked are recorded per path, and the device time of each kernel (profiler) for
+each path.
+
+Usage (CUDA)::
+
+    PYTHONPATH=. OUT=/tmp python benchmarks/probe_step8.py [case substring ...]
+    # -> $OUT/probe8.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+import triton.testing
+
+from attnkit.kernels import flash_bwd, flash_fwd
+from benchmarks.probe_step5 import _dense_case, gpu_state, kernels_us
+from benchmarks.probe_step6 import _with_env
+
+OUT = os.environ.get("OUT", "/tmp")
+PATHS = {"split": {"ATTNKIT_FLASH_DQ": "kernel"},
+         "atomic_tma": {"ATTNKIT_FLASH_DQ": "atomic", "ATTNKIT_FLASH_TMA": "all"}}
+CASES = ("mha d128 s16k full", "mha d128 s4k full", "mha d128 s1k full", "mha d128 s4k causal",
+         "mha d128 s16k causal", "mha d128 s1k causal", "gqa 32:8 d128 s4k full",
+         "gqa 32:8 d128 s4k causal", "window 1024 d128 s16k causal", "mha d64 s16k full",
+         "mha d64 s4k full", "mha d64 s1k full", "mha d64 s16k causal", "mha d64 s4k causal",
+         "mha d64 s1k causal")
+PICKS = {"split": ("_bwd_dkdv_kernel", "_bwd_dq_kernel"), "atomic_tma": ("_bwd_dkdv_kernel",)}
+
+
+def one_case(name: str) -> dict:
+    q, k, v, opts = _dense_case(name)
+    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+    do = torch.randn_like(out)
+
+    def backward():
+        return flash_bwd.flash_bwd(do, q, k, v, out, lse, deterministic=False, **opts)
+
+    row = {}
+    want = _with_env(PATHS["split"], backward)
+    for path, env in PATHS.items():
+        got = _with_env(env, backward)
+        err = max(float((g.float() - w.float()).abs().max() / (w.float().abs().max() + 1e-6))
+                  for g, w in zip(got, want))
+        ms = _with_env(env, lambda: triton.testing.do_bench(
+            backward, warmup=100, rep=200, return_mode="median"))
+        row[path] = {"ms": round(ms, 4), "rel_err_vs_split": round(err, 5),
+                     "picks": {n: str(getattr(flash_bwd, n).best_config) for n in PICKS[path]}}
+        row[path]["kernels_us"] = _with_env(env, lambda: kernels_us(
+            backward, ("_bwd_dkdv", "_bwd_dq", "_bwd_pre", "copy", "elementwise")))
+    row["atomic_tma_over_split"] = round(row["atomic_tma"]["ms"] / row["split"]["ms"], 4)
+    return row
+
+
+def main() -> None:
+    wanted = [c for c in CASES if not sys.argv[1:] or any(a in c for a in sys.argv[1:])]
+    result = {"gpu_start": gpu_state()}
+    start = time.perf_counter()
+    path = os.path.join(OUT, "probe8.json")
+    for name in wanted:
+        try:
+            result[name] = one_case(name)
+        except Exception as exc:  # one case's failure must not lose the others
+            result[name] = f"failed: {type(exc).__name__}: {exc}"[:800]
+        torch.cuda.empty_cache()
+        print(name, json.dumps(result[name]), flush=True)
+        result["elapsed_s"] = round(time.perf_counter() - start, 1)
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
+    result["gpu_end"] = gpu_state()
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
