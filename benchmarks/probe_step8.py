@@ -9,8 +9,11 @@ For each prefill shape with a dense backward, the whole backward launcher
 - ``atomic_tma``: the dK/dV kernel on descriptors adds each dQ tile into a float32 buffer by
   one TMA bulk reduction (``ATTNKIT_FLASH_DQ=atomic ATTNKIT_FLASH_TMA=all``).
 
-(Its first version, commit 735d164, measured a one-launch backward, dK/dV and dQ programs in
-one grid, against ``split``: ``results/probe-h200-2026-12-01-step8-fused.json``.)
+Both were tried and taken out again (benchmarks/NOTES-flash.md, step 8): the ``atomic_tma``
+kernel exists at commit fada21b only (``results/probe-h200-2026-12-01-step8-atomic-tma.json``);
+at later commits that environment runs atomics on pointers. The probe's first version, at
+commit 735d164, measured a one-launch backward (dK/dV and dQ programs in one grid) against
+``split`` (``results/probe-h200-2026-12-01-step8-fused.json``).
 
 Each path's gradients are compared with the ``split`` path's on the same inputs
 (``rel_err_vs_split``: max abs difference over max abs value; rounding only). The tiles the

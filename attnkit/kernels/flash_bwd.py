@@ -203,11 +203,8 @@ def _dkdv_tiles(dk, dv, k_tile, v_tile, q_base, do_base, dq_base, lse_base, delt
         dk = tl.dot(ds_lp, q, dk, input_precision=DOT_PREC)
         if ATOMIC_DQ:
             dq = tl.dot(tl.trans(ds_lp), k_tile, input_precision=DOT_PREC) * dq_scale  # [M, D]
-            if TMA:  # one bulk reduction of the tile (sm90: cp.reduce.async.bulk.tensor)
-                dq_base.atomic_add([start_m, 0], dq)
-            else:
-                tl.atomic_add(dq_base + rows[:, None] * stride_dqs + offs_d[None, :], dq,
-                              mask=row_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
+            tl.atomic_add(dq_base + rows[:, None] * stride_dqs + offs_d[None, :], dq,
+                          mask=row_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
     return dk, dv
 
 
@@ -286,8 +283,6 @@ def _bwd_dkdv_kernel(
             + h * stride_doh, seqlen_q, stride_dos, DV, BLOCK_M, BLOCK_DV, TMA)
         dq_base = dq_ptr + b.to(tl.int64) * stride_dqb + q_start.to(tl.int64) * stride_dqs \
             + h * stride_dqh
-        if ATOMIC_DQ:  # the float32 dQ buffer: a descriptor too with TMA (bulk reductions)
-            dq_base = tile_source(dq_base, seqlen_q, stride_dqs, D, BLOCK_M, BLOCK_D, TMA)
         lse_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start
         delta_base = delta_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh \
             + q_start
@@ -617,8 +612,8 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                   MASK_KIND=mask_kind, SOFTCAP=softcap > 0, DROPOUT=dropout_p > 0,
                   DOT_PREC=dot_precision(q.dtype), SEQ_BUCKET=seq_bucket(max(sq, sk)),
 )
-    # TMA descriptors for the dK/dV kernel's tiles (and, with atomics, its dQ reductions):
-    # they decide the dQ path.
+    # TMA descriptors for the dK/dV kernel's tiles in the two-launch path only (with atomic
+    # dQ they are slower): they decide the dQ path.
     tma = _dkdv_tma(q, k, v, do, mask_kind=mask_kind, seq=max(sq, sk))
     atomic = not deterministic and _atomic_dq_pays(hq // hk, sq, d, tma=tma,
                                                    window=left >= 0)
@@ -636,9 +631,8 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                  *qs, *ks, *vs, *dos, *dqs, *_strides(dk, varlen), *_strides(dv, varlen),
                  *lstrides, kpm_stride, *mstrides, sq, sk, qk_scale, softcap_scale, scale,
                  float(dropout_p))
-    # With TMA and atomics the dK/dV kernel adds each dQ tile into ``dq_acc`` by one bulk
-    # reduction (``dq_acc`` is contiguous float32 of q's shape: aligned whenever q is).
-    dkdv_opts = dict(HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma, **common)
+    dkdv_opts = dict(HQ=hq, HK=hk, GROUP=hq // hk, ATOMIC_DQ=atomic, TMA=tma and not atomic,
+                     **common)
     if atomic:
         launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
         return dq_acc.to(q.dtype), dk, dv

@@ -271,7 +271,6 @@ def _tile_cases():
             yield "dkdv", width, row, "kernel", "tma_desc"
             yield "dkdv", width, row, "kernel", "ptr_loads"
             yield "dkdv", width, row, "atomic", "ptr_loads"
-            yield "dkdv", width, row, "atomic", "tma_desc"
     for width, rows in flash_bwd.DQ_TILES.items():
         for row in rows:
             yield "dq", width, row, "kernel", "tma_desc"
