@@ -78,6 +78,42 @@ def _loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi,
 
 
 @gluon.jit
+def _probabilities(s_t, dp_t, lse, delta, cols, rows, offset, qk_scale, a_layout: gl.constexpr,
+                   dtype: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """``P^T`` and ``dS^T`` of one tile as the register A operands of the dV and dK products."""
+    s_t = s_t * qk_scale
+    if IS_CAUSAL:
+        s_t = gl.where(cols[:, None] <= rows[None, :] + offset, s_t, float("-inf"))
+    p_t = gl.exp2(s_t - lse[None, :])
+    ds_t = p_t * (dp_t - delta[None, :])
+    return gl.convert_layout(p_t.to(dtype), a_layout), gl.convert_layout(ds_t.to(dtype), a_layout)
+
+
+@gluon.jit
+def _row_stats(lse_ptr, delta_ptr, rows, seqlen_q):
+    """Base-2 LSE (``+inf`` past the sequence: zero probabilities) and delta of ``rows``."""
+    ok = rows < seqlen_q
+    return (gl.load(lse_ptr + rows, mask=ok, other=float("inf")),
+            gl.load(delta_ptr + rows, mask=ok, other=0.0))
+
+
+@gluon.jit
+def _store_dkdv(dk, dv, dk_ptr, dv_ptr, stride_dks, stride_dvs, start_n, seqlen_k, scale,
+                BLOCK_N: gl.constexpr, D: gl.constexpr):
+    """The ``[BLOCK_N, D]`` rows of dK (times ``scale``) and dV; keys past ``seqlen_k`` are
+    left out."""
+    acc_layout: gl.constexpr = dk.type.layout
+    dtype: gl.constexpr = dk_ptr.dtype.element_ty
+    out_rows = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc_layout))
+    out_cols = gl.arange(0, D, layout=gl.SliceLayout(0, acc_layout))
+    keep = (out_rows < seqlen_k)[:, None]
+    gl.store(dk_ptr + out_rows[:, None] * stride_dks + out_cols[None, :],
+             (dk * scale).to(dtype), mask=keep)
+    gl.store(dv_ptr + out_rows[:, None] * stride_dvs + out_cols[None, :], dv.to(dtype),
+             mask=keep)
+
+
+@gluon.jit
 def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, delta_ptr,
              dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n, seqlen_q, seqlen_k,
              qk_scale, scale,
@@ -102,9 +138,7 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, delta_ptr,
         slot = i % STAGES
         start = lo + i * BLOCK_M
         rows = start + gl.arange(0, BLOCK_M, layout=query_layout)
-        ok = rows < seqlen_q
-        lse = gl.load(lse_ptr + rows, mask=ok, other=float("inf"))  # base 2, +inf: no key
-        delta = gl.load(delta_ptr + rows, mask=ok, other=0.0)
+        lse, delta = _row_stats(lse_ptr, delta_ptr, rows, seqlen_q)
         mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
         q_s = q_bufs.index(slot)  # [BLOCK_M, D]
         do_s = do_bufs.index(slot)  # [BLOCK_M, D]
@@ -113,38 +147,15 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, delta_ptr,
         dp_t = warpgroup_mma(v_smem, do_s.permute((1, 0)), zero_s, use_acc=False,
                              is_async=True)  # V dO^T
         s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-        s_t = s_t * qk_scale
-        if IS_CAUSAL:  # only tiles that cross the diagonal have hidden pairs; cheap elsewhere
-            s_t = gl.where(cols[:, None] <= rows[None, :] + offset, s_t, float("-inf"))
-        p_t = gl.exp2(s_t - lse[None, :])  # [BLOCK_N, BLOCK_M]
-        ds_t = p_t * (dp_t - delta[None, :])
-        p_a = gl.convert_layout(p_t.to(dtype), a_layout)
-        ds_a = gl.convert_layout(ds_t.to(dtype), a_layout)
+        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, offset, qk_scale,
+                                   a_layout, dtype, IS_CAUSAL)
         dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO
         dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q
         dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))  # A read from registers
         mbarrier.arrive(empty.index(slot))  # both products done: the loader may refill
-    # epilogue: [BLOCK_N, D] rows of dK (scaled) and dV, keys past seqlen_k left out
-    out_rows = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc_layout))
-    out_cols = gl.arange(0, D, layout=gl.SliceLayout(0, acc_layout))
-    keep = (out_rows < seqlen_k)[:, None]
-    gl.store(dk_ptr + out_rows[:, None] * stride_dks + out_cols[None, :],
-             (dk * scale).to(dtype), mask=keep)
-    gl.store(dv_ptr + out_rows[:, None] * stride_dvs + out_cols[None, :], dv.to(dtype),
-             mask=keep)
+    _store_dkdv(dk, dv, dk_ptr, dv_ptr, stride_dks, stride_dvs, start_n, seqlen_k, scale,
+                BLOCK_N, D)
 
-
-
-@gluon.jit
-def _probabilities(s_t, dp_t, lse, delta, cols, rows, offset, qk_scale, a_layout: gl.constexpr,
-                   dtype: gl.constexpr, IS_CAUSAL: gl.constexpr):
-    """``P^T`` and ``dS^T`` of one tile as the register A operands of the dV and dK products."""
-    s_t = s_t * qk_scale
-    if IS_CAUSAL:
-        s_t = gl.where(cols[:, None] <= rows[None, :] + offset, s_t, float("-inf"))
-    p_t = gl.exp2(s_t - lse[None, :])
-    ds_t = p_t * (dp_t - delta[None, :])
-    return gl.convert_layout(p_t.to(dtype), a_layout), gl.convert_layout(ds_t.to(dtype), a_layout)
 
 
 @gluon.jit
@@ -176,8 +187,7 @@ def _compute_pipelined(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, d
     if n > 0:  # (causal, keys past every query's reach: no query tile)
         # tile 0: scores and probabilities, no product of another tile in flight
         rows = lo + gl.arange(0, BLOCK_M, layout=query_layout)
-        lse = gl.load(lse_ptr + rows, mask=rows < seqlen_q, other=float("inf"))
-        delta = gl.load(delta_ptr + rows, mask=rows < seqlen_q, other=0.0)
+        lse, delta = _row_stats(lse_ptr, delta_ptr, rows, seqlen_q)
         mbarrier.wait(ready.index(0), 0)
         s_t = warpgroup_mma(k_smem, q_bufs.index(0).permute((1, 0)), zero_s, use_acc=False,
                             is_async=True)
@@ -190,8 +200,7 @@ def _compute_pipelined(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, d
             slot = i % STAGES
             prev = (i - 1) % STAGES
             rows = lo + i * BLOCK_M + gl.arange(0, BLOCK_M, layout=query_layout)
-            lse = gl.load(lse_ptr + rows, mask=rows < seqlen_q, other=float("inf"))
-            delta = gl.load(delta_ptr + rows, mask=rows < seqlen_q, other=0.0)
+            lse, delta = _row_stats(lse_ptr, delta_ptr, rows, seqlen_q)
             mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
             s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
                                 is_async=True)
@@ -209,13 +218,8 @@ def _compute_pipelined(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, d
         dv = warpgroup_mma(p_a, do_bufs.index(last), dv, is_async=True)
         dk = warpgroup_mma(ds_a, q_bufs.index(last), dk, is_async=True)
         dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))
-    out_rows = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc_layout))
-    out_cols = gl.arange(0, D, layout=gl.SliceLayout(0, acc_layout))
-    keep = (out_rows < seqlen_k)[:, None]
-    gl.store(dk_ptr + out_rows[:, None] * stride_dks + out_cols[None, :],
-             (dk * scale).to(dtype), mask=keep)
-    gl.store(dv_ptr + out_rows[:, None] * stride_dvs + out_cols[None, :], dv.to(dtype),
-             mask=keep)
+    _store_dkdv(dk, dv, dk_ptr, dv_ptr, stride_dks, stride_dvs, start_n, seqlen_k, scale,
+                BLOCK_N, D)
 
 @gluon.jit
 def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
@@ -312,11 +316,11 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = 64, block
                  dtype: str = "bf16", pipeline: bool = False) -> dict:
     """Compile for sm90 without a GPU; return the register split and the cubin's resources."""
     import re
-    import subprocess
-    import tempfile
 
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
+
+    from benchmarks.sm90_resources import cubin_usage
 
     sig = {k: v.format(dt=dtype) for k, v in SIGNATURE.items()}
     const = dict(H=16, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
@@ -333,21 +337,13 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = 64, block
         options["maxnreg"] = maxnreg
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     ptx = compiled.asm["ptx"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as fh:
-            fh.write(compiled.asm["cubin"])
-        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                            "cuobjdump")
-        text = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True,
-                              text=True, check=True).stdout
-    usage = dict(re.findall(r"(REG|STACK):(\d+)", text))
+    usage = cubin_usage(compiled.asm["cubin"])
     return {"setmaxnreg": sorted(set(re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+)",
                                                   ptx))),
             "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
             "local_ld_st": len(re.findall(r"\b(?:ld|st)\.local", ptx)),
-            "threads": compiled.metadata.num_warps * 32, "reg": int(usage.get("REG", -1)),
-            "stack": int(usage.get("STACK", -1)), "shared": compiled.metadata.shared}
+            "threads": compiled.metadata.num_warps * 32, **usage,
+            "shared": compiled.metadata.shared}
 
 
 def gluon_dkdv(q, k, v, do, lse2, delta, *, causal: bool, scale: float, block_m: int = 64,

@@ -26,10 +26,7 @@ Usage (a scratch venv with the GPU machine's Triton, 3.6.0 in 2026-12)::
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
-import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -43,6 +40,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
+
+from benchmarks.sm90_resources import cubin_usage
 
 LOADER_REGS = gl.constexpr(24)
 
@@ -131,22 +130,13 @@ def compile_sm90(*, stages: int, warps: int, bm: int = 128, bn: int = 128, bk: i
         options["maxnreg"] = maxnreg
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     ptx = compiled.asm["ptx"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as fh:
-            fh.write(compiled.asm["cubin"])
-        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                            "cuobjdump")
-        text = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True,
-                              text=True, check=True).stdout
-    usage = dict(re.findall(r"(REG|STACK):(\d+)", text))
+    usage = cubin_usage(compiled.asm["cubin"])
     return {"setmaxnreg": sorted(set(re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+)",
                                                   ptx))),
             "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
             "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
             "threads": compiled.metadata.num_warps * 32,
-            "reg": int(usage.get("REG", -1)), "stack": int(usage.get("STACK", -1)),
-            "shared": compiled.metadata.shared}
+            **usage, "shared": compiled.metadata.shared}
 
 
 def main() -> None:

@@ -91,18 +91,24 @@ def compile_sm90(kernel: str, *, blocks: tuple[int, ...], warps: int, stages: in
                     attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=warps, num_stages=stages))
+    return dict(kernel=kernel, d=d, dv=dv, causal=causal, window=window, group=group, tma=tma,
+                blocks=blocks, warps=warps, stages=stages, **cubin_usage(compiled.asm["cubin"]),
+                shared=compiled.metadata.shared)
+
+
+def cubin_usage(cubin: bytes) -> dict:
+    """``{"reg": registers per thread, "stack": bytes of stack (spills)}`` of a cubin, read by
+    the ``cuobjdump`` that ships with Triton."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as fh:
-            fh.write(compiled.asm["cubin"])
+            fh.write(cubin)
         tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                             "cuobjdump")
         text = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True,
                               text=True, check=True).stdout
     usage = dict(re.findall(r"(REG|STACK):(\d+)", text))
-    return dict(kernel=kernel, d=d, dv=dv, causal=causal, window=window, group=group, tma=tma,
-                blocks=blocks, warps=warps, stages=stages, reg=int(usage.get("REG", -1)),
-                stack=int(usage.get("STACK", -1)), shared=compiled.metadata.shared)
+    return {"reg": int(usage.get("REG", -1)), "stack": int(usage.get("STACK", -1))}
 
 
 def _table_rows():
