@@ -412,10 +412,68 @@ def _check_case(name: str) -> dict:
     return row
 
 
+# (batch, seq_q, seq_k, heads, d, causal): awkward lengths for the oracle check
+ORACLE_CASES = ((2, 1000, 1000, 4, 128, True), (2, 113, 203, 4, 128, True),
+                (2, 203, 113, 4, 128, True), (1, 333, 129, 4, 64, False),
+                (2, 17, 17, 2, 128, False), (2, 1, 29, 2, 64, True))
+
+
+def _oracle_case(b: int, sq: int, sk: int, h: int, d: int, causal: bool) -> dict:
+    """dK/dV of every config of ``CONFIGS`` against the float64 oracle by the tolerance rule
+    of the test suite (``tests/tolerance.py``: error at most twice the bf16 oracle's plus a
+    floor), from the shipped forward's output and LSE."""
+    import functools
+
+    import torch
+
+    from attnkit.kernels import flash_fwd
+    from tests.flash_check import Case, _oracle
+    from tests.tolerance import assert_within_rule
+
+    gen = torch.Generator(device="cuda").manual_seed(sq * 7 + sk)
+    q, k, v = (torch.randn(b, n, h, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+               for n in (sq, sk, sk))
+    opts = dict(causal=causal, window=(-1, -1), scale=d ** -0.5, softcap=0.0,
+                key_padding_mask=None, attn_mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                max_seqlen_q=sq, max_seqlen_k=sk, dropout_p=0.0, dropout_seed=0)
+    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+    do = torch.randn(out.shape, device="cuda", dtype=out.dtype, generator=gen)
+    delta = (out.float() * do.float()).sum(-1).transpose(1, 2).contiguous()
+    lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")),
+                       lse * 1.4426950408889634).contiguous()
+    case = Case((b, sq, sk, h, h, d, d), causal=causal)
+    grads = {}
+    for dtype in (torch.float64, torch.bfloat16):  # the truth, the baseline
+        ref = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        o, _ = _oracle(*ref, case, kpm=None, mask=None, seed=0, dtype=dtype)
+        grads[dtype] = torch.autograd.grad(o, ref[1:], do.to(dtype))
+    row = {}
+    for cfg in CONFIGS[d]:
+        label = f"{cfg['block_m']}x128 s{cfg['stages']}{' pipelined' if cfg['pipeline'] else ''}"
+        try:
+            dk, dv = functools.partial(gluon_dkdv, q, k, v, do, lse2, delta, causal=causal,
+                                       scale=opts["scale"], **cfg)()
+            for name, got, truth, base in zip(("dk", "dv"), (dk, dv), grads[torch.float64],
+                                              grads[torch.bfloat16]):
+                assert_within_rule(name, got.float(), truth.float(), base.float(),
+                                   dtype=torch.bfloat16)
+            row[label] = "passed"
+        except Exception as exc:  # report and go on
+            row[label] = f"failed: {type(exc).__name__}: {exc}"[:400]
+    return row
+
+
 def check(out_path: str) -> dict:
-    """On a GPU: ``_check_case`` at the MHA prefill shapes, written to ``out_path`` as it
-    goes."""
+    """On a GPU: ``_oracle_case`` at awkward lengths, then ``_check_case`` at the MHA prefill
+    shapes, written to ``out_path`` as it goes."""
     result = {}
+    for shape in ORACLE_CASES:
+        name = "oracle b{} sq{} sk{} h{} d{} {}".format(*shape[:5], "causal" if shape[5] else "full")
+        try:
+            result[name] = _oracle_case(*shape)
+        except Exception as exc:
+            result[name] = f"failed: {type(exc).__name__}: {exc}"[:600]
+        print(name, json.dumps(result[name]), flush=True)
     for name in ("mha d128 s16k full", "mha d128 s4k full", "mha d128 s4k causal",
                  "mha d128 s1k full", "mha d128 s16k causal", "mha d64 s4k full"):
         try:
