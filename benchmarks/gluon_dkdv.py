@@ -78,12 +78,17 @@ def _loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi,
 
 
 @gluon.jit
-def _probabilities(s_t, dp_t, lse, delta, cols, rows, offset, qk_scale, a_layout: gl.constexpr,
-                   dtype: gl.constexpr, IS_CAUSAL: gl.constexpr):
-    """``P^T`` and ``dS^T`` of one tile as the register A operands of the dV and dK products."""
+def _probabilities(s_t, dp_t, lse, delta, cols, rows, start, start_n, offset, qk_scale,
+                   a_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                   BLOCK_N: gl.constexpr):
+    """``P^T`` and ``dS^T`` of one tile (queries from ``start``) as the register A operands of
+    the dV and dK products. With causal attention only the tiles that cross the diagonal
+    (some query before the key tile's last key, ``start + offset < start_n + BLOCK_N - 1``)
+    are masked."""
     s_t = s_t * qk_scale
     if IS_CAUSAL:
-        s_t = gl.where(cols[:, None] <= rows[None, :] + offset, s_t, float("-inf"))
+        if start + offset < start_n + BLOCK_N - 1:
+            s_t = gl.where(cols[:, None] <= rows[None, :] + offset, s_t, float("-inf"))
     p_t = gl.exp2(s_t - lse[None, :])
     ds_t = p_t * (dp_t - delta[None, :])
     return gl.convert_layout(p_t.to(dtype), a_layout), gl.convert_layout(ds_t.to(dtype), a_layout)
@@ -147,8 +152,8 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, delta_ptr,
         dp_t = warpgroup_mma(v_smem, do_s.permute((1, 0)), zero_s, use_acc=False,
                              is_async=True)  # V dO^T
         s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, offset, qk_scale,
-                                   a_layout, dtype, IS_CAUSAL)
+        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, start, start_n, offset,
+                                   qk_scale, a_layout, dtype, IS_CAUSAL, BLOCK_N)
         dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO
         dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q
         dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))  # A read from registers
@@ -194,8 +199,8 @@ def _compute_pipelined(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, d
         dp_t = warpgroup_mma(v_smem, do_bufs.index(0).permute((1, 0)), zero_s, use_acc=False,
                              is_async=True)
         s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, offset, qk_scale, a_layout,
-                                   dtype, IS_CAUSAL)
+        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, lo, start_n, offset,
+                                   qk_scale, a_layout, dtype, IS_CAUSAL, BLOCK_N)
         for i in range(1, n):
             slot = i % STAGES
             prev = (i - 1) % STAGES
@@ -212,8 +217,9 @@ def _compute_pipelined(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, d
             s_t, dp_t, dv, dk, p_a, ds_a = warpgroup_mma_wait(2, deps=(s_t, dp_t, dv, dk, p_a, ds_a))
             # tile i - 2's slot: its products finished before tile i - 1's were issued
             mbarrier.arrive(empty.index((i + STAGES - 2) % STAGES), pred=i >= 2)
-            p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, offset, qk_scale,
-                                       a_layout, dtype, IS_CAUSAL)
+            p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, lo + i * BLOCK_M,
+                                       start_n, offset, qk_scale, a_layout, dtype, IS_CAUSAL,
+                                       BLOCK_N)
         last = (n - 1) % STAGES
         dv = warpgroup_mma(p_a, do_bufs.index(last), dv, is_async=True)
         dk = warpgroup_mma(ds_a, q_bufs.index(last), dk, is_async=True)
