@@ -29,8 +29,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 
 import triton
@@ -44,8 +42,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-LOADER_WARPS = gl.constexpr(1)
-LOADER_REGS = gl.constexpr(24)
+from benchmarks.gluon_common import LOADER_REGS, LOADER_WARPS, label, run_jobs
+from benchmarks.gluon_common import compile_sm90 as _compile
+from benchmarks.gluon_common import main as _main
 
 
 @gluon.jit
@@ -321,35 +320,9 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = 64, block
                  stages: int = 2, warps: int = 8, maxnreg: int | None = 168,
                  dtype: str = "bf16", pipeline: bool = False) -> dict:
     """Compile for sm90 without a GPU; return the register split and the cubin's resources."""
-    import re
-
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    from benchmarks.sm90_resources import cubin_usage
-
-    sig = {k: v.format(dt=dtype) for k, v in SIGNATURE.items()}
     const = dict(H=16, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
                  STAGES=stages, PIPELINE=pipeline, num_warps=warps)
-    sig.update({k: "constexpr" for k in const})
-    names = list(sig)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if sig[n].startswith("*") or sig[n] == "i32"}
-    src = GluonASTSource(gluon_dkdv_kernel, sig,
-                         constexprs={(names.index(k),): v for k, v in const.items()},
-                         attrs=attrs)
-    options = dict(num_warps=warps)
-    if maxnreg:
-        options["maxnreg"] = maxnreg
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    ptx = compiled.asm["ptx"]
-    usage = cubin_usage(compiled.asm["cubin"])
-    return {"setmaxnreg": sorted(set(re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+)",
-                                                  ptx))),
-            "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
-            "local_ld_st": len(re.findall(r"\b(?:ld|st)\.local", ptx)),
-            "threads": compiled.metadata.num_warps * 32, **usage,
-            "shared": compiled.metadata.shared}
+    return _compile(gluon_dkdv_kernel, SIGNATURE, const, warps=warps, maxnreg=maxnreg, dtype=dtype)
 
 
 def gluon_dkdv(q, k, v, do, lse2, delta, *, causal: bool, scale: float, block_m: int = 64,
@@ -379,6 +352,18 @@ def gluon_dkdv(q, k, v, do, lse2, delta, *, causal: bool, scale: float, block_m:
     return dk, dv
 
 
+def _row_inputs(out, do, lse):
+    """``(lse2, delta)`` as the shipped preprocess writes them: the base-2 LSE with ``+inf``
+    on rows that saw no key, and ``delta = sum(out * dO)`` over the head dim, float32
+    ``[b, h, sq]``."""
+    import torch
+
+    delta = (out.float() * do.float()).sum(-1).transpose(1, 2).contiguous()
+    lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")),
+                       lse * 1.4426950408889634).contiguous()
+    return lse2, delta
+
+
 def _check_case(name: str) -> dict:
     """One prefill shape: each config of ``CONFIGS`` against the shipped backward's dK/dV
     (deterministic two-launch path), its time, and the shipped kernels' device times."""
@@ -397,23 +382,21 @@ def _check_case(name: str) -> dict:
     shipped = functools.partial(flash_bwd.flash_bwd, do, q, k, v, out, lse, deterministic=True,
                                 **opts)
     want = shipped()
-    delta = (out.float() * do.float()).sum(-1).transpose(1, 2).contiguous()  # [b, h, sq]
-    lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")),
-                       lse * 1.4426950408889634).contiguous()
+    lse2, delta = _row_inputs(out, do, lse)
     row = {}
     for cfg in CONFIGS[q.shape[-1]]:
-        label = f"{cfg['block_m']}x128 s{cfg['stages']}{' pipelined' if cfg['pipeline'] else ''}"
+        tag = label(cfg)
         run = functools.partial(gluon_dkdv, q, k, v, do, lse2, delta, causal=opts["causal"],
                                 scale=opts["scale"], **cfg)
         try:
             dk, dv = run()
             err = {n: float((g.float() - w.float()).abs().max() / (w.float().abs().max() + 1e-6))
                    for n, g, w in (("dk", dk, want[1]), ("dv", dv, want[2]))}
-            row[label] = {"rel_err_vs_shipped": err,
+            row[tag] = {"rel_err_vs_shipped": err,
                           "ms": triton.testing.do_bench(run, warmup=50, rep=200,
                                                         return_mode="median")}
         except Exception as exc:  # report and go on
-            row[label] = f"failed: {type(exc).__name__}: {exc}"[:600]
+            row[tag] = f"failed: {type(exc).__name__}: {exc}"[:600]
     row["shipped_kernels_us"] = kernels_us(shipped, ("_bwd_dkdv", "_bwd_dq"))
     return row
 
@@ -444,9 +427,7 @@ def _oracle_case(b: int, sq: int, sk: int, h: int, d: int, causal: bool) -> dict
                 max_seqlen_q=sq, max_seqlen_k=sk, dropout_p=0.0, dropout_seed=0)
     out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
     do = torch.randn(out.shape, device="cuda", dtype=out.dtype, generator=gen)
-    delta = (out.float() * do.float()).sum(-1).transpose(1, 2).contiguous()
-    lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")),
-                       lse * 1.4426950408889634).contiguous()
+    lse2, delta = _row_inputs(out, do, lse)
     case = Case((b, sq, sk, h, h, d, d), causal=causal)
     grads = {}
     for dtype in (torch.float64, torch.bfloat16):  # the truth, the baseline
@@ -455,7 +436,7 @@ def _oracle_case(b: int, sq: int, sk: int, h: int, d: int, causal: bool) -> dict
         grads[dtype] = torch.autograd.grad(o, ref[1:], do.to(dtype))
     row = {}
     for cfg in CONFIGS[d]:
-        label = f"{cfg['block_m']}x128 s{cfg['stages']}{' pipelined' if cfg['pipeline'] else ''}"
+        tag = label(cfg)
         try:
             dk, dv = functools.partial(gluon_dkdv, q, k, v, do, lse2, delta, causal=causal,
                                        scale=opts["scale"], **cfg)()
@@ -463,52 +444,25 @@ def _oracle_case(b: int, sq: int, sk: int, h: int, d: int, causal: bool) -> dict
                                               grads[torch.bfloat16]):
                 assert_within_rule(name, got.float(), truth.float(), base.float(),
                                    dtype=torch.bfloat16)
-            row[label] = "passed"
+            row[tag] = "passed"
         except Exception as exc:  # report and go on
-            row[label] = f"failed: {type(exc).__name__}: {exc}"[:400]
+            row[tag] = f"failed: {type(exc).__name__}: {exc}"[:400]
     return row
 
 
 def check(out_path: str) -> dict:
     """On a GPU: ``_oracle_case`` at awkward lengths, then ``_check_case`` at the MHA prefill
     shapes, written to ``out_path`` as it goes."""
-    result = {}
-    for shape in ORACLE_CASES:
-        name = "oracle b{} sq{} sk{} h{} d{} {}".format(*shape[:5], "causal" if shape[5] else "full")
-        try:
-            result[name] = _oracle_case(*shape)
-        except Exception as exc:
-            result[name] = f"failed: {type(exc).__name__}: {exc}"[:600]
-        print(name, json.dumps(result[name]), flush=True)
-    for name in ("mha d128 s16k full", "mha d128 s4k full", "mha d128 s4k causal",
-                 "mha d128 s1k full", "mha d128 s16k causal", "mha d64 s4k full"):
-        try:
-            result[name] = _check_case(name)
-        except Exception as exc:  # one case's failure must not lose the others
-            result[name] = f"failed: {type(exc).__name__}: {exc}"[:600]
-        print(name, json.dumps(result[name]), flush=True)
-        with open(out_path, "w") as fh:
-            json.dump(result, fh, indent=1)
-    return result
+    jobs = [(f"oracle b{s[0]} sq{s[1]} sk{s[2]} h{s[3]} d{s[4]} {'causal' if s[5] else 'full'}",
+             _oracle_case, s) for s in ORACLE_CASES]
+    jobs += [(name, _check_case, (name,)) for name in (
+        "mha d128 s16k full", "mha d128 s4k full", "mha d128 s4k causal", "mha d128 s1k full",
+        "mha d128 s16k causal", "mha d64 s4k full")]
+    return run_jobs(jobs, out_path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compile", action="store_true", help="sm90 offline compile")
-    parser.add_argument("--check", action="store_true", help="GPU: against the shipped kernel")
-    args = parser.parse_args()
-    if args.compile:
-        for d, rows in CONFIGS.items():
-            for cfg in rows:
-                for causal in (False, True):
-                    try:
-                        r = compile_sm90(d=d, causal=causal, **cfg)
-                    except Exception as exc:  # report and go on
-                        r = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                    print(f"d{d} {'causal' if causal else 'full'} {cfg}:", r, flush=True)
-    if args.check:
-        check(os.path.join(os.environ.get("OUT", "/tmp"), "gluon-dkdv.json"))
-
+    _main(__doc__, CONFIGS, compile_sm90, check, "gluon-dkdv.json")
 
 if __name__ == "__main__":
     main()
