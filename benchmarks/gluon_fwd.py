@@ -85,12 +85,15 @@ def _loader(q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready, v_re
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, start_m, offset, qk_scale,
+def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, start_m, offset, seqlen_k, qk_scale,
                   p_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
                   BLOCK_M: gl.constexpr):
     """One key tile of the online softmax (base 2): the new running max and sum, the
-    accumulator rescaled, and ``P`` as the register A operand of ``P V``."""
+    accumulator rescaled, and ``P`` as the register A operand of ``P V``. Keys past
+    ``seqlen_k`` (TMA's zero rows of the last tile) are masked."""
     s = s * qk_scale
+    if start_n + s.shape[1] > seqlen_k:
+        s = gl.where(cols[None, :] < seqlen_k, s, float("-inf"))
     if IS_CAUSAL:  # only tiles that cross the diagonal hide some pairs
         if start_n + s.shape[1] - 1 > start_m + offset:
             s = gl.where(cols[None, :] <= rows[:, None] + offset, s, float("-inf"))
@@ -104,8 +107,8 @@ def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, start_m, offset, qk_sca
 
 
 @gluon.jit
-def _pv_tile(s, m_i, l_i, acc, v_bufs, v_ready, empty, j, rows, start_m, offset, qk_scale,
-             col_layout: gl.constexpr, p_layout: gl.constexpr, dtype: gl.constexpr,
+def _pv_tile(s, m_i, l_i, acc, v_bufs, v_ready, empty, j, rows, start_m, offset, seqlen_k,
+             qk_scale, col_layout: gl.constexpr, p_layout: gl.constexpr, dtype: gl.constexpr,
              IS_CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
              STAGES: gl.constexpr):
     """Key tile ``j`` after its scores ``s``: the softmax step, ``O += P V`` waited on (with
@@ -114,7 +117,8 @@ def _pv_tile(s, m_i, l_i, acc, v_bufs, v_ready, empty, j, rows, start_m, offset,
     slot = j % STAGES
     cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
     m_i, l_i, acc, p = _softmax_step(s, m_i, l_i, acc, cols, rows, j * BLOCK_N, start_m,
-                                     offset, qk_scale, p_layout, dtype, IS_CAUSAL, BLOCK_M)
+                                     offset, seqlen_k, qk_scale, p_layout, dtype,
+                                     IS_CAUSAL, BLOCK_M)
     mbarrier.wait(v_ready.index(slot), (j // STAGES) & 1)
     acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)
     acc, p = warpgroup_mma_wait(0, deps=(acc, p))
@@ -157,12 +161,12 @@ def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, ls
                 s_next = warpgroup_mma(q_smem, k_bufs.index(nxt).permute((1, 0)), zero_s,
                                        use_acc=False, is_async=True)
                 m_i, l_i, acc = _pv_tile(s, m_i, l_i, acc, v_bufs, v_ready, empty, j, rows,
-                                         start_m, offset, qk_scale, col_layout, p_layout,
-                                         dtype, IS_CAUSAL, BLOCK_M, BLOCK_N, STAGES)
+                                         start_m, offset, seqlen_k, qk_scale, col_layout,
+                                         p_layout, dtype, IS_CAUSAL, BLOCK_M, BLOCK_N, STAGES)
                 s = warpgroup_mma_wait(0, deps=(s_next,))
             m_i, l_i, acc = _pv_tile(s, m_i, l_i, acc, v_bufs, v_ready, empty, n - 1, rows,
-                                     start_m, offset, qk_scale, col_layout, p_layout, dtype,
-                                     IS_CAUSAL, BLOCK_M, BLOCK_N, STAGES)
+                                     start_m, offset, seqlen_k, qk_scale, col_layout, p_layout,
+                                     dtype, IS_CAUSAL, BLOCK_M, BLOCK_N, STAGES)
     else:
         for j in range(n):
             mbarrier.wait(k_ready.index(j % STAGES), (j // STAGES) & 1)
@@ -170,8 +174,8 @@ def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, ls
                               use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=(s,))
             m_i, l_i, acc = _pv_tile(s, m_i, l_i, acc, v_bufs, v_ready, empty, j, rows,
-                                     start_m, offset, qk_scale, col_layout, p_layout, dtype,
-                                     IS_CAUSAL, BLOCK_M, BLOCK_N, STAGES)
+                                     start_m, offset, seqlen_k, qk_scale, col_layout, p_layout,
+                                     dtype, IS_CAUSAL, BLOCK_M, BLOCK_N, STAGES)
     # epilogue: out = acc / l, lse = ln 2 * (m + log2 l); rows that saw no key: 0 and -inf
     seen = l_i > 0.0
     inv = gl.where(seen, 1.0 / gl.where(seen, l_i, 1.0), 0.0)
