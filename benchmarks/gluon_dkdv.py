@@ -42,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from benchmarks.gluon_common import LOADER_REGS, LOADER_WARPS, label, run_jobs
+from benchmarks.gluon_common import LOADER_REGS, LOADER_WARPS, label, mma_layout, run_jobs
 from benchmarks.gluon_common import compile_sm90 as _compile
 from benchmarks.gluon_common import main as _main
 
@@ -124,12 +124,8 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, delta_ptr,
              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = k_smem.dtype
-    # [BLOCK_N, BLOCK_M] scores (keys x queries) and [BLOCK_N, D] accumulators: wgmma layouts
-    # whose rows split over the warpgroups.
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_M, 16])
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, D, 16])
+    s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [BLOCK_N, BLOCK_M] scores
+    acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [BLOCK_N, D] accumulators
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     query_layout: gl.constexpr = gl.SliceLayout(0, s_layout)  # along the queries
     key_layout: gl.constexpr = gl.SliceLayout(1, s_layout)  # along the keys
@@ -174,13 +170,11 @@ def _compute_pipelined(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, d
     cores run those while the registers turn tile ``i``'s scores into probabilities. A slot
     is freed once the products of the tile two back are done (``STAGES >= 3``)."""
     dtype: gl.constexpr = k_smem.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_M, 16])
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, D, 16])
+    s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [BLOCK_N, BLOCK_M] scores
+    acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [BLOCK_N, D] accumulators
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    query_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
-    key_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    query_layout: gl.constexpr = gl.SliceLayout(0, s_layout)  # along the queries
+    key_layout: gl.constexpr = gl.SliceLayout(1, s_layout)  # along the keys
     dk = gl.zeros([BLOCK_N, D], gl.float32, acc_layout)
     dv = gl.zeros([BLOCK_N, D], gl.float32, acc_layout)
     zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)

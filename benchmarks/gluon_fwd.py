@@ -40,7 +40,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from benchmarks.gluon_common import LOADER_REGS, LOADER_WARPS, label, run_jobs
+from benchmarks.gluon_common import LOADER_REGS, LOADER_WARPS, label, mma_layout, run_jobs
 from benchmarks.gluon_common import compile_sm90 as _compile
 from benchmarks.gluon_common import main as _main
 
@@ -133,10 +133,8 @@ def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, ls
              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, PIPELINE: gl.constexpr,
              num_warps: gl.constexpr):
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, D, 16])
+    s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [BLOCK_M, BLOCK_N] scores
+    o_layout: gl.constexpr = mma_layout(D, num_warps)  # [BLOCK_M, D] accumulator
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
