@@ -69,7 +69,11 @@ def _with_env(env: dict, fn):
                 os.environ[k] = v
 
 
-def one_case(name: str) -> dict:
+def time_paths(name: str, paths: dict, *, reference: str, extra=None) -> dict:
+    """The whole backward of prefill case ``name`` under each environment of ``paths``
+    (path -> variables): ``do_bench`` median ms and the largest gradient difference from the
+    ``reference`` path's (``rel_err_vs_<reference>``: max abs difference over max abs value),
+    plus what ``extra(backward)`` returns, called under the path's environment."""
     q, k, v, opts = _dense_case(name)
     out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
     do = torch.randn_like(out)
@@ -78,16 +82,44 @@ def one_case(name: str) -> dict:
         return flash_bwd.flash_bwd(do, q, k, v, out, lse, deterministic=False, **opts)
 
     row = {}
-    want = _with_env({}, backward)
-    for path, env in PATHS.items():
+    want = _with_env(paths[reference], backward)
+    for path, env in paths.items():
         got = _with_env(env, backward)
         err = max(float((g.float() - w.float()).abs().max() / (w.float().abs().max() + 1e-6))
                   for g, w in zip(got, want))
         ms = _with_env(env, lambda: triton.testing.do_bench(
             backward, warmup=100, rep=200, return_mode="median"))
-        row[path] = {"ms": round(ms, 4), "rel_err_vs_auto": round(err, 5),
-                     "dkdv_pick": str(flash_bwd._bwd_dkdv_kernel.best_config)}
+        row[path] = {"ms": round(ms, 4), f"rel_err_vs_{reference}": round(err, 5)}
+        if extra is not None:
+            row[path].update(_with_env(env, lambda: extra(backward)))
     return row
+
+
+def run_cases(names, one_case, path: str) -> dict:
+    """``one_case(name)`` for each name, a failure recorded in its place; the JSON (with the
+    GPU's state at the start and end and the elapsed time) rewritten to ``path`` after each
+    case, so that a call cut short keeps what ran."""
+    result = {"gpu_start": gpu_state()}
+    start = time.perf_counter()
+    for name in names:
+        try:
+            result[name] = one_case(name)
+        except Exception as exc:  # one case's failure must not lose the others
+            result[name] = f"failed: {type(exc).__name__}: {exc}"[:800]
+        torch.cuda.empty_cache()
+        print(name, json.dumps(result[name]), flush=True)
+        result["elapsed_s"] = round(time.perf_counter() - start, 1)
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
+    result["gpu_end"] = gpu_state()
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    return result
+
+
+def one_case(name: str) -> dict:
+    return time_paths(name, PATHS, reference="auto", extra=lambda backward: {
+        "dkdv_pick": str(flash_bwd._bwd_dkdv_kernel.best_config)})
 
 
 WINDOW_TILES = {"dkdv 64x128 w8 s3, dq 128x64 w8 s3": ((64, 128, 8, 3), (128, 64, 8, 3)),
@@ -131,22 +163,7 @@ def main() -> None:
             json.dump(result, fh, indent=1)
         return
     wanted = [c for c in CASES if not sys.argv[1:] or any(a in c for a in sys.argv[1:])]
-    result = {"gpu_start": gpu_state()}
-    start = time.perf_counter()
-    for name in wanted:
-        try:
-            result[name] = one_case(name)
-        except Exception as exc:  # one case's failure must not lose the others
-            result[name] = f"failed: {type(exc).__name__}: {exc}"[:800]
-        torch.cuda.empty_cache()
-        print(name, json.dumps(result[name]), flush=True)
-        result["elapsed_s"] = round(time.perf_counter() - start, 1)
-        with open(os.path.join(OUT, "probe6.json"), "w") as fh:
-            json.dump(result, fh, indent=1)
-    result["gpu_end"] = gpu_state()
-    with open(os.path.join(OUT, "probe6.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
-
+    run_cases(wanted, one_case, os.path.join(OUT, "probe6.json"))
 
 if __name__ == "__main__":
     main()

@@ -28,17 +28,12 @@ Usage (CUDA)::
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
-import torch
-import triton.testing
-
-from attnkit.kernels import flash_bwd, flash_fwd
-from benchmarks.probe_step5 import _dense_case, gpu_state, kernels_us
-from benchmarks.probe_step6 import _with_env
+from attnkit.kernels import flash_bwd
+from benchmarks.probe_step5 import kernels_us
+from benchmarks.probe_step6 import run_cases, time_paths
 
 OUT = os.environ.get("OUT", "/tmp")
 PATHS = {"split": {"ATTNKIT_FLASH_DQ": "kernel"},
@@ -48,52 +43,23 @@ CASES = ("mha d128 s16k full", "mha d128 s4k full", "mha d128 s1k full", "mha d1
          "gqa 32:8 d128 s4k causal", "window 1024 d128 s16k causal", "mha d64 s16k full",
          "mha d64 s4k full", "mha d64 s1k full", "mha d64 s16k causal", "mha d64 s4k causal",
          "mha d64 s1k causal")
-PICKS = {"split": ("_bwd_dkdv_kernel", "_bwd_dq_kernel"), "atomic_tma": ("_bwd_dkdv_kernel",)}
 
 
 def one_case(name: str) -> dict:
-    q, k, v, opts = _dense_case(name)
-    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
-    do = torch.randn_like(out)
+    def extra(backward):
+        return {"picks": {n: str(getattr(flash_bwd, n).best_config)
+                          for n in ("_bwd_dkdv_kernel", "_bwd_dq_kernel")},
+                "kernels_us": kernels_us(backward, ("_bwd_dkdv", "_bwd_dq", "_bwd_pre", "copy",
+                                                    "elementwise"))}
 
-    def backward():
-        return flash_bwd.flash_bwd(do, q, k, v, out, lse, deterministic=False, **opts)
-
-    row = {}
-    want = _with_env(PATHS["split"], backward)
-    for path, env in PATHS.items():
-        got = _with_env(env, backward)
-        err = max(float((g.float() - w.float()).abs().max() / (w.float().abs().max() + 1e-6))
-                  for g, w in zip(got, want))
-        ms = _with_env(env, lambda: triton.testing.do_bench(
-            backward, warmup=100, rep=200, return_mode="median"))
-        row[path] = {"ms": round(ms, 4), "rel_err_vs_split": round(err, 5),
-                     "picks": {n: str(getattr(flash_bwd, n).best_config) for n in PICKS[path]}}
-        row[path]["kernels_us"] = _with_env(env, lambda: kernels_us(
-            backward, ("_bwd_dkdv", "_bwd_dq", "_bwd_pre", "copy", "elementwise")))
+    row = time_paths(name, PATHS, reference="split", extra=extra)
     row["atomic_tma_over_split"] = round(row["atomic_tma"]["ms"] / row["split"]["ms"], 4)
     return row
 
 
 def main() -> None:
     wanted = [c for c in CASES if not sys.argv[1:] or any(a in c for a in sys.argv[1:])]
-    result = {"gpu_start": gpu_state()}
-    start = time.perf_counter()
-    path = os.path.join(OUT, "probe8.json")
-    for name in wanted:
-        try:
-            result[name] = one_case(name)
-        except Exception as exc:  # one case's failure must not lose the others
-            result[name] = f"failed: {type(exc).__name__}: {exc}"[:800]
-        torch.cuda.empty_cache()
-        print(name, json.dumps(result[name]), flush=True)
-        result["elapsed_s"] = round(time.perf_counter() - start, 1)
-        with open(path, "w") as fh:
-            json.dump(result, fh, indent=1)
-    result["gpu_end"] = gpu_state()
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=1)
-
+    run_cases(wanted, one_case, os.path.join(OUT, "probe8.json"))
 
 if __name__ == "__main__":
     main()
