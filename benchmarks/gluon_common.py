@@ -12,21 +12,10 @@ import os
 import re
 
 import triton
-from triton.experimental import gluon
-from triton.experimental.gluon import language as gl
 
-# The TMA loader partition of both kernels: one warp (the kernel rounds it up to a
-# warpgroup), with the fewest registers a warp may have.
-LOADER_WARPS = gl.constexpr(1)
-LOADER_REGS = gl.constexpr(24)
-
-
-@gluon.constexpr_function
-def mma_layout(cols, num_warps):
-    """The wgmma accumulator layout of a ``[rows, cols]`` tile whose rows split over the
-    warpgroups (``num_warps`` along the rows)."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                     instr_shape=[16, cols, 16])
+# The TMA loader partition's size and the wgmma accumulator layout: as in the package's
+# Gluon kernel.
+from attnkit.kernels.flash_bwd_gluon import LOADER_REGS, LOADER_WARPS, mma_layout  # noqa: E402,F401
 
 
 def compile_sm90(kernel, signature: dict, const: dict, *, warps: int, maxnreg: int | None,

@@ -45,6 +45,7 @@ start_test_shards() {  # start_test_shards TIMEOUT
   done
   _shard "$limit" fc $F -k "lengths or fp32 or reproducible or auto or compile or opcheck or tma_path" &
   _shard "$limit" fl $F -k "fast_launch" &
+  _shard "$limit" fg tests/gpu/test_flash_gluon_gpu.py &
   [ "${TESTS:-all}" = "flash" ] && return
   _shard "$limit" da $D -k "matrix and bf16" &
   _shard "$limit" db $D -k "matrix and fp16" &

@@ -165,3 +165,43 @@ def test_every_variant_flag_is_in_the_autotune_keys():
         flags = {name for name, p in params.items() if "constexpr" in str(p.annotation)}
         missing = flags - derived - ({"GROUP"} if per_query_head else set()) - set(kernel.keys)
         assert not missing, (kernel.base_fn.__name__, sorted(missing))
+
+
+def test_gluon_dkdv_choice(monkeypatch):
+    """The Gluon dK/dV kernel serves plain MHA at head dim 128, 16-bit, from 2k tokens, on a
+    9.x GPU with a measured Triton, when the dK/dV kernel may use descriptors; the override
+    drops the length rule or turns it off, and a bad value is a ValueError."""
+    from attnkit.kernels import flash_bwd
+    q = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
+    monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
+    monkeypatch.delenv("ATTNKIT_FLASH_TMA", raising=False)
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)  # CPU tensors
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(flash_bwd, "interpreting", lambda: False)
+    monkeypatch.setattr(flash_bwd, "device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(flash_bwd.triton, "__version__", flash_bwd.GLUON_TRITON[0] + "0")
+    assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=2048)
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=1024)
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=False, seq=4096)
+    d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
+    assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=4096)
+    assert not flash_bwd._gluon_dkdv(q.float(), q.float(), q.float(), q.float(), plain=True,
+                                     seq=4096)
+    shifted = torch.zeros(q.numel() + 1, dtype=torch.bfloat16)[1:].view(q.shape)
+    assert not flash_bwd._gluon_dkdv(shifted, q, q, q, plain=True, seq=4096)
+    monkeypatch.setattr(flash_bwd, "device_capability", lambda device: (10, 0))
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)
+    monkeypatch.setattr(flash_bwd, "device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(flash_bwd.triton, "__version__", "9.9.9")
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)
+    monkeypatch.setattr(flash_bwd.triton, "__version__", flash_bwd.GLUON_TRITON[0] + "0")
+    monkeypatch.setenv("ATTNKIT_FLASH_TMA", "none")
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)
+    monkeypatch.delenv("ATTNKIT_FLASH_TMA")
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
+    assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=16)
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "yes")
+    with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
+        flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)

@@ -21,6 +21,10 @@ Three launches:
    Up to 4k tokens and with windows it runs on a side stream beside the dK/dV kernel
    (``_overlap``), filling the SMs that kernel's last wave leaves idle.
 
+On sm90 with the Triton release it was measured with, dense MHA at head dim 128 from 2k tokens
+has its dK/dV products computed by a warp-specialised Gluon kernel instead
+(``flash_bwd_gluon``, ``_gluon_dkdv``): 7-9% faster than ``_bwd_dkdv_kernel`` at 4k-16k tokens.
+
 On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
 tokens (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma`` says when descriptors are
 allowed), and dQ then gets its own kernel (``_atomic_dq_pays``).
@@ -47,6 +51,7 @@ from attnkit.kernels.flash_common import (
     all_configs,
     autotune_bench,
     cdiv,
+    device_capability,
     dot_precision,
     head_block,
     interpreting,
@@ -60,7 +65,9 @@ from attnkit.kernels.flash_common import (
     seq_bucket,
     tile_key_range,
     tile_source,
+    tma_aligned,
     tma_explicit,
+    tma_kernels,
     tuned,
     use_tma,
     visible_scores,
@@ -480,6 +487,40 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
                                                        mask_kind=mask_kind)
 
 
+# Triton releases the Gluon dK/dV kernel was measured and tested with (its Gluon API is
+# experimental and changes between releases).
+GLUON_TRITON = ("3.6.",)
+
+
+def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
+    """Whether the dK/dV products run in ``flash_bwd_gluon`` (the warp-specialised Gluon
+    kernel) instead of ``_bwd_dkdv_kernel``.
+
+    ``plain``: dense (not packed) MHA with no key padding, mask, window, softcap or dropout.
+    Besides: head dim 128 for q, k and v; bf16/fp16 ``tma_aligned`` tensors that the dK/dV
+    kernel may read through descriptors (``flash_common.tma_kernels`` has ``dkdv``); a
+    compute capability 9.x GPU; a Triton of ``GLUON_TRITON``; ``seq`` (the longer of the
+    query and key lengths) at least 2048, where it measured faster (``flash_bwd_gluon``).
+    ``ATTNKIT_FLASH_GLUON=0`` turns it off; ``1`` drops the length rule (tests use it).
+
+    Raises:
+        ValueError: for another ``ATTNKIT_FLASH_GLUON`` value than ``auto``, ``0`` or ``1``.
+    """
+    mode = os.environ.get("ATTNKIT_FLASH_GLUON", "auto")
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"ATTNKIT_FLASH_GLUON: expected auto, 0 or 1, got {mode!r}")
+    if mode == "0" or not plain or not q.is_cuda or interpreting():
+        return False
+    if mode == "auto" and seq < 2048:
+        return False
+    if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
+            and q.dtype in (torch.float16, torch.bfloat16)):
+        return False
+    if device_capability(q.device)[0] != 9 or not triton.__version__.startswith(GLUON_TRITON):
+        return False
+    return "dkdv" in tma_kernels() and tma_aligned(q, k, v, do)
+
+
 def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:
     """Whether the two-launch backward runs its dQ kernel beside the dK/dV kernel, on a side
     stream (CUDA only, once both kernels are tuned for the call's key, so that the autotuner
@@ -641,8 +682,20 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
     dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind),
                    **common)
+    plain = (not varlen and hq == hk and key_padding_mask is None and mask_kind == 0
+             and window[0] < 0 and window[1] < 0 and softcap == 0 and dropout_p == 0)
+    gluon = _gluon_dkdv(q, k, v, do, plain=plain, seq=max(sq, sk))
+
+    def run_dkdv():
+        if gluon:
+            from attnkit.kernels import flash_bwd_gluon
+            flash_bwd_gluon.gluon_dkdv(q, k, v, do, lse2, delta, dk, dv, causal=causal,
+                                       scale=scale)
+        else:
+            launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
+
     overlap = (_overlap(q, seq=max(sq, sk), window=left >= 0)
-               and tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts)
+               and (gluon or tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts))
                and tuned(_bwd_dq_kernel, *dq_args, **dq_opts))
     if overlap:
         # The dQ kernel on a side stream, so its programs take the SMs that the dK/dV
@@ -654,7 +707,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         fork, join = _fork_join_events(index)
         fork.record(main)
         side.wait_event(fork)
-        launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
+        run_dkdv()
         torch.cuda.set_stream(side)
         try:
             launch(_bwd_dq_kernel, q_grid, *dq_args, **dq_opts)
@@ -663,6 +716,6 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         join.record(side)
         main.wait_event(join)
         return dq_acc, dk, dv
-    launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
+    run_dkdv()
     launch(_bwd_dq_kernel, q_grid, *dq_args, **dq_opts)
     return dq_acc, dk, dv

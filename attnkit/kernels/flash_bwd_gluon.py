@@ -1,0 +1,256 @@
+"""The dK/dV kernel of the flash backward for Hopper, warp-specialised, written in Gluon.
+
+``flash_bwd`` launches it in place of ``_bwd_dkdv_kernel`` where ``applies`` says so (dense MHA,
+head dim 128, 16-bit inputs, causal or not, no masks, windows, softcap or dropout, an sm90 GPU
+and the Triton release it was measured with); the preprocess and the dQ kernel stay the same.
+Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9):
+16k full 8.05 against 8.71 ms, 16k causal 4.21 against 4.62, 4k full 2.13 against 2.30,
+4k causal 1.25 against 1.28; at 1k tokens the two are even (0.69 against 0.68), so it runs
+from 2k tokens.
+
+Grid ``(key tiles, batch x heads)``; each program owns one ``[BLOCK_N, D]`` tile of K and V
+and loops over the query tiles that see it, split into two partitions:
+
+- a loader (1 warp, 24 registers) TMA-loads each ``[BLOCK_M, D]`` tile of Q and dO into a
+  ring of ``STAGES`` shared-memory slots (``ready`` / ``empty`` mbarriers);
+- the compute partition (``num_warps`` warps, the registers the loader leaves them) holds
+  the float32 dK and dV accumulators and per query tile issues ``K Q^T`` and ``V dO^T``
+  together (asynchronous wgmma), forms ``P^T`` and ``dS^T`` in registers and issues
+  ``P^T dO`` and ``dS^T Q`` from registers, then frees the slot.
+
+This is the split FlashAttention-3 uses on Hopper; Triton's own warp specialisation does not
+give the compute warps the loader's registers on sm90 (NOTES-flash.md, step 7). The base-2
+LSE (``+inf`` on rows that saw no key) and ``delta`` come from ``flash_bwd._bwd_preprocess``;
+rows past the sequence read ``+inf`` there, so their probabilities are zero, and TMA fills
+their Q and dO rows with zeros. No atomics: the result is bitwise reproducible.
+
+Importing this module needs a Triton with Gluon (``triton.experimental.gluon``); ``flash_bwd``
+imports it only when ``applies`` holds.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
+
+# The measured configuration (H200, d 128): 64 queries x 128 keys per tile pair, two slots of
+# Q and dO, 8 compute warps; ``maxnreg`` caps the launch so that ``setmaxnreg`` can hand the
+# compute warps 240 registers and the loader 24 (more stages or a 32-query tile ran slower:
+# results/gluon-dkdv-h200-2026-12-01-step9.json).
+BLOCK_M, BLOCK_N, STAGES, NUM_WARPS, MAXNREG = 64, 128, 2, 8, 168
+LOADER_WARPS = gl.constexpr(1)
+LOADER_REGS = gl.constexpr(24)
+
+
+@gluon.constexpr_function
+def mma_layout(cols, num_warps):
+    """The wgmma accumulator layout of a ``[rows, cols]`` tile whose rows split over the
+    warpgroups (``num_warps`` along the rows)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                     instr_shape=[16, cols, 16])
+
+
+@gluon.jit
+def _query_tiles(start_n, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """``(lo, hi)``: the query tiles ``[lo, hi)`` (``lo`` a multiple of BLOCK_M) that may see
+    a key of the tile starting at ``start_n``; with causal (bottom-right) attention query ``i``
+    sees key ``j`` when ``j <= i + seqlen_k - seqlen_q``."""
+    lo = 0
+    if IS_CAUSAL:
+        lo = gl.maximum(start_n - (seqlen_k - seqlen_q), 0)
+        lo = gl.minimum(lo, seqlen_q)
+        lo = (lo // BLOCK_M) * BLOCK_M
+    return lo, seqlen_q
+
+
+@gluon.jit
+def _loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi,
+            BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
+    """The loader partition: Q and dO tiles ``lo, lo + BLOCK_M, ...`` into the ring."""
+    for i in range(gl.cdiv(hi - lo, BLOCK_M)):
+        slot = i % STAGES
+        mbarrier.wait(empty.index(slot), ((i // STAGES) & 1) ^ 1)  # every slot starts free
+        mbarrier.expect(ready.index(slot),
+                        q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+        start = lo + i * BLOCK_M
+        tma.async_copy_global_to_shared(q_desc, [start, 0], ready.index(slot),
+                                        q_bufs.index(slot))
+        tma.async_copy_global_to_shared(do_desc, [start, 0], ready.index(slot),
+                                        do_bufs.index(slot))
+
+
+@gluon.jit
+def _probabilities(s_t, dp_t, lse, delta, cols, rows, start, start_n, offset, qk_scale,
+                   a_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                   BLOCK_N: gl.constexpr):
+    """``P^T`` and ``dS^T`` (``[BLOCK_N, BLOCK_M]``) of one tile pair, queries from
+    ``start``, as register A operands of the dV and dK products. With causal attention only
+    the tiles that cross the diagonal (a query before the key tile's last key) are masked."""
+    s_t = s_t * qk_scale
+    if IS_CAUSAL:
+        if start + offset < start_n + BLOCK_N - 1:
+            s_t = gl.where(cols[:, None] <= rows[None, :] + offset, s_t, float("-inf"))
+    p_t = gl.exp2(s_t - lse[None, :])
+    ds_t = p_t * (dp_t - delta[None, :])
+    return gl.convert_layout(p_t.to(dtype), a_layout), gl.convert_layout(ds_t.to(dtype), a_layout)
+
+
+@gluon.jit
+def _row_stats(lse_ptr, delta_ptr, rows, seqlen_q):
+    """Base-2 LSE (``+inf`` past the sequence: zero probabilities) and delta of ``rows``."""
+    ok = rows < seqlen_q
+    return (gl.load(lse_ptr + rows, mask=ok, other=float("inf")),
+            gl.load(delta_ptr + rows, mask=ok, other=0.0))
+
+
+@gluon.jit
+def _store_rows(acc, ptr, stride_s, start_n, seqlen_k, BLOCK_N: gl.constexpr, D: gl.constexpr):
+    """Rows ``start_n ..`` of a ``[BLOCK_N, D]`` accumulator to ``ptr`` (keys past
+    ``seqlen_k`` left out)."""
+    acc_layout: gl.constexpr = acc.type.layout
+    rows = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc_layout))
+    cols = gl.arange(0, D, layout=gl.SliceLayout(0, acc_layout))
+    gl.store(ptr + rows.to(gl.int64)[:, None] * stride_s + cols[None, :],
+             acc.to(ptr.dtype.element_ty), mask=(rows < seqlen_k)[:, None])
+
+
+@gluon.jit
+def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, delta_ptr,
+             dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n, seqlen_q, seqlen_k,
+             qk_scale, scale,
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+    """The compute partition: dK and dV of the program's key tile over query tiles
+    ``[lo, hi)``, stored at the end."""
+    dtype: gl.constexpr = k_smem.dtype
+    s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [BLOCK_N, BLOCK_M] scores
+    acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [BLOCK_N, D] accumulators
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    query_layout: gl.constexpr = gl.SliceLayout(0, s_layout)  # along the queries
+    key_layout: gl.constexpr = gl.SliceLayout(1, s_layout)  # along the keys
+    dk = gl.zeros([BLOCK_N, D], gl.float32, acc_layout)
+    dv = gl.zeros([BLOCK_N, D], gl.float32, acc_layout)
+    zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+    cols = start_n + gl.arange(0, BLOCK_N, layout=key_layout)  # the tile's keys
+    offset = seqlen_k - seqlen_q
+    for i in range(gl.cdiv(hi - lo, BLOCK_M)):
+        slot = i % STAGES
+        start = lo + i * BLOCK_M
+        rows = start + gl.arange(0, BLOCK_M, layout=query_layout)
+        lse, delta = _row_stats(lse_ptr, delta_ptr, rows, seqlen_q)
+        mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
+        q_s = q_bufs.index(slot)  # [BLOCK_M, D]
+        do_s = do_bufs.index(slot)  # [BLOCK_M, D]
+        s_t = warpgroup_mma(k_smem, q_s.permute((1, 0)), zero_s, use_acc=False,
+                            is_async=True)  # K Q^T: [BLOCK_N, BLOCK_M]
+        dp_t = warpgroup_mma(v_smem, do_s.permute((1, 0)), zero_s, use_acc=False,
+                             is_async=True)  # V dO^T: [BLOCK_N, BLOCK_M]
+        s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
+        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, start, start_n, offset,
+                                   qk_scale, a_layout, dtype, IS_CAUSAL, BLOCK_N)
+        dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO: [BLOCK_N, D]
+        dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q: [BLOCK_N, D]
+        dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))
+        mbarrier.arrive(empty.index(slot))  # both products done: the loader may refill
+    _store_rows(dk * scale, dk_ptr, stride_dks, start_n, seqlen_k, BLOCK_N, D)
+    _store_rows(dv, dv_ptr, stride_dvs, start_n, seqlen_k, BLOCK_N, D)
+
+
+@gluon.jit
+def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                      stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                      stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+                      stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
+                      stride_lb, stride_lh, seq_q, seq_k, qk_scale, scale,
+                      H: gl.constexpr, D: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                      num_warps: gl.constexpr):
+    """dK and dV of one ``[BLOCK_N, D]`` key tile (grid axis 0) of one batch x head (axis 1).
+
+    q, k, v, do, dk, dv: ``[b, s, H, D]`` with unit stride in D and 16-byte aligned rows;
+    lse (base 2) and delta: float32 ``[b, H, seq_q]``; ``qk_scale = scale * log2(e)``.
+    """
+    pid_n = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    b = (pid_bh // H).to(gl.int64)
+    h = pid_bh % H
+    start_n = pid_n * BLOCK_N
+    dtype: gl.constexpr = q_ptr.dtype.element_ty
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
+    q_desc = tma.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh, [seq_q, D],
+                                        [stride_qs, 1], [BLOCK_M, D], q_layout)
+    do_desc = tma.make_tensor_descriptor(do_ptr + b * stride_dob + h * stride_doh, [seq_q, D],
+                                         [stride_dos, 1], [BLOCK_M, D], q_layout)
+    k_desc = tma.make_tensor_descriptor(k_ptr + b * stride_kb + h * stride_kh, [seq_k, D],
+                                        [stride_ks, 1], [BLOCK_N, D], kv_layout)
+    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + h * stride_vh, [seq_k, D],
+                                        [stride_vs, 1], [BLOCK_N, D], kv_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D], kv_layout)
+    q_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], q_layout)
+    do_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], q_layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    mbarrier.init(kv_bar, count=1)
+    fence_async_shared()
+    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [start_n, 0], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [start_n, 0], kv_bar, v_smem)
+    mbarrier.wait(kv_bar, 0)
+    lo, hi = _query_tiles(start_n, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
+    l_off = b * stride_lb + h.to(gl.int64) * stride_lh
+    gl.warp_specialize([
+        (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr + l_off,
+                    delta_ptr + l_off, dk_ptr + b * stride_dkb + h * stride_dkh,
+                    dv_ptr + b * stride_dvb + h * stride_dvh, stride_dks, stride_dvs, lo, hi,
+                    start_n, seq_q, seq_k, qk_scale, scale, BLOCK_M, BLOCK_N, D, STAGES,
+                    IS_CAUSAL, num_warps)),
+        (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, BLOCK_M, STAGES)),
+    ], [LOADER_WARPS], [LOADER_REGS])
+
+
+def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
+               lse2: torch.Tensor, delta: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *,
+               causal: bool, scale: float) -> None:
+    """Write dK and dV of dense MHA attention into ``dk`` and ``dv`` (CUDA, sm90).
+
+    Args:
+        q, do: ``[b, seq_q, h, 128]``; k, v, dk, dv: ``[b, seq_k, h, 128]``; all bf16 or all
+            fp16, last dim contiguous, 16-byte aligned (``flash_common.tma_aligned``).
+        lse2, delta: float32 ``[b, h, seq_q]`` (unit stride along the sequence): the base-2
+            LSE with ``+inf`` on rows that saw no key, and ``sum(out * dO, -1)``, as
+            ``flash_bwd._bwd_preprocess`` writes them.
+        causal: bottom-right causal attention.
+        scale: the softmax scale of the forward.
+
+    The caller checks ``applies`` first; nothing is checked here.
+
+    Example (on an H100/H200, inside ``flash_bwd``)::
+
+        gluon_dkdv(q, k, v, do, lse2, delta, dk, dv, causal=True, scale=128 ** -0.5)
+    """
+    _ensure_allocator()  # device-side descriptors live in global scratch
+    b, sq, h, d = q.shape
+    sk = k.shape[1]
+    grid = (cdiv(sk, BLOCK_N), b * h)
+    gluon_dkdv_kernel[grid](
+        q, k, v, do, lse2, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], lse2.stride(0), lse2.stride(1),
+        sq, sk, scale * LOG2E, scale,
+        H=h, D=d, IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
+        num_warps=NUM_WARPS, maxnreg=MAXNREG)
