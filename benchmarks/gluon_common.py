@@ -54,9 +54,12 @@ def compile_sm90(kernel, signature: dict, const: dict, *, warps: int, maxnreg: i
 
 
 def label(cfg: dict) -> str:
-    """A config of the experiments' ``CONFIGS`` as a short name (``64x128 s3 pipelined``)."""
+    """A config of the experiments' ``CONFIGS`` as a short name (``64x128 s3 pipelined``,
+    ``64x128 s2 wg2 pingpong``)."""
     return (f"{cfg['block_m']}x{cfg.get('block_n', 128)} s{cfg['stages']}"
-            f"{' pipelined' if cfg['pipeline'] else ''}")
+            f"{' pipelined' if cfg.get('pipeline') else ''}"
+            f"{' wg' + str(cfg['warpgroups']) if 'warpgroups' in cfg else ''}"
+            f"{' pingpong' if cfg.get('pingpong') else ''}")
 
 
 def run_jobs(jobs, out_path: str) -> dict:

@@ -26,7 +26,9 @@ from benchmarks.gluon_common import compile_sm90 as _compile
 from benchmarks.gluon_common import main as _main
 from benchmarks.gluon_common import run_jobs
 
-CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, pipeline=False)]}
+# the compute partitions: one of 8 warps; two of 4 warps; two taking turns
+CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, warpgroups=w, pingpong=p)
+                 for w, p in ((1, False), (2, False), (2, True))]}
 
 SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{dt}",
              "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": "*{dt}", "dv_ptr": "*{dt}",
@@ -37,25 +39,26 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{
 
 
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fbg.BLOCK_M,
-                 stages: int = fbg.STAGES, dtype: str = "bf16", pipeline: bool = False) -> dict:
+                 stages: int = fbg.STAGES, dtype: str = "bf16", warpgroups: int = fbg.WARPGROUPS,
+                 pingpong: bool = fbg.PINGPONG) -> dict:
     """Compile the kernel for sm90 without a GPU; the register split and cubin resources."""
-    if pipeline:
-        raise ValueError("pipeline: the pipelined variant was dropped (module docstring)")
+    warps = 8 // warpgroups
     const = dict(H=16, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=fbg.BLOCK_N,
-                 STAGES=stages, num_warps=fbg.NUM_WARPS)
-    return _compile(fbg.gluon_dkdv_kernel, SIGNATURE, const, warps=fbg.NUM_WARPS,
+                 STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=warps)
+    return _compile(fbg.gluon_dkdv_kernel, SIGNATURE, const, warps=warps,
                     maxnreg=fbg.MAXNREG, dtype=dtype)
 
 
 def _time_case(name: str) -> dict:
-    """The whole deterministic backward (ms) and its kernels' device times (us), with the
-    Gluon dK/dV kernel and with the Triton one."""
+    """The whole deterministic backward (ms) and its kernels' device times (us) with the
+    Triton dK/dV kernel and with each configuration of the Gluon one (``CONFIGS``)."""
     import functools
 
     import torch
     import triton.testing
 
     from attnkit.kernels import flash_bwd, flash_fwd
+    from benchmarks.gluon_common import label
     from benchmarks.probe_step5 import _dense_case, kernels_us
 
     q, k, v, opts = _dense_case(name)
@@ -63,18 +66,32 @@ def _time_case(name: str) -> dict:
     do = torch.randn_like(out)
     run = functools.partial(flash_bwd.flash_bwd, do, q, k, v, out, lse, deterministic=True,
                             **opts)
-    row, grads = {}, {}
-    for mode in ("0", "1"):
-        os.environ["ATTNKIT_FLASH_GLUON"] = mode
-        grads[mode] = run()
-        tag = "gluon" if mode == "1" else "triton"
-        row[f"{tag}_bwd_ms"] = triton.testing.do_bench(run, warmup=50, rep=200,
-                                                       return_mode="median")
-        row[f"{tag}_kernels_us"] = kernels_us(run, ("dkdv", "_bwd_dq"))
-    os.environ.pop("ATTNKIT_FLASH_GLUON")
-    row["max_rel_diff"] = {n: float((a.float() - b.float()).abs().max()
-                                    / (b.float().abs().max() + 1e-6))
-                           for n, a, b in zip(("dq", "dk", "dv"), grads["1"], grads["0"])}
+    real = fbg.gluon_dkdv
+    row = {}
+    os.environ["ATTNKIT_FLASH_GLUON"] = "0"
+    want = run()
+    row["triton_bwd_ms"] = triton.testing.do_bench(run, warmup=50, rep=200,
+                                                   return_mode="median")
+    row["triton_kernels_us"] = kernels_us(run, ("dkdv", "_bwd_dq"))
+    os.environ["ATTNKIT_FLASH_GLUON"] = "1"
+    try:
+        for cfg in CONFIGS[128]:
+            fbg.gluon_dkdv = functools.partial(real, warpgroups=cfg["warpgroups"],
+                                               pingpong=cfg["pingpong"])
+            try:
+                got = run()
+                row[label(cfg)] = {
+                    "bwd_ms": triton.testing.do_bench(run, warmup=50, rep=200,
+                                                      return_mode="median"),
+                    "kernels_us": kernels_us(run, ("dkdv", "_bwd_dq")),
+                    "max_rel_diff": {n: float((a.float() - b.float()).abs().max()
+                                              / (b.float().abs().max() + 1e-6))
+                                     for n, a, b in zip(("dq", "dk", "dv"), got, want)}}
+            except Exception as exc:  # report and go on
+                row[label(cfg)] = f"failed: {type(exc).__name__}: {exc}"[:400]
+    finally:
+        fbg.gluon_dkdv = real
+        os.environ.pop("ATTNKIT_FLASH_GLUON")
     return row
 
 

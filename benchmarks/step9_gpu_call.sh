@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Step 9's first call (benchmarks/NOTES-flash.md): the Gluon dK/dV kernel's GPU tests
-# (tests/gpu/test_flash_gluon_gpu.py) beside the flash `fc` shard, then
+# (tests/gpu/test_flash_gluon_gpu.py), then
 # benchmarks/gluon_dkdv.py --check (the whole backward with and without it). Logs and JSON
 # under $OUT.   TEST_LIMIT (s, default 200), PROBE_LIMIT (s, default 200)
 set -u
@@ -11,7 +11,6 @@ source benchmarks/gpu_tests.sh
 gpu_info
 T=${TEST_LIMIT:-200}
 _shard "$T" fg tests/gpu/test_flash_gluon_gpu.py &
-_shard "$T" fc tests/gpu/test_flash_gpu.py -k "lengths or fp32 or reproducible or auto or compile or opcheck or tma_path" &
 wait
 collect_test_shards
 timeout "${PROBE_LIMIT:-200}" python benchmarks/gluon_dkdv.py --check > "$OUT/gluon_dkdv.log" 2>&1

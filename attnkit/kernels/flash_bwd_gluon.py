@@ -47,9 +47,13 @@ from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
 # Q and dO, 8 compute warps; ``maxnreg`` caps the launch so that ``setmaxnreg`` can hand the
 # compute warps 240 registers and the loader 24 (more stages or a 32-query tile ran slower:
 # results/gluon-dkdv-h200-2026-12-01-step9.json).
-BLOCK_M, BLOCK_N, STAGES, NUM_WARPS, MAXNREG = 64, 128, 2, 8, 168
+BLOCK_M, BLOCK_N, STAGES, MAXNREG = 64, 128, 2, 168
+# Compute partitions: 1 of 8 warps, or 2 of 4 warps (one per half of the key tile), then
+# optionally taking turns at the tensor cores (``_take_turn``).
+WARPGROUPS, PINGPONG = 2, True
 LOADER_WARPS = gl.constexpr(1)
 LOADER_REGS = gl.constexpr(24)
+COMPUTE_REGS = gl.constexpr(240)  # the second compute warpgroup (a worker partition)
 
 
 @gluon.constexpr_function
@@ -125,23 +129,39 @@ def _store_rows(acc, ptr, stride_s, start_n, seqlen_k, BLOCK_N: gl.constexpr, D:
 
 
 @gluon.jit
-def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, delta_ptr,
+def _take_turn(turns, k, WG: gl.constexpr):
+    """Ping-pong between the two compute warpgroups: before issuing its ``k``-th group of
+    products, warpgroup 0 waits until warpgroup 1 has issued its ``k - 1``-th, and warpgroup 1
+    until warpgroup 0 has issued its ``k``-th, so that the tensor cores take the groups in
+    turn and each warpgroup's softmax runs while the other's products do."""
+    if WG == 0:
+        mbarrier.wait(turns.index(0), (k - 1) & 1, pred=k > 0)
+    else:
+        mbarrier.wait(turns.index(1), k & 1)
+
+
+@gluon.jit
+def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr, delta_ptr,
              dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n, seqlen_q, seqlen_k,
              qk_scale, scale,
-             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
-             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
-    """The compute partition: dK and dV of the program's key tile over query tiles
-    ``[lo, hi)``, stored at the end."""
+             BLOCK_M: gl.constexpr, HALF: gl.constexpr, D: gl.constexpr,
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WG: gl.constexpr,
+             PINGPONG: gl.constexpr, num_warps: gl.constexpr):
+    """One compute partition (one warpgroup): dK and dV of rows ``[WG * HALF, (WG + 1) *
+    HALF)`` of the program's key tile over query tiles ``[lo, hi)``, stored at the end."""
     dtype: gl.constexpr = k_smem.dtype
-    s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [BLOCK_N, BLOCK_M] scores
-    acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [BLOCK_N, D] accumulators
+    s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [HALF, BLOCK_M] scores
+    acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [HALF, D] accumulators
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     query_layout: gl.constexpr = gl.SliceLayout(0, s_layout)  # along the queries
     key_layout: gl.constexpr = gl.SliceLayout(1, s_layout)  # along the keys
-    dk = gl.zeros([BLOCK_N, D], gl.float32, acc_layout)
-    dv = gl.zeros([BLOCK_N, D], gl.float32, acc_layout)
-    zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
-    cols = start_n + gl.arange(0, BLOCK_N, layout=key_layout)  # the tile's keys
+    k_rows = k_smem.slice(WG * HALF, HALF)  # [HALF, D]
+    v_rows = v_smem.slice(WG * HALF, HALF)  # [HALF, D]
+    first = start_n + WG * HALF  # the partition's first key
+    dk = gl.zeros([HALF, D], gl.float32, acc_layout)
+    dv = gl.zeros([HALF, D], gl.float32, acc_layout)
+    zero_s = gl.zeros([HALF, BLOCK_M], gl.float32, s_layout)
+    cols = first + gl.arange(0, HALF, layout=key_layout)  # the partition's keys
     offset = seqlen_k - seqlen_q
     for i in range(gl.cdiv(hi - lo, BLOCK_M)):
         slot = i % STAGES
@@ -151,19 +171,27 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr, delta_ptr,
         mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
         q_s = q_bufs.index(slot)  # [BLOCK_M, D]
         do_s = do_bufs.index(slot)  # [BLOCK_M, D]
-        s_t = warpgroup_mma(k_smem, q_s.permute((1, 0)), zero_s, use_acc=False,
-                            is_async=True)  # K Q^T: [BLOCK_N, BLOCK_M]
-        dp_t = warpgroup_mma(v_smem, do_s.permute((1, 0)), zero_s, use_acc=False,
-                             is_async=True)  # V dO^T: [BLOCK_N, BLOCK_M]
+        if PINGPONG:
+            _take_turn(turns, 2 * i, WG)
+        s_t = warpgroup_mma(k_rows, q_s.permute((1, 0)), zero_s, use_acc=False,
+                            is_async=True)  # K Q^T: [HALF, BLOCK_M]
+        dp_t = warpgroup_mma(v_rows, do_s.permute((1, 0)), zero_s, use_acc=False,
+                             is_async=True)  # V dO^T: [HALF, BLOCK_M]
+        if PINGPONG:
+            mbarrier.arrive(turns.index(1 - WG))
         s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, start, start_n, offset,
-                                   qk_scale, a_layout, dtype, IS_CAUSAL, BLOCK_N)
-        dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO: [BLOCK_N, D]
-        dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q: [BLOCK_N, D]
+        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, start, first, offset,
+                                   qk_scale, a_layout, dtype, IS_CAUSAL, HALF)
+        if PINGPONG:
+            _take_turn(turns, 2 * i + 1, WG)
+        dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO: [HALF, D]
+        dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q: [HALF, D]
+        if PINGPONG:
+            mbarrier.arrive(turns.index(1 - WG))
         dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))
-        mbarrier.arrive(empty.index(slot))  # both products done: the loader may refill
-    _store_rows(dk * scale, dk_ptr, stride_dks, start_n, seqlen_k, BLOCK_N, D)
-    _store_rows(dv, dv_ptr, stride_dvs, start_n, seqlen_k, BLOCK_N, D)
+        mbarrier.arrive(empty.index(slot))  # both products done with the slot
+    _store_rows(dk * scale, dk_ptr, stride_dks, first, seqlen_k, HALF, D)
+    _store_rows(dv, dv_ptr, stride_dvs, first, seqlen_k, HALF, D)
 
 
 @gluon.jit
@@ -174,6 +202,7 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
                       stride_lb, stride_lh, seq_q, seq_k, qk_scale, scale,
                       H: gl.constexpr, D: gl.constexpr, IS_CAUSAL: gl.constexpr,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                      WARPGROUPS: gl.constexpr, PINGPONG: gl.constexpr,
                       num_warps: gl.constexpr):
     """dK and dV of one ``[BLOCK_N, D]`` key tile (grid axis 0) of one batch x head (axis 1).
 
@@ -203,10 +232,13 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(empty.index(i), count=WARPGROUPS)  # freed by every compute partition
     mbarrier.init(kv_bar, count=1)
+    mbarrier.init(turns.index(0), count=1)
+    mbarrier.init(turns.index(1), count=1)
     fence_async_shared()
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [start_n, 0], kv_bar, k_smem)
@@ -214,19 +246,37 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     mbarrier.wait(kv_bar, 0)
     lo, hi = _query_tiles(start_n, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
     l_off = b * stride_lb + h.to(gl.int64) * stride_lh
-    gl.warp_specialize([
-        (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, lse_ptr + l_off,
-                    delta_ptr + l_off, dk_ptr + b * stride_dkb + h * stride_dkh,
-                    dv_ptr + b * stride_dvb + h * stride_dvh, stride_dks, stride_dvs, lo, hi,
-                    start_n, seq_q, seq_k, qk_scale, scale, BLOCK_M, BLOCK_N, D, STAGES,
-                    IS_CAUSAL, num_warps)),
-        (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, BLOCK_M, STAGES)),
-    ], [LOADER_WARPS], [LOADER_REGS])
+    dk_base = dk_ptr + b * stride_dkb + h * stride_dkh
+    dv_base = dv_ptr + b * stride_dvb + h * stride_dvh
+    if WARPGROUPS == 2:  # a partition per half of the key tile, 4 warps each
+        HALF: gl.constexpr = BLOCK_N // 2
+        gl.warp_specialize([
+            (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
+                        delta_ptr + l_off, dk_base, dv_base, stride_dks, stride_dvs, lo, hi,
+                        start_n, seq_q, seq_k, qk_scale, scale, BLOCK_M, HALF, D, STAGES,
+                        IS_CAUSAL, 0, PINGPONG, num_warps)),
+            (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
+                        delta_ptr + l_off, dk_base, dv_base, stride_dks, stride_dvs, lo, hi,
+                        start_n, seq_q, seq_k, qk_scale, scale, BLOCK_M, HALF, D, STAGES,
+                        IS_CAUSAL, 1, PINGPONG, num_warps)),
+            (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, BLOCK_M,
+                       STAGES)),
+        ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
+    else:  # one partition of num_warps warps for the whole key tile
+        gl.warp_specialize([
+            (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
+                        delta_ptr + l_off, dk_base, dv_base, stride_dks, stride_dvs, lo, hi,
+                        start_n, seq_q, seq_k, qk_scale, scale, BLOCK_M, BLOCK_N, D, STAGES,
+                        IS_CAUSAL, 0, False, num_warps)),
+            (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, BLOCK_M,
+                       STAGES)),
+        ], [LOADER_WARPS], [LOADER_REGS])
 
 
 def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
                lse2: torch.Tensor, delta: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *,
-               causal: bool, scale: float) -> None:
+               causal: bool, scale: float, warpgroups: int = WARPGROUPS,
+               pingpong: bool = PINGPONG) -> None:
     """Write dK and dV of dense MHA attention into ``dk`` and ``dv`` (CUDA, sm90).
 
     Args:
@@ -237,6 +287,7 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
             ``flash_bwd._bwd_preprocess`` writes them.
         causal: bottom-right causal attention.
         scale: the softmax scale of the forward.
+        warpgroups, pingpong: the compute partitions (``WARPGROUPS``, ``PINGPONG``).
 
     The caller checks ``applies`` first; nothing is checked here.
 
@@ -253,4 +304,5 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], lse2.stride(0), lse2.stride(1),
         sq, sk, scale * LOG2E, scale,
         H=h, D=d, IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
-        num_warps=NUM_WARPS, maxnreg=MAXNREG)
+        WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
+        maxnreg=MAXNREG)

@@ -64,6 +64,22 @@ def test_gradients_match_the_oracle(case, dtype, gluon_calls):
     assert gluon_calls, "the Gluon dK/dV kernel did not run"
 
 
+@pytest.mark.parametrize("layout", [(1, False), (2, False), (2, True)],
+                         ids=["wg1", "wg2", "wg2-pingpong"])
+@pytest.mark.parametrize("case", ["113x203-causal", "333x129-full"])
+def test_every_partition_layout_matches_the_oracle(case, layout, gluon_calls, monkeypatch):
+    """Each arrangement of the compute partitions (``flash_bwd_gluon.WARPGROUPS``,
+    ``PINGPONG``), not only the one that ships."""
+    import functools
+
+    from attnkit.kernels import flash_bwd_gluon
+    monkeypatch.setattr(flash_bwd_gluon, "gluon_dkdv",
+                        functools.partial(flash_bwd_gluon.gluon_dkdv, warpgroups=layout[0],
+                                          pingpong=layout[1]))
+    check(CASES[case], dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_calls
+
+
 def test_atomic_dq_keeps_the_triton_kernel(gluon_calls):
     """Atomic dQ is added from the Triton dK/dV kernel: the Gluon kernel stays out."""
     check(CASES["113x203-causal"], dtype=BF16, device="cuda", dq_mode="atomic")
