@@ -168,7 +168,7 @@ def test_every_variant_flag_is_in_the_autotune_keys():
 
 
 def test_gluon_dkdv_choice(monkeypatch):
-    """The Gluon dK/dV kernel serves plain MHA at head dim 128, 16-bit, from 2k tokens, on a
+    """The Gluon dK/dV kernel serves plain MHA at head dim 128, 16-bit, from 1k tokens, on a
     9.x GPU with a measured Triton, when the dK/dV kernel may use descriptors; the override
     drops the length rule or turns it off, and a bad value is a ValueError."""
     from attnkit.kernels import flash_bwd
@@ -180,8 +180,8 @@ def test_gluon_dkdv_choice(monkeypatch):
     monkeypatch.setattr(flash_bwd, "interpreting", lambda: False)
     monkeypatch.setattr(flash_bwd, "device_capability", lambda device: (9, 0))
     monkeypatch.setattr(flash_bwd.triton, "__version__", flash_bwd.GLUON_TRITON[0] + "0")
-    assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=2048)
-    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=1024)
+    assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=1024)
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=1023)
     assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=False, seq=4096)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
     assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=4096)

@@ -21,9 +21,9 @@ Three launches:
    Up to 4k tokens and with windows it runs on a side stream beside the dK/dV kernel
    (``_overlap``), filling the SMs that kernel's last wave leaves idle.
 
-On sm90 with the Triton release it was measured with, dense MHA at head dim 128 from 2k tokens
+On sm90 with the Triton release it was measured with, dense MHA at head dim 128 from 1k tokens
 has its dK/dV products computed by a warp-specialised Gluon kernel instead
-(``flash_bwd_gluon``, ``_gluon_dkdv``): 7-9% faster than ``_bwd_dkdv_kernel`` at 4k-16k tokens.
+(``flash_bwd_gluon``, ``_gluon_dkdv``): 3-22% faster than ``_bwd_dkdv_kernel``.
 
 On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
 tokens (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma`` says when descriptors are
@@ -500,7 +500,7 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
     Besides: head dim 128 for q, k and v; bf16/fp16 ``tma_aligned`` tensors that the dK/dV
     kernel may read through descriptors (``flash_common.tma_kernels`` has ``dkdv``); a
     compute capability 9.x GPU; a Triton of ``GLUON_TRITON``; ``seq`` (the longer of the
-    query and key lengths) at least 2048, where it measured faster (``flash_bwd_gluon``).
+    query and key lengths) at least 1024, where it measured faster (``flash_bwd_gluon``).
     ``ATTNKIT_FLASH_GLUON=0`` turns it off; ``1`` drops the length rule (tests use it).
 
     Raises:
@@ -511,7 +511,7 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
         raise ValueError(f"ATTNKIT_FLASH_GLUON: expected auto, 0 or 1, got {mode!r}")
     if mode == "0" or not plain or not q.is_cuda or interpreting():
         return False
-    if mode == "auto" and seq < 2048:
+    if mode == "auto" and seq < 1024:
         return False
     if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
             and q.dtype in (torch.float16, torch.bfloat16)):

@@ -3,20 +3,22 @@
 ``flash_bwd`` launches it in place of ``_bwd_dkdv_kernel`` where ``applies`` says so (dense MHA,
 head dim 128, 16-bit inputs, causal or not, no masks, windows, softcap or dropout, an sm90 GPU
 and the Triton release it was measured with); the preprocess and the dQ kernel stay the same.
-Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9):
-16k full 8.05 against 8.71 ms, 16k causal 4.21 against 4.62, 4k full 2.13 against 2.30,
-4k causal 1.25 against 1.28; at 1k tokens the two are even (0.69 against 0.68), so it runs
-from 2k tokens.
+Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9,
+``results/gluon-dkdv-h200-2026-12-01-step9-layouts.json``), kernel alone: 16k full 7.20
+against 8.80 ms, 16k causal 3.57 against 4.58, 4k full 1.89 against 2.34, 4k causal 1.10
+against 1.36, 1k full 0.61 against 0.68, 1k causal 0.43 against 0.44.
 
 Grid ``(key tiles, batch x heads)``; each program owns one ``[BLOCK_N, D]`` tile of K and V
-and loops over the query tiles that see it, split into two partitions:
+and loops over the query tiles that see it, split into partitions:
 
 - a loader (1 warp, 24 registers) TMA-loads each ``[BLOCK_M, D]`` tile of Q and dO into a
   ring of ``STAGES`` shared-memory slots (``ready`` / ``empty`` mbarriers);
-- the compute partition (``num_warps`` warps, the registers the loader leaves them) holds
-  the float32 dK and dV accumulators and per query tile issues ``K Q^T`` and ``V dO^T``
-  together (asynchronous wgmma), forms ``P^T`` and ``dS^T`` in registers and issues
-  ``P^T dO`` and ``dS^T Q`` from registers, then frees the slot.
+- two compute warpgroups (240 registers each), one per half of the key tile, each holding
+  its float32 dK and dV rows: per query tile it issues ``K Q^T`` and ``V dO^T`` together
+  (asynchronous wgmma), forms ``P^T`` and ``dS^T`` in registers, issues ``P^T dO`` and
+  ``dS^T Q`` from registers, then frees the slot. Being separate partitions, the two drift
+  apart, so one's softmax runs while the other's products do (one partition of 8 warps,
+  ``WARPGROUPS = 1``, keeps them in step and ran 13-22% slower).
 
 This is the split FlashAttention-3 uses on Hopper; Triton's own warp specialisation does not
 give the compute warps the loader's registers on sm90 (NOTES-flash.md, step 7). The base-2
@@ -50,7 +52,10 @@ from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
 BLOCK_M, BLOCK_N, STAGES, MAXNREG = 64, 128, 2, 168
 # Compute partitions: 1 of 8 warps, or 2 of 4 warps (one per half of the key tile), then
 # optionally taking turns at the tensor cores (``_take_turn``).
-WARPGROUPS, PINGPONG = 2, True
+# Two partitions without turns measured fastest (results/gluon-dkdv-h200-2026-12-01-step9-
+# layouts.json, dK/dV kernel alone, H200: 16k full 7.20 ms against 8.30 for one partition and
+# 7.30 with turns; 1k full 0.614 against 0.685 and 0.626).
+WARPGROUPS, PINGPONG = 2, False
 LOADER_WARPS = gl.constexpr(1)
 LOADER_REGS = gl.constexpr(24)
 COMPUTE_REGS = gl.constexpr(240)  # the second compute warpgroup (a worker partition)
