@@ -15,7 +15,7 @@ import triton
 
 # The TMA loader partition's size and the wgmma accumulator layout: as in the package's
 # Gluon kernel.
-from attnkit.kernels.flash_bwd_gluon import LOADER_REGS, LOADER_WARPS, mma_layout  # noqa: E402,F401
+from attnkit.kernels.gluon_sm90 import LOADER_REGS, LOADER_WARPS, mma_layout  # noqa: F401
 
 
 def compile_sm90(kernel, signature: dict, const: dict, *, warps: int, maxnreg: int | None,

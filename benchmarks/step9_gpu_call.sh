@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Step 9's first call (benchmarks/NOTES-flash.md): the Gluon dK/dV kernel's GPU tests
+# Step 9's calls (benchmarks/NOTES-flash.md): the Gluon kernels' GPU tests
 # (tests/gpu/test_flash_gluon_gpu.py), then
-# benchmarks/gluon_dkdv.py --check (the whole backward with and without it). Logs and JSON
-# under $OUT.   TEST_LIMIT (s, default 200), PROBE_LIMIT (s, default 200)
+# the probes' --check (PROBES, default gluon_dkdv: the whole backward with and without it;
+# gluon_fwd: the forward). Logs and JSON under $OUT.
+#   TEST_LIMIT (s, default 200), PROBE_LIMIT (s per probe, default 200)
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -10,9 +11,13 @@ mkdir -p "$OUT"
 source benchmarks/gpu_tests.sh
 gpu_info
 T=${TEST_LIMIT:-200}
-_shard "$T" fg tests/gpu/test_flash_gluon_gpu.py &
+G=tests/gpu/test_flash_gluon_gpu.py
+_shard "$T" fg1 $G -k "forward_tiling or partition_layout" &
+_shard "$T" fg2 $G -k "not (forward_tiling or partition_layout)" &
 wait
 collect_test_shards
-timeout "${PROBE_LIMIT:-200}" python benchmarks/gluon_dkdv.py --check > "$OUT/gluon_dkdv.log" 2>&1
-echo "probe rc=$?"
-cut -c1-600 "$OUT/gluon_dkdv.log" | grep -v Warn
+for p in ${PROBES:-gluon_dkdv}; do
+  timeout "${PROBE_LIMIT:-200}" python "benchmarks/$p.py" --check > "$OUT/$p.log" 2>&1
+  echo "$p rc=$?"
+  cut -c1-600 "$OUT/$p.log" | grep -v Warn
+done

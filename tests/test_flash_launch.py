@@ -171,15 +171,15 @@ def test_gluon_dkdv_choice(monkeypatch):
     """The Gluon dK/dV kernel serves plain MHA at head dim 128, 16-bit, from 1k tokens, on a
     9.x GPU with a measured Triton, when the dK/dV kernel may use descriptors; the override
     drops the length rule or turns it off, and a bad value is a ValueError."""
-    from attnkit.kernels import flash_bwd
+    from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
     monkeypatch.delenv("ATTNKIT_FLASH_TMA", raising=False)
     assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)  # CPU tensors
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    monkeypatch.setattr(flash_bwd, "interpreting", lambda: False)
-    monkeypatch.setattr(flash_bwd, "device_capability", lambda device: (9, 0))
-    monkeypatch.setattr(flash_bwd.triton, "__version__", flash_bwd.GLUON_TRITON[0] + "0")
+    monkeypatch.setattr(flash_common, "interpreting", lambda: False)
+    monkeypatch.setattr(flash_common, "device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
     assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=1024)
     assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=1023)
     assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=False, seq=4096)
@@ -189,12 +189,12 @@ def test_gluon_dkdv_choice(monkeypatch):
                                      seq=4096)
     shifted = torch.zeros(q.numel() + 1, dtype=torch.bfloat16)[1:].view(q.shape)
     assert not flash_bwd._gluon_dkdv(shifted, q, q, q, plain=True, seq=4096)
-    monkeypatch.setattr(flash_bwd, "device_capability", lambda device: (10, 0))
+    monkeypatch.setattr(flash_common, "device_capability", lambda device: (10, 0))
     assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)
-    monkeypatch.setattr(flash_bwd, "device_capability", lambda device: (9, 0))
-    monkeypatch.setattr(flash_bwd.triton, "__version__", "9.9.9")
+    monkeypatch.setattr(flash_common, "device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(flash_common.triton, "__version__", "9.9.9")
     assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)
-    monkeypatch.setattr(flash_bwd.triton, "__version__", flash_bwd.GLUON_TRITON[0] + "0")
+    monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
     monkeypatch.setenv("ATTNKIT_FLASH_TMA", "none")
     assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)
     monkeypatch.delenv("ATTNKIT_FLASH_TMA")
@@ -205,3 +205,30 @@ def test_gluon_dkdv_choice(monkeypatch):
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "yes")
     with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
         flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096)
+
+
+def test_gluon_fwd_choice(monkeypatch):
+    """The Gluon forward serves plain dense inputs (MHA or GQA) at head dim 128, 16-bit, from
+    1k tokens where ``flash_common.gluon_ready`` holds; the override drops the length rule."""
+    from attnkit.kernels import flash_common, flash_fwd
+    q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
+    kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
+    monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
+    assert not flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=4096)  # CPU tensors
+    monkeypatch.setattr(flash_fwd, "gluon_ready", lambda t: True)
+    assert flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=1024)
+    assert not flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=1023)
+    assert not flash_fwd._gluon_fwd(q, kv, kv, plain=False, seq=4096)
+    assert not flash_fwd._gluon_fwd(q.half(), kv, kv, plain=True, seq=4096)
+    d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
+    assert not flash_fwd._gluon_fwd(d64, d64, d64, plain=True, seq=4096)
+    shifted = torch.zeros(kv.numel() + 1, dtype=torch.bfloat16)[1:].view(kv.shape)
+    assert not flash_fwd._gluon_fwd(q, shifted, kv, plain=True, seq=4096)
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
+    assert flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=16)
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
+    assert not flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=4096)
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "on")
+    with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
+        flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=4096)
+    assert flash_common.GLUON_TRITON

@@ -51,8 +51,9 @@ from attnkit.kernels.flash_common import (
     all_configs,
     autotune_bench,
     cdiv,
-    device_capability,
     dot_precision,
+    gluon_ready,
+    gluon_setting,
     head_block,
     interpreting,
     launch,
@@ -487,38 +488,27 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
                                                        mask_kind=mask_kind)
 
 
-# Triton releases the Gluon dK/dV kernel was measured and tested with (its Gluon API is
-# experimental and changes between releases).
-GLUON_TRITON = ("3.6.",)
-
-
 def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
     """Whether the dK/dV products run in ``flash_bwd_gluon`` (the warp-specialised Gluon
     kernel) instead of ``_bwd_dkdv_kernel``.
 
     ``plain``: dense (not packed) MHA with no key padding, mask, window, softcap or dropout.
     Besides: head dim 128 for q, k and v; bf16/fp16 ``tma_aligned`` tensors that the dK/dV
-    kernel may read through descriptors (``flash_common.tma_kernels`` has ``dkdv``); a
-    compute capability 9.x GPU; a Triton of ``GLUON_TRITON``; ``seq`` (the longer of the
-    query and key lengths) at least 1024, where it measured faster (``flash_bwd_gluon``).
-    ``ATTNKIT_FLASH_GLUON=0`` turns it off; ``1`` drops the length rule (tests use it).
+    kernel may read through descriptors (``flash_common.tma_kernels`` has ``dkdv``);
+    ``flash_common.gluon_ready``; ``seq`` (the longer of the query and key lengths) at least
+    1024, where it measured faster (``flash_bwd_gluon``), unless ``ATTNKIT_FLASH_GLUON`` is
+    ``1`` (``0`` turns it off: ``flash_common.gluon_setting``).
 
     Raises:
-        ValueError: for another ``ATTNKIT_FLASH_GLUON`` value than ``auto``, ``0`` or ``1``.
+        ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
     """
-    mode = os.environ.get("ATTNKIT_FLASH_GLUON", "auto")
-    if mode not in ("auto", "0", "1"):
-        raise ValueError(f"ATTNKIT_FLASH_GLUON: expected auto, 0 or 1, got {mode!r}")
-    if mode == "0" or not plain or not q.is_cuda or interpreting():
-        return False
-    if mode == "auto" and seq < 1024:
+    mode = gluon_setting()
+    if mode == "0" or not plain or (mode == "auto" and seq < 1024):
         return False
     if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
             and q.dtype in (torch.float16, torch.bfloat16)):
         return False
-    if device_capability(q.device)[0] != 9 or not triton.__version__.startswith(GLUON_TRITON):
-        return False
-    return "dkdv" in tma_kernels() and tma_aligned(q, k, v, do)
+    return gluon_ready(q) and "dkdv" in tma_kernels() and tma_aligned(q, k, v, do)
 
 
 def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:

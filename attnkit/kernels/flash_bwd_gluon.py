@@ -44,29 +44,23 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
+from attnkit.kernels.gluon_sm90 import (
+    COMPUTE_REGS,
+    LOADER_REGS,
+    LOADER_WARPS,
+    MAXNREG,
+    mma_layout,
+)
 
 # The measured configuration (H200, d 128): 64 queries x 128 keys per tile pair, two slots of
-# Q and dO, 8 compute warps; ``maxnreg`` caps the launch so that ``setmaxnreg`` can hand the
-# compute warps 240 registers and the loader 24 (more stages or a 32-query tile ran slower:
-# results/gluon-dkdv-h200-2026-12-01-step9.json).
-BLOCK_M, BLOCK_N, STAGES, MAXNREG = 64, 128, 2, 168
-# Compute partitions: 1 of 8 warps, or 2 of 4 warps (one per half of the key tile), then
-# optionally taking turns at the tensor cores (``_take_turn``).
-# Two partitions without turns measured fastest (results/gluon-dkdv-h200-2026-12-01-step9-
-# layouts.json, dK/dV kernel alone, H200: 16k full 7.20 ms against 8.30 for one partition and
-# 7.30 with turns; 1k full 0.614 against 0.685 and 0.626).
+# Q and dO (more stages or a 32-query tile ran slower: results/gluon-dkdv-h200-2026-12-01-
+# step9.json). Compute partitions: 1 of 8 warps, or 2 of 4 warps (one per half of the key
+# tile), optionally taking turns at the tensor cores (``_take_turn``); two without turns
+# measured fastest (results/gluon-dkdv-h200-2026-12-01-step9-layouts.json, dK/dV kernel alone:
+# 16k full 7.20 ms against 8.30 for one partition and 7.30 with turns; 1k full 0.614 against
+# 0.685 and 0.626).
+BLOCK_M, BLOCK_N, STAGES = 64, 128, 2
 WARPGROUPS, PINGPONG = 2, False
-LOADER_WARPS = gl.constexpr(1)
-LOADER_REGS = gl.constexpr(24)
-COMPUTE_REGS = gl.constexpr(240)  # the second compute warpgroup (a worker partition)
-
-
-@gluon.constexpr_function
-def mma_layout(cols, num_warps):
-    """The wgmma accumulator layout of a ``[rows, cols]`` tile whose rows split over the
-    warpgroups (``num_warps`` along the rows)."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                     instr_shape=[16, cols, 16])
 
 
 @gluon.jit

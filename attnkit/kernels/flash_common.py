@@ -446,6 +446,32 @@ def use_tma(kernel: str, *tensors: torch.Tensor, mask_kind: int = 0) -> bool:
     return True
 
 
+# Triton releases attnkit's Gluon kernels (``flash_fwd_gluon``, ``flash_bwd_gluon``) were
+# measured and tested with: Gluon's API is experimental and changes between releases.
+GLUON_TRITON = ("3.6.",)
+
+
+def gluon_setting() -> str:
+    """``ATTNKIT_FLASH_GLUON``: ``auto`` (default: the Gluon kernels where they measured
+    faster), ``0`` (never) or ``1`` (wherever they apply, whatever the length; tests use it).
+
+    Raises:
+        ValueError: for any other value.
+    """
+    mode = os.environ.get("ATTNKIT_FLASH_GLUON", "auto")
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"ATTNKIT_FLASH_GLUON: expected auto, 0 or 1, got {mode!r}")
+    return mode
+
+
+def gluon_ready(t: torch.Tensor) -> bool:
+    """Whether the Gluon kernels can run on ``t``'s device: a CUDA tensor outside the
+    interpreter, a compute capability 9.x GPU (their wgmma and TMA are Hopper's) and a Triton
+    of ``GLUON_TRITON``."""
+    return (t.is_cuda and not interpreting() and device_capability(t.device)[0] == 9
+            and triton.__version__.startswith(GLUON_TRITON))
+
+
 def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
     """Triton's global scratch for device-side descriptors, from PyTorch's caching allocator."""
     return torch.empty(size, dtype=torch.int8, device="cuda")

@@ -29,6 +29,8 @@ from attnkit.kernels.flash_common import (
     autotune_bench,
     cdiv,
     dot_precision,
+    gluon_ready,
+    gluon_setting,
     head_block,
     launch,
     load_tile,
@@ -40,6 +42,7 @@ from attnkit.kernels.flash_common import (
     seq_bucket,
     tile_key_range,
     tile_source,
+    tma_aligned,
     use_tma,
     visible_scores,
 )
@@ -208,6 +211,28 @@ def _flash_fwd_kernel(
     l_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh
     tl.store(l_base + q_start + rows, lse, mask=rows < seqlen_q)
 
+def _gluon_fwd(q, k, v, *, plain: bool, seq: int) -> bool:
+    """Whether the forward runs in ``flash_fwd_gluon`` (the warp-specialised Gluon kernel)
+    instead of ``_flash_fwd_kernel``.
+
+    ``plain``: dense (not packed) inputs with no key padding, mask, window, softcap or
+    dropout. Besides: head dim 128 for q, k and v; bf16/fp16 ``tma_aligned`` tensors;
+    ``flash_common.gluon_ready``; ``seq`` (the longer of the query and key lengths) at least
+    1024, unless ``ATTNKIT_FLASH_GLUON`` is ``1`` (``0`` turns it off:
+    ``flash_common.gluon_setting``).
+
+    Raises:
+        ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
+    """
+    mode = gluon_setting()
+    if mode == "0" or not plain or (mode == "auto" and seq < 1024):
+        return False
+    if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
+            and q.dtype in (torch.float16, torch.bfloat16)):
+        return False
+    return gluon_ready(q) and tma_aligned(q, k, v)
+
+
 @on_input_device
 def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
               window: tuple[int, int], scale: float, softcap: float,
@@ -274,6 +299,13 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     left, right = window
     if causal:
         right = 0  # causal and any right window intersect to the diagonal itself
+
+    plain = (not varlen and key_padding_mask is None and mask_kind == 0 and left < 0
+             and window[1] < 0 and softcap == 0 and dropout_p == 0)
+    if _gluon_fwd(q, k, v, plain=plain, seq=max(sq, sk)):
+        from attnkit.kernels import flash_fwd_gluon
+        flash_fwd_gluon.gluon_fwd(q, k, v, out, lse, causal=causal, scale=scale)
+        return out, lse
 
     # TMA descriptors (not a default: ATTNKIT_FLASH_TMA=fwd or all) at head widths of 128
     # only: 6% slower at 64 on an H200, and Triton 3.6's ptxas crashes on the 256-wide forward

@@ -1,11 +1,13 @@
-"""The Gluon dK/dV kernel of the flash backward (``attnkit/kernels/flash_bwd_gluon.py``) on a GPU.
+"""attnkit's Gluon kernels on a GPU: the flash forward (``attnkit/kernels/flash_fwd_gluon.py``)
+and the dK/dV kernel of the backward (``flash_bwd_gluon.py``).
 
-Every gradient against the float64 oracle by the tolerance rule (``tests/flash_check.py``) with
-the kernel forced on (``ATTNKIT_FLASH_GLUON=1``, any length) and checked to have run: awkward
-lengths, unequal query/key lengths with causal rows that see no key, bf16 and fp16, the LSE
-gradient, q/k/v as views of one merged QKV tensor (atomic dQ keeps the Triton dK/dV kernel);
-then the launcher's own choice at the lengths where it switches, and bitwise reproducibility.
-Runs on sm90 with a Triton of ``flash_bwd.GLUON_TRITON``; skipped elsewhere.
+The output, LSE and every gradient against the float64 oracle by the tolerance rule
+(``tests/flash_check.py``) with the kernels forced on (``ATTNKIT_FLASH_GLUON=1``, any length)
+and checked to have run: awkward lengths, unequal query/key lengths with causal rows that see
+no key, bf16 and fp16, GQA/MQA (forward), the LSE gradient, q/k/v as views of one merged QKV
+tensor, every tiling the probes time (atomic dQ keeps the Triton dK/dV kernel); then the
+launchers' own choice at the lengths where they switch, and bitwise reproducibility.
+Runs on sm90 with a Triton of ``flash_common.GLUON_TRITON``; skipped elsewhere.
 Run with ``pytest -m gpu tests/gpu/test_flash_gluon_gpu.py``.
 """
 
@@ -21,7 +23,7 @@ from tests.tolerance import assert_within_rule
 
 
 def _gluon_gpu() -> bool:
-    from attnkit.kernels.flash_bwd import GLUON_TRITON
+    from attnkit.kernels.flash_common import GLUON_TRITON
     return (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
             and triton.__version__.startswith(GLUON_TRITON))
 
@@ -43,25 +45,57 @@ CASES = {
 
 @pytest.fixture
 def gluon_calls(monkeypatch):
-    """Force the Gluon kernel on and count its launches."""
-    from attnkit.kernels import flash_bwd_gluon
-    calls = []
-    real = flash_bwd_gluon.gluon_dkdv
-
-    def counted(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(flash_bwd_gluon, "gluon_dkdv", counted)
+    """Force the Gluon kernels on and count their launches (``fwd``, ``dkdv``)."""
+    from attnkit.kernels import flash_bwd_gluon, flash_fwd_gluon
+    calls = {"fwd": 0, "dkdv": 0}
+    for module, name, key in ((flash_bwd_gluon, "gluon_dkdv", "dkdv"),
+                              (flash_fwd_gluon, "gluon_fwd", "fwd")):
+        monkeypatch.setattr(module, name, _counted(getattr(module, name), calls, key))
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
     return calls
+
+
+def _counted(fn, calls, key):
+    def counted(*args, **kwargs):
+        calls[key] += 1
+        return fn(*args, **kwargs)
+    return counted
 
 
 @pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_gradients_match_the_oracle(case, dtype, gluon_calls):
     check(case, dtype=dtype, device="cuda", deterministic=True, dq_mode="kernel")
-    assert gluon_calls, "the Gluon dK/dV kernel did not run"
+    assert gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
+
+
+GQA_CASES = {
+    "gqa-113x203-causal": Case((2, 113, 203, 8, 2, 128, 128), causal=True),
+    "mqa-333x129-full": Case((1, 333, 129, 4, 1, 128, 128)),
+    "gqa-1000x1000-causal": Case((1, 1000, 1000, 8, 2, 128, 128), causal=True),
+}
+
+
+@pytest.mark.parametrize("case", GQA_CASES.values(), ids=GQA_CASES.keys())
+def test_gqa_forward_matches_the_oracle(case, gluon_calls):
+    """GQA/MQA: the Gluon forward (K/V heads shared, never repeated); the Triton backward."""
+    check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_calls["fwd"] and not gluon_calls["dkdv"], gluon_calls
+
+
+@pytest.mark.parametrize("tiling", [(128, 2, 1), (128, 2, 2), (64, 3, 2)],
+                         ids=["n128-s2-wg1", "n128-s2-wg2", "n64-s3-wg2"])
+@pytest.mark.parametrize("case", ["113x203-causal", "333x129-full", "203x113-causal"])
+def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monkeypatch):
+    """Each forward configuration the probe times (``benchmarks/gluon_fwd.py``)."""
+    import functools
+
+    from attnkit.kernels import flash_fwd_gluon
+    block_n, stages, warpgroups = tiling
+    monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
+        flash_fwd_gluon.gluon_fwd, block_n=block_n, stages=stages, warpgroups=warpgroups))
+    check(CASES[case], dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_calls["fwd"]
 
 
 @pytest.mark.parametrize("layout", [(1, False), (2, False), (2, True)],
@@ -77,13 +111,13 @@ def test_every_partition_layout_matches_the_oracle(case, layout, gluon_calls, mo
                         functools.partial(flash_bwd_gluon.gluon_dkdv, warpgroups=layout[0],
                                           pingpong=layout[1]))
     check(CASES[case], dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
-    assert gluon_calls
+    assert gluon_calls["dkdv"]
 
 
 def test_atomic_dq_keeps_the_triton_kernel(gluon_calls):
-    """Atomic dQ is added from the Triton dK/dV kernel: the Gluon kernel stays out."""
+    """Atomic dQ is added from the Triton dK/dV kernel: the Gluon dK/dV kernel stays out."""
     check(CASES["113x203-causal"], dtype=BF16, device="cuda", dq_mode="atomic")
-    assert not gluon_calls
+    assert not gluon_calls["dkdv"]
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -103,35 +137,39 @@ def test_merged_qkv_views(causal, gluon_calls):
                                                         backend="triton"))
     truth = grads(torch.float64, lambda q, k, v: attention64(q, k, v, causal=causal)[0])
     base = grads(BF16, lambda q, k, v: attention64(q, k, v, causal=causal, dtype=BF16)[0])
-    assert gluon_calls, "the Gluon dK/dV kernel did not run"
+    assert gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
     for i, name in enumerate(("dq", "dk", "dv")):
         assert_within_rule(name, got[:, :, i].float(), truth[:, :, i], base[:, :, i].float(),
                            dtype=BF16)
 
 
 @pytest.mark.parametrize("seq,hk,window,expect", [
-    (1024, 8, (-1, -1), True), (512, 8, (-1, -1), False), (2048, 2, (-1, -1), False),
-    (2048, 8, (255, 0), False)], ids=["mha-1k", "mha-512", "gqa-2k", "window-2k"])
+    (1024, 8, (-1, -1), dict(fwd=True, dkdv=True)),
+    (512, 8, (-1, -1), dict(fwd=False, dkdv=False)),
+    (2048, 2, (-1, -1), dict(fwd=True, dkdv=False)),
+    (2048, 8, (255, 0), dict(fwd=False, dkdv=False))],
+    ids=["mha-1k", "mha-512", "gqa-2k", "window-2k"])
 def test_launcher_choice(seq, hk, window, expect, monkeypatch):
-    """Without the override the kernel runs for dense MHA from 1k tokens only."""
+    """Without the override the dK/dV kernel runs for dense MHA from 1k tokens only, the
+    forward for dense MHA and GQA from 1k tokens."""
     import attnkit
-    from attnkit.kernels import flash_bwd_gluon
-    calls = []
-    real = flash_bwd_gluon.gluon_dkdv
-    monkeypatch.setattr(flash_bwd_gluon, "gluon_dkdv",
-                        lambda *a, **kw: (calls.append(1), real(*a, **kw)))
+    from attnkit.kernels import flash_bwd_gluon, flash_fwd_gluon
+    calls = {"fwd": 0, "dkdv": 0}
+    for module, name, key in ((flash_bwd_gluon, "gluon_dkdv", "dkdv"),
+                              (flash_fwd_gluon, "gluon_fwd", "fwd")):
+        monkeypatch.setattr(module, name, _counted(getattr(module, name), calls, key))
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
     q = torch.randn(1, seq, 8, 128, device="cuda", dtype=BF16, requires_grad=True)
     k, v = (torch.randn(1, seq, hk, 128, device="cuda", dtype=BF16, requires_grad=True)
             for _ in range(2))
     attnkit.attention(q, k, v, causal=True, window=window, backend="triton").sum().backward()
-    assert bool(calls) == expect
+    assert bool(calls["dkdv"]) == expect["dkdv"] and bool(calls["fwd"]) == expect["fwd"]
 
 
 def test_backward_is_bitwise_reproducible(gluon_calls):
     case = Case((2, 1000, 1000, 4, 4, 128, 128), causal=True)
     first = check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
     again = check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
-    for name in ("dq", "dk", "dv"):
+    for name in ("out", "lse", "dq", "dk", "dv"):
         assert torch.equal(first[name], again[name]), name
-    assert gluon_calls
+    assert gluon_calls["fwd"] and gluon_calls["dkdv"]

@@ -1,0 +1,247 @@
+"""The flash forward for Hopper, warp-specialised, written in Gluon.
+
+``flash_fwd`` launches it in place of ``_flash_fwd_kernel`` where ``flash_fwd._gluon_fwd``
+says so (dense MHA or GQA/MQA, head dim 128, 16-bit inputs, causal or not, no masks, windows,
+softcap or dropout, an sm90 GPU and a Triton of ``flash_common.GLUON_TRITON``).
+
+Grid ``(query tiles, batch x query heads)``; each program owns one ``[BLOCK_M, D]`` query
+tile, split into partitions:
+
+- a loader (1 warp, 24 registers) TMA-loads the Q tile once, then each ``[BLOCK_N, D]``
+  tile of K and of V into rings of ``STAGES`` slots (K and V have their own ready barriers,
+  so the scores of a tile start before its V has arrived);
+- ``WARPGROUPS`` compute partitions, each owning ``BLOCK_M / WARPGROUPS`` query rows: the
+  online softmax in base 2 per key tile, ``S = Q K^T`` (asynchronous wgmma), the running max
+  and sum, then ``O += P V`` with ``P`` from registers; the slot goes back to the loader
+  once every partition is done with it. Two partitions drift apart, so one's softmax runs
+  while the other's products do.
+
+Outputs as ``flash_fwd``'s: ``out`` in q's layout and dtype, LSE float32 ``[b, hq, sq]`` in
+natural log, ``-inf`` (and zero output) on rows that see no key.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
+from attnkit.kernels.gluon_sm90 import (
+    COMPUTE_REGS,
+    LOADER_REGS,
+    LOADER_WARPS,
+    MAXNREG,
+    mma_layout,
+)
+
+LN2 = gl.constexpr(0.6931471805599453)
+# The shipped configuration: query tile, key tile, slots, compute partitions.
+BLOCK_M, BLOCK_N, STAGES, WARPGROUPS = 128, 128, 2, 2
+
+
+@gluon.jit
+def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """``hi``: the keys ``[0, hi)`` that some query of ``[start_m, start_m + BLOCK_M)`` sees
+    (causal, bottom-right: query ``i`` sees key ``j`` when ``j <= i + seqlen_k - seqlen_q``)."""
+    hi = seqlen_k
+    if IS_CAUSAL:
+        last = gl.minimum(start_m + BLOCK_M, seqlen_q) - 1 + (seqlen_k - seqlen_q)
+        hi = gl.maximum(gl.minimum(last + 1, seqlen_k), 0)
+    return hi
+
+
+@gluon.jit
+def _loader(q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty,
+            start_m, hi, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """The loader partition: the Q tile, then K and V tiles ``0, BLOCK_N, ...`` below ``hi``."""
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem)
+    for j in range(gl.cdiv(hi, BLOCK_N)):
+        slot = j % STAGES
+        mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)  # every slot starts free
+        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [j * BLOCK_N, 0], k_ready.index(slot),
+                                        k_bufs.index(slot))
+        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [j * BLOCK_N, 0], v_ready.index(slot),
+                                        v_bufs.index(slot))
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
+                  p_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """One key tile of the online softmax (base 2) for rows from ``first``: the new running
+    max and sum, the accumulator rescaled, and ``P`` as the register A operand of ``P V``.
+    Keys past ``seqlen_k`` (TMA's zero rows of the last tile) are masked, and with causal
+    attention the tiles that cross the diagonal."""
+    s = s * qk_scale
+    if start_n + s.shape[1] > seqlen_k:
+        s = gl.where(cols[None, :] < seqlen_k, s, float("-inf"))
+    if IS_CAUSAL:
+        if start_n + s.shape[1] - 1 > first + offset:
+            s = gl.where(cols[None, :] <= rows[:, None] + offset, s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, 1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
+    alpha = gl.exp2(m_i - m_safe)
+    p = gl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + gl.sum(p, 1)
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
+    return m_new, l_i, acc, gl.convert_layout(p.to(dtype), p_layout)
+
+
+@gluon.jit
+def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, lse_ptr,
+             stride_os, start_m, hi, seqlen_q, seqlen_k, qk_scale,
+             ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WG: gl.constexpr,
+             num_warps: gl.constexpr):
+    """One compute partition: the ``ROWS`` queries from ``start_m + WG * ROWS`` over key
+    tiles below ``hi``, then their output and LSE."""
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
+    o_layout: gl.constexpr = mma_layout(D, num_warps)  # [ROWS, D] accumulator
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    q_rows = q_smem.slice(WG * ROWS, ROWS)  # [ROWS, D]
+    first = start_m + WG * ROWS
+    rows = first + gl.arange(0, ROWS, layout=row_layout)
+    offset = seqlen_k - seqlen_q
+    m_i = gl.full([ROWS], float("-inf"), gl.float32, row_layout)
+    l_i = gl.zeros([ROWS], gl.float32, row_layout)
+    acc = gl.zeros([ROWS, D], gl.float32, o_layout)
+    zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    mbarrier.wait(q_bar, 0)
+    for j in range(gl.cdiv(hi, BLOCK_N)):
+        slot = j % STAGES
+        phase = (j // STAGES) & 1
+        mbarrier.wait(k_ready.index(slot), phase)
+        s = warpgroup_mma(q_rows, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                          is_async=True)  # Q K^T: [ROWS, BLOCK_N]
+        s = warpgroup_mma_wait(0, deps=(s,))
+        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+        m_i, l_i, acc, p = _softmax_step(s, m_i, l_i, acc, cols, rows, j * BLOCK_N, first,
+                                         offset, seqlen_k, qk_scale, p_layout, dtype,
+                                         IS_CAUSAL)
+        mbarrier.wait(v_ready.index(slot), phase)
+        acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)  # += P V: [ROWS, D]
+        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+        mbarrier.arrive(empty.index(slot))
+    # out = acc / l, lse = ln 2 * (m + log2 l); rows that saw no key: 0 and -inf
+    seen = l_i > 0.0
+    inv = gl.where(seen, 1.0 / gl.where(seen, l_i, 1.0), 0.0)
+    out = acc * gl.convert_layout(inv, gl.SliceLayout(1, o_layout))[:, None]
+    lse = gl.where(seen, (m_i + gl.log2(gl.where(seen, l_i, 1.0))) * LN2, float("-inf"))
+    o_rows = first + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
+    o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+    gl.store(out_ptr + o_rows.to(gl.int64)[:, None] * stride_os + o_cols[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=(o_rows < seqlen_q)[:, None])
+    gl.store(lse_ptr + rows, lse, mask=rows < seqlen_q)
+
+
+@gluon.jit
+def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+                     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                     stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
+                     stride_lb, stride_lh, seq_q, seq_k, qk_scale,
+                     HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
+                     IS_CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                     STAGES: gl.constexpr, WARPGROUPS: gl.constexpr, num_warps: gl.constexpr):
+    """One ``[BLOCK_M, D]`` query tile (grid axis 0) of one batch x query head (axis 1).
+
+    q, out: ``[b, sq, HQ, D]``; k, v: ``[b, sk, HQ / GROUP, D]``, unit stride in D and
+    16-byte aligned rows; lse: float32 ``[b, HQ, sq]``; ``qk_scale = scale * log2(e)``.
+    """
+    pid_m = gl.program_id(0)
+    if IS_CAUSAL:  # the last query tiles see the most keys: start them first
+        pid_m = gl.num_programs(0) - 1 - pid_m
+    pid_bh = gl.program_id(1)
+    b = (pid_bh // HQ).to(gl.int64)
+    h = pid_bh % HQ
+    hk = h // GROUP
+    start_m = pid_m * BLOCK_M
+    dtype: gl.constexpr = q_ptr.dtype.element_ty
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
+    q_desc = tma.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh, [seq_q, D],
+                                        [stride_qs, 1], [BLOCK_M, D], q_layout)
+    k_desc = tma.make_tensor_descriptor(k_ptr + b * stride_kb + hk * stride_kh, [seq_k, D],
+                                        [stride_ks, 1], [BLOCK_N, D], kv_layout)
+    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + hk * stride_vh, [seq_k, D],
+                                        [stride_vs, 1], [BLOCK_N, D], kv_layout)
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], q_layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=WARPGROUPS)  # freed by every compute partition
+    fence_async_shared()
+    hi = _key_tiles(start_m, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
+    o_ptr = out_ptr + b * stride_ob + h * stride_oh
+    l_ptr = lse_ptr + b * stride_lb + h.to(gl.int64) * stride_lh
+    ROWS: gl.constexpr = BLOCK_M // WARPGROUPS
+    if WARPGROUPS == 2:
+        gl.warp_specialize([
+            (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
+                        stride_os, start_m, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
+                        STAGES, IS_CAUSAL, 0, num_warps)),
+            (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
+                        stride_os, start_m, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
+                        STAGES, IS_CAUSAL, 1, num_warps)),
+            (_loader, (q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready,
+                       v_ready, empty, start_m, hi, BLOCK_N, STAGES)),
+        ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
+    else:
+        gl.warp_specialize([
+            (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
+                        stride_os, start_m, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
+                        STAGES, IS_CAUSAL, 0, num_warps)),
+            (_loader, (q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready,
+                       v_ready, empty, start_m, hi, BLOCK_N, STAGES)),
+        ], [LOADER_WARPS], [LOADER_REGS])
+
+
+def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+              lse: torch.Tensor, *, causal: bool, scale: float, block_m: int = BLOCK_M,
+              block_n: int = BLOCK_N, stages: int = STAGES,
+              warpgroups: int = WARPGROUPS) -> None:
+    """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
+
+    Args:
+        q, out: ``[b, seq_q, hq, 128]``; k, v: ``[b, seq_k, hk, 128]`` (``hq`` a multiple of
+            ``hk``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
+            (``flash_common.tma_aligned``).
+        lse: float32 ``[b, hq, seq_q]`` with unit stride along the sequence.
+        causal: bottom-right causal attention.
+        scale: the softmax scale.
+        block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``).
+
+    The caller checks ``flash_fwd._gluon_fwd`` first; nothing is checked here.
+
+    Example (on an H100/H200, inside ``flash_fwd``)::
+
+        gluon_fwd(q, k, v, out, lse, causal=True, scale=128 ** -0.5)
+    """
+    _ensure_allocator()  # device-side descriptors live in global scratch
+    b, sq, hq, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    grid = (cdiv(sq, block_m), b * hq)
+    gluon_fwd_kernel[grid](
+        q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *out.stride()[:3], lse.stride(0), lse.stride(1), sq, sk, scale * LOG2E,
+        HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
+        STAGES=stages, WARPGROUPS=warpgroups, num_warps=8 // warpgroups, maxnreg=MAXNREG)

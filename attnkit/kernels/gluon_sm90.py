@@ -1,0 +1,26 @@
+"""What attnkit's Gluon kernels for Hopper share (``flash_fwd_gluon``, ``flash_bwd_gluon``).
+
+Their partitions: a TMA loader of one warp (rounded up to a warpgroup by the compiler) with
+the fewest registers a warp may have, and compute warpgroups that take what it leaves
+(``setmaxnreg``: 240 each beside a 24-register loader within a 168-register launch of three
+warpgroups); and the wgmma accumulator layout. Importing this module needs a Triton with
+Gluon; ``flash_common.gluon_ready`` says when the kernels may run.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+LOADER_WARPS = gl.constexpr(1)
+LOADER_REGS = gl.constexpr(24)
+COMPUTE_REGS = gl.constexpr(240)  # a compute warpgroup that is a worker partition
+MAXNREG = 168  # the launch's registers per thread: 3 warpgroups within the 64k of an SM
+
+
+@gluon.constexpr_function
+def mma_layout(cols, num_warps):
+    """The wgmma accumulator layout of a ``[rows, cols]`` tile whose rows split over the
+    warpgroups (``num_warps`` along the rows)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                     instr_shape=[16, cols, 16])
