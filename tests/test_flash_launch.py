@@ -208,27 +208,34 @@ def test_gluon_dkdv_choice(monkeypatch):
 
 
 def test_gluon_fwd_choice(monkeypatch):
-    """The Gluon forward serves plain dense inputs (MHA or GQA) at head dim 128, 16-bit, from
-    1k tokens where ``flash_common.gluon_ready`` holds; the override drops the length rule."""
+    """The Gluon forward serves plain dense inputs at head dim 128, 16-bit, from 4k tokens
+    (causal: MHA only) where ``flash_common.gluon_ready`` holds; the override drops the rule
+    of lengths and heads."""
     from attnkit.kernels import flash_common, flash_fwd
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
     kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
+    mha = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
+
+    def choice(q, k, v, *, plain=True, causal=False, seq=4096):
+        return flash_fwd._gluon_fwd(q, k, v, plain=plain, causal=causal, seq=seq)
+
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
-    assert not flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=4096)  # CPU tensors
+    assert not choice(q, kv, kv)  # CPU tensors
     monkeypatch.setattr(flash_fwd, "gluon_ready", lambda t: True)
-    assert flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=1024)
-    assert not flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=1023)
-    assert not flash_fwd._gluon_fwd(q, kv, kv, plain=False, seq=4096)
-    assert not flash_fwd._gluon_fwd(q.half(), kv, kv, plain=True, seq=4096)
+    assert choice(q, kv, kv) and choice(q, mha, mha, causal=True)
+    assert not choice(q, kv, kv, causal=True)  # causal GQA
+    assert not choice(q, kv, kv, seq=4095)
+    assert not choice(q, kv, kv, plain=False)
+    assert not choice(q.half(), kv, kv)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
-    assert not flash_fwd._gluon_fwd(d64, d64, d64, plain=True, seq=4096)
+    assert not choice(d64, d64, d64)
     shifted = torch.zeros(kv.numel() + 1, dtype=torch.bfloat16)[1:].view(kv.shape)
-    assert not flash_fwd._gluon_fwd(q, shifted, kv, plain=True, seq=4096)
+    assert not choice(q, shifted, kv)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
-    assert flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=16)
+    assert choice(q, kv, kv, causal=True, seq=16)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
-    assert not flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=4096)
+    assert not choice(q, kv, kv)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "on")
     with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
-        flash_fwd._gluon_fwd(q, kv, kv, plain=True, seq=4096)
+        choice(q, kv, kv)
     assert flash_common.GLUON_TRITON

@@ -62,14 +62,26 @@ def _build(case: AttentionCase, inputs: dict, settings: Settings) -> Callable[[]
         return attnkit.attention(q, k, v, **opts)  # [b, s, hq, dv] or [total, hq, dv]
 
     forward.detail = f"backend {chosen}"
-    forward.describe = lambda: f"backend {chosen}{_tiles(chosen)}"
+    before = _gluon_calls()
+    forward.describe = lambda: f"backend {chosen}{_tiles(chosen, before)}"
     return forward
 
 
-def _tiles(chosen: str) -> str:
-    """The Triton kernels' last autotuned tiles (``BLOCK_MxBLOCK_N wW sS``: the dQ kernel's
-    entry may be an earlier case's where this one took atomics), or "" when the kernels did
-    not serve the call."""
+_GLUON = {"fwd": "attnkit.kernels.flash_fwd_gluon", "dkdv": "attnkit.kernels.flash_bwd_gluon"}
+
+
+def _gluon_calls() -> dict:
+    """Launches so far of each Gluon kernel (0 for one never imported)."""
+    import sys
+
+    return {name: getattr(sys.modules.get(mod), "calls", 0) for name, mod in _GLUON.items()}
+
+
+def _tiles(chosen: str, before: dict) -> str:
+    """The kernels that served the case: a Gluon kernel launched since ``before``
+    (``_gluon_calls``) with its tiling, else the Triton kernel's last autotuned tiles
+    (``BLOCK_MxBLOCK_N wW sS``: the dQ kernel's entry may be an earlier case's where this one
+    took atomics); "" when the kernels did not serve the call."""
     import sys
 
     if chosen != "triton" or "attnkit.kernels.flash_bwd" not in sys.modules:
@@ -77,8 +89,12 @@ def _tiles(chosen: str) -> str:
     from attnkit.kernels import flash_bwd, flash_fwd
 
     parts = []
+    after = _gluon_calls()
     for name, kernel in (("fwd", flash_fwd._flash_fwd_kernel),
                          ("dkdv", flash_bwd._bwd_dkdv_kernel), ("dq", flash_bwd._bwd_dq_kernel)):
+        if after.get(name, 0) > before.get(name, 0):
+            parts.append(f"{name} gluon {sys.modules[_GLUON[name]].TILING}")
+            continue
         cfg = getattr(kernel, "best_config", None)
         if cfg is None:
             continue

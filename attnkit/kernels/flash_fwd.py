@@ -211,21 +211,28 @@ def _flash_fwd_kernel(
     l_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh
     tl.store(l_base + q_start + rows, lse, mask=rows < seqlen_q)
 
-def _gluon_fwd(q, k, v, *, plain: bool, seq: int) -> bool:
+def _gluon_fwd(q, k, v, *, plain: bool, causal: bool, seq: int) -> bool:
     """Whether the forward runs in ``flash_fwd_gluon`` (the warp-specialised Gluon kernel)
     instead of ``_flash_fwd_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, window, softcap or
     dropout. Besides: head dim 128 for q, k and v; bf16/fp16 ``tma_aligned`` tensors;
-    ``flash_common.gluon_ready``; ``seq`` (the longer of the query and key lengths) at least
-    1024, unless ``ATTNKIT_FLASH_GLUON`` is ``1`` (``0`` turns it off:
-    ``flash_common.gluon_setting``).
+    ``flash_common.gluon_ready``; and where it measured faster (H200, step 9 of
+    benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step9-wg2.json``):
+    ``seq`` (the longer of the query and key lengths) at least 4096, and with causal
+    attention MHA only (4k full 1.12 against 1.18 ms, 16k full 4.17 against 4.54, 16k causal
+    2.33 against 2.40, GQA 32:8 4k full 2.21 against 2.33; behind or even: 1k full 0.354
+    against 0.353, 1k causal 0.273 against 0.232, GQA 4k causal 1.35 against 1.28).
+    ``ATTNKIT_FLASH_GLUON=1`` drops the rule of lengths and heads, ``0`` turns the kernel off
+    (``flash_common.gluon_setting``).
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
     """
     mode = gluon_setting()
-    if mode == "0" or not plain or (mode == "auto" and seq < 1024):
+    if mode == "0" or not plain:
+        return False
+    if mode == "auto" and (seq < 4096 or (causal and q.shape[-2] != k.shape[-2])):
         return False
     if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
             and q.dtype in (torch.float16, torch.bfloat16)):
@@ -302,7 +309,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
     plain = (not varlen and key_padding_mask is None and mask_kind == 0 and left < 0
              and window[1] < 0 and softcap == 0 and dropout_p == 0)
-    if _gluon_fwd(q, k, v, plain=plain, seq=max(sq, sk)):
+    if _gluon_fwd(q, k, v, plain=plain, causal=causal, seq=max(sq, sk)):
         from attnkit.kernels import flash_fwd_gluon
         flash_fwd_gluon.gluon_fwd(q, k, v, out, lse, causal=causal, scale=scale)
         return out, lse

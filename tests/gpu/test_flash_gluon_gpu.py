@@ -144,14 +144,15 @@ def test_merged_qkv_views(causal, gluon_calls):
 
 
 @pytest.mark.parametrize("seq,hk,window,expect", [
-    (1024, 8, (-1, -1), dict(fwd=True, dkdv=True)),
+    (4096, 8, (-1, -1), dict(fwd=True, dkdv=True)),
+    (1024, 8, (-1, -1), dict(fwd=False, dkdv=True)),
     (512, 8, (-1, -1), dict(fwd=False, dkdv=False)),
-    (2048, 2, (-1, -1), dict(fwd=True, dkdv=False)),
-    (2048, 8, (255, 0), dict(fwd=False, dkdv=False))],
-    ids=["mha-1k", "mha-512", "gqa-2k", "window-2k"])
+    (4096, 2, (-1, -1), dict(fwd=False, dkdv=False)),
+    (4096, 8, (255, 0), dict(fwd=False, dkdv=False))],
+    ids=["mha-4k", "mha-1k", "mha-512", "gqa-4k", "window-4k"])
 def test_launcher_choice(seq, hk, window, expect, monkeypatch):
-    """Without the override the dK/dV kernel runs for dense MHA from 1k tokens only, the
-    forward for dense MHA and GQA from 1k tokens."""
+    """Without the override the dK/dV kernel runs for dense MHA from 1k tokens, the causal
+    forward for dense MHA from 4k tokens (``flash_fwd._gluon_fwd``)."""
     import attnkit
     from attnkit.kernels import flash_bwd_gluon, flash_fwd_gluon
     calls = {"fwd": 0, "dkdv": 0}
