@@ -1,6 +1,6 @@
 """The dK/dV kernel of the flash backward for Hopper, warp-specialised, written in Gluon.
 
-``flash_bwd`` launches it in place of ``_bwd_dkdv_kernel`` where ``applies`` says so (dense MHA,
+``flash_bwd`` launches it in place of ``_bwd_dkdv_kernel`` where ``flash_bwd._gluon_dkdv`` says so (dense MHA,
 head dim 128, 16-bit inputs, causal or not, no masks, windows, softcap or dropout, an sm90 GPU
 and the Triton release it was measured with); the preprocess and the dQ kernel stay the same.
 Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9,
@@ -18,7 +18,7 @@ and loops over the query tiles that see it, split into partitions:
   (asynchronous wgmma), forms ``P^T`` and ``dS^T`` in registers, issues ``P^T dO`` and
   ``dS^T Q`` from registers, then frees the slot. Being separate partitions, the two drift
   apart, so one's softmax runs while the other's products do (one partition of 8 warps,
-  ``WARPGROUPS = 1``, keeps them in step and ran 13-22% slower).
+  ``WARPGROUPS = 1``, keeps them in step and ran 12-17% slower).
 
 This is the split FlashAttention-3 uses on Hopper; Triton's own warp specialisation does not
 give the compute warps the loader's registers on sm90 (NOTES-flash.md, step 7). The base-2
@@ -27,7 +27,7 @@ rows past the sequence read ``+inf`` there, so their probabilities are zero, and
 their Q and dO rows with zeros. No atomics: the result is bitwise reproducible.
 
 Importing this module needs a Triton with Gluon (``triton.experimental.gluon``); ``flash_bwd``
-imports it only when ``applies`` holds.
+imports it only when that holds.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
         scale: the softmax scale of the forward.
         warpgroups, pingpong: the compute partitions (``WARPGROUPS``, ``PINGPONG``).
 
-    The caller checks ``applies`` first; nothing is checked here.
+    The caller checks ``flash_bwd._gluon_dkdv`` first; nothing is checked here.
 
     Example (on an H100/H200, inside ``flash_bwd``)::
 
