@@ -59,7 +59,8 @@ def label(cfg: dict) -> str:
     return (f"{cfg['block_m']}x{cfg.get('block_n', 128)} s{cfg['stages']}"
             f"{' pipelined' if cfg.get('pipeline') else ''}"
             f"{' wg' + str(cfg['warpgroups']) if 'warpgroups' in cfg else ''}"
-            f"{' pingpong' if cfg.get('pingpong') else ''}")
+            f"{' pingpong' if cfg.get('pingpong') else ''}"
+            f"{' persistent' if cfg.get('persistent') else ''}")
 
 
 def run_jobs(jobs, out_path: str) -> dict:

@@ -26,9 +26,18 @@ from benchmarks.gluon_common import compile_sm90 as _compile
 from benchmarks.gluon_common import main as _main
 from benchmarks.gluon_common import run_jobs
 
-# (query tile, key tile, slots, compute partitions)
-CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w)
-                 for n, st, w in ((128, 2, 1), (128, 2, 2), (64, 3, 2))]}
+# (query tile, key tile, slots, compute partitions, persistent)
+CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w, persistent=p)
+                 for n, st, w, p in ((128, 2, 1, False), (128, 2, 2, False), (64, 3, 2, False),
+                                     (128, 2, 2, True), (128, 3, 2, True))]}
+
+PERSISTENT_SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}",
+                        "out_ptr": "*{dt}", "lse_ptr": "*fp32",
+                        **{n: "i32" for n in ("stride_qs", "stride_ks", "stride_vs",
+                                              "stride_ob", "stride_os", "stride_oh",
+                                              "stride_lb", "stride_lh", "batch", "seq_q",
+                                              "seq_k")},
+                        "qk_scale": "fp32"}
 
 SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "out_ptr": "*{dt}",
              "lse_ptr": "*fp32",
@@ -39,9 +48,15 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "out_ptr": "*
 
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK_M,
                  block_n: int = ffg.BLOCK_N, stages: int = ffg.STAGES,
-                 warpgroups: int = ffg.WARPGROUPS, dtype: str = "bf16") -> dict:
+                 warpgroups: int = ffg.WARPGROUPS, persistent: bool = False,
+                 dtype: str = "bf16") -> dict:
     """Compile the kernel for sm90 without a GPU; the register split and cubin resources."""
     warps = 8 // warpgroups
+    if persistent:
+        const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
+                     STAGES=stages, num_warps=4)
+        return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
+                        maxnreg=ffg.MAXNREG, dtype=dtype)
     const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
                  STAGES=stages, WARPGROUPS=warpgroups, num_warps=warps)
     return _compile(ffg.gluon_fwd_kernel, SIGNATURE, const, warps=warps,

@@ -239,3 +239,20 @@ def test_gluon_fwd_choice(monkeypatch):
     with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
         choice(q, kv, kv)
     assert flash_common.GLUON_TRITON
+
+
+def test_gluon_persistent_forward_needs_flat_rows():
+    """``flash_fwd_gluon.flat_rows``: contiguous tensors and merged-QKV views read as one
+    ``[b * s, h * d]`` matrix; ``[b, h, s, d]`` tensors seen as ``[b, s, h, d]`` do not, nor
+    do batches that are not one after the other."""
+    try:
+        from attnkit.kernels import flash_fwd_gluon
+    except ImportError as exc:  # a Triton without Gluon's Hopper module
+        pytest.skip(f"no Gluon: {exc}")
+    qkv = torch.zeros(2, 33, 3, 4, 128)
+    assert flash_fwd_gluon.flat_rows(torch.zeros(2, 33, 4, 128))
+    assert all(flash_fwd_gluon.flat_rows(t) for t in qkv.unbind(2))
+    assert not flash_fwd_gluon.flat_rows(torch.zeros(2, 4, 33, 128).transpose(1, 2))
+    assert not flash_fwd_gluon.flat_rows(torch.zeros(2, 40, 4, 128)[:, :33])
+    assert flash_fwd_gluon.flat_rows(torch.zeros(1, 40, 4, 128)[:, :33])
+    assert flash_fwd_gluon.flat_rows(torch.zeros(2, 33, 1, 128).expand(2, 33, 1, 128))

@@ -16,11 +16,19 @@ tile, split into partitions:
   once every partition is done with it. Two partitions drift apart, so one's softmax runs
   while the other's products do.
 
+``gluon_fwd_persistent_kernel`` is the same with one program per SM walking the tiles, its
+loader running ahead into the next tile's Q, K and V while the compute partitions finish
+the last one (for short sequences, where each program's set-up is paid every few key tiles).
+It compiles for sm90 and its tile walk was mirrored in float64 on the CPU, but it has not run
+on a GPU yet, so ``PERSISTENT`` is off.
+
 Outputs as ``flash_fwd``'s: ``out`` in q's layout and dtype, LSE float32 ``[b, hq, sq]`` in
 natural log, ``-inf`` (and zero output) on rows that see no key.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from triton.experimental import gluon
@@ -43,8 +51,10 @@ from attnkit.kernels.gluon_sm90 import (
 )
 
 LN2 = gl.constexpr(0.6931471805599453)
-# The shipped configuration: query tile, key tile, slots, compute partitions.
+# The shipped configuration: query tile, key tile, slots, compute partitions; and whether
+# the persistent kernel serves (not yet measured on a GPU: off).
 BLOCK_M, BLOCK_N, STAGES, WARPGROUPS = 128, 128, 2, 2
+PERSISTENT = False
 # Launches so far in this process, and the shipped tiling as the benchmark reports it
 # (``attnkit.bench.subject`` names the kernels that served a case).
 calls = 0
@@ -63,20 +73,31 @@ def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, IS_CAUSAL: gl
 
 
 @gluon.jit
+def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi, row0, col0,
+             BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """K and V tiles of rows ``row0 + [0, hi)`` (columns from ``col0``) into the ring, the
+    ``c``-th load of the program first; returns the count after them."""
+    for j in range(gl.cdiv(hi, BLOCK_N)):
+        slot = c % STAGES
+        mbarrier.wait(empty.index(slot), ((c // STAGES) & 1) ^ 1)  # every slot starts free
+        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row0 + j * BLOCK_N, col0], k_ready.index(slot),
+                                        k_bufs.index(slot))
+        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [row0 + j * BLOCK_N, col0], v_ready.index(slot),
+                                        v_bufs.index(slot))
+        c += 1
+    return c
+
+
+@gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty,
             start_m, hi, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """The loader partition: the Q tile, then K and V tiles ``0, BLOCK_N, ...`` below ``hi``."""
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem)
-    for j in range(gl.cdiv(hi, BLOCK_N)):
-        slot = j % STAGES
-        mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)  # every slot starts free
-        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [j * BLOCK_N, 0], k_ready.index(slot),
-                                        k_bufs.index(slot))
-        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [j * BLOCK_N, 0], v_ready.index(slot),
-                                        v_bufs.index(slot))
+    _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, gl.to_tensor(0), hi, 0, 0,
+             BLOCK_N, STAGES)
 
 
 @gluon.jit
@@ -102,31 +123,26 @@ def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k
 
 
 @gluon.jit
-def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, lse_ptr,
-             stride_os, start_m, hi, seqlen_q, seqlen_k, qk_scale,
-             ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
-             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WG: gl.constexpr,
-             num_warps: gl.constexpr):
-    """One compute partition: the ``ROWS`` queries from ``start_m + WG * ROWS`` over key
-    tiles below ``hi``, then their output and LSE."""
-    dtype: gl.constexpr = q_smem.dtype
+def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi, first, seqlen_q, seqlen_k,
+            qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+            STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+    """The ``ROWS`` queries from ``first`` (``q_rows`` in shared memory) over the key tiles
+    below ``hi``, the ``c``-th of the ring first: ``(m, l, acc, c after them)``."""
+    dtype: gl.constexpr = q_rows.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
     o_layout: gl.constexpr = mma_layout(D, num_warps)  # [ROWS, D] accumulator
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
-    q_rows = q_smem.slice(WG * ROWS, ROWS)  # [ROWS, D]
-    first = start_m + WG * ROWS
     rows = first + gl.arange(0, ROWS, layout=row_layout)
     offset = seqlen_k - seqlen_q
     m_i = gl.full([ROWS], float("-inf"), gl.float32, row_layout)
     l_i = gl.zeros([ROWS], gl.float32, row_layout)
     acc = gl.zeros([ROWS, D], gl.float32, o_layout)
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
-    mbarrier.wait(q_bar, 0)
     for j in range(gl.cdiv(hi, BLOCK_N)):
-        slot = j % STAGES
-        phase = (j // STAGES) & 1
+        slot = c % STAGES
+        phase = (c // STAGES) & 1
         mbarrier.wait(k_ready.index(slot), phase)
         s = warpgroup_mma(q_rows, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
                           is_async=True)  # Q K^T: [ROWS, BLOCK_N]
@@ -139,7 +155,16 @@ def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, ls
         acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)  # += P V: [ROWS, D]
         acc, p = warpgroup_mma_wait(0, deps=(acc, p))
         mbarrier.arrive(empty.index(slot))
-    # out = acc / l, lse = ln 2 * (m + log2 l); rows that saw no key: 0 and -inf
+        c += 1
+    return m_i, l_i, acc, c
+
+
+@gluon.jit
+def _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q,
+           ROWS: gl.constexpr, D: gl.constexpr):
+    """``out = acc / l`` and ``lse = ln 2 * (m + log2 l)`` of the rows from ``first`` (rows
+    that saw no key: 0 and ``-inf``; rows past ``seqlen_q`` left out)."""
+    o_layout: gl.constexpr = acc.type.layout
     seen = l_i > 0.0
     inv = gl.where(seen, 1.0 / gl.where(seen, l_i, 1.0), 0.0)
     out = acc * gl.convert_layout(inv, gl.SliceLayout(1, o_layout))[:, None]
@@ -148,7 +173,25 @@ def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, ls
     o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
     gl.store(out_ptr + o_rows.to(gl.int64)[:, None] * stride_os + o_cols[None, :],
              out.to(out_ptr.dtype.element_ty), mask=(o_rows < seqlen_q)[:, None])
+    rows = first + gl.arange(0, ROWS, layout=m_i.type.layout)
     gl.store(lse_ptr + rows, lse, mask=rows < seqlen_q)
+
+
+@gluon.jit
+def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, lse_ptr,
+             stride_os, start_m, hi, seqlen_q, seqlen_k, qk_scale,
+             ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WG: gl.constexpr,
+             num_warps: gl.constexpr):
+    """One compute partition: the ``ROWS`` queries from ``start_m + WG * ROWS`` over key
+    tiles below ``hi``, then their output and LSE."""
+    first = start_m + WG * ROWS
+    mbarrier.wait(q_bar, 0)
+    m_i, l_i, acc, _ = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready, v_ready,
+                               empty, gl.to_tensor(0), hi, first, seqlen_q, seqlen_k,
+                               qk_scale, ROWS,
+                               BLOCK_N, D, STAGES, IS_CAUSAL, num_warps)
+    _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q, ROWS, D)
 
 
 @gluon.jit
@@ -219,10 +262,148 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
         ], [LOADER_WARPS], [LOADER_REGS])
 
 
+@gluon.jit
+def _tile(t, n_m, seq_q, seq_k, HQ: gl.constexpr, BLOCK_M: gl.constexpr,
+          IS_CAUSAL: gl.constexpr):
+    """Tile ``t`` of the persistent grid as ``(batch, query head, first query, hi)`` (``hi``:
+    ``_key_tiles``): the query tiles of one head are consecutive (programs running together
+    share its K/V in L2), with causal attention the last (most keys) first."""
+    bh = t // n_m
+    pid_m = t % n_m
+    if IS_CAUSAL:
+        pid_m = n_m - 1 - pid_m
+    start_m = pid_m * BLOCK_M
+    return bh // HQ, bh % HQ, start_m, _key_tiles(start_m, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
+
+
+@gluon.jit
+def _loader_persistent(q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v_bufs,
+                       k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles,
+                       HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
+                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                       IS_CAUSAL: gl.constexpr):
+    """The loader of the persistent kernel: per tile of the program, its Q tile once the
+    compute partitions are done with the last one (``q_empty``), then its K and V tiles,
+    the ring's count running on across tiles, so that the next tile's loads overlap this
+    tile's last products and its epilogue."""
+    c = gl.to_tensor(0)
+    it = gl.to_tensor(0)
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        b, h, start_m, hi = _tile(t, n_m, seq_q, seq_k, HQ, BLOCK_M, IS_CAUSAL)
+        mbarrier.wait(q_empty, (it & 1) ^ 1)  # free at the first tile
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [b * seq_q + start_m, h * D], q_bar, q_smem)
+        c = _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi,
+                     b * seq_k, (h // GROUP) * D, BLOCK_N, STAGES)
+        it += 1
+
+
+@gluon.jit
+def _compute_persistent(q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
+                        out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                        stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles,
+                        HQ: gl.constexpr, ROWS: gl.constexpr, BLOCK_M: gl.constexpr,
+                        BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                        IS_CAUSAL: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
+    """A compute partition of the persistent kernel: ``_compute`` for each tile of the
+    program, handing the Q tile back (``q_empty``) before its epilogue."""
+    c = gl.to_tensor(0)
+    it = gl.to_tensor(0)
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        b, h, start_m, hi = _tile(t, n_m, seq_q, seq_k, HQ, BLOCK_M, IS_CAUSAL)
+        first = start_m + WG * ROWS
+        mbarrier.wait(q_bar, it & 1)
+        m_i, l_i, acc, c = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready,
+                                   v_ready, empty, c, hi, first, seq_q, seq_k, qk_scale, ROWS,
+                                   BLOCK_N, D, STAGES, IS_CAUSAL, num_warps)
+        mbarrier.arrive(q_empty)  # every product of this tile that reads Q is done
+        b64 = b.to(gl.int64)
+        _store(m_i, l_i, acc, out_ptr + b64 * stride_ob + h * stride_oh,
+               lse_ptr + b64 * stride_lb + h.to(gl.int64) * stride_lh, stride_os, first,
+               seq_q, ROWS, D)
+        it += 1
+
+
+@gluon.jit
+def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+                                stride_qs, stride_ks, stride_vs, stride_ob, stride_os,
+                                stride_oh, stride_lb, stride_lh, batch, seq_q, seq_k,
+                                qk_scale, HQ: gl.constexpr, GROUP: gl.constexpr,
+                                D: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                                STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """``gluon_fwd_kernel`` as a persistent kernel: a grid of at most one program per SM,
+    each taking tiles ``pid, pid + programs, ...`` of ``(query tiles) x batch x heads``,
+    two compute partitions.
+
+    q, k, v are read as ``[batch * seq, heads * D]`` matrices (rows ``stride_*s`` apart):
+    one descriptor per tensor for the whole kernel, built once per program. That needs each
+    batch's rows to follow the last one's and the heads of a row to be adjacent
+    (``flash_fwd_gluon.flat_rows``). A tile's rows past its sequence read the next batch's
+    rows: those queries are never stored, those keys are masked like TMA's zero rows.
+    """
+    dtype: gl.constexpr = q_ptr.dtype.element_ty
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
+    HK: gl.constexpr = HQ // GROUP
+    q_desc = tma.make_tensor_descriptor(q_ptr, [batch * seq_q, HQ * D], [stride_qs, 1],
+                                        [BLOCK_M, D], q_layout)
+    k_desc = tma.make_tensor_descriptor(k_ptr, [batch * seq_k, HK * D], [stride_ks, 1],
+                                        [BLOCK_N, D], kv_layout)
+    v_desc = tma.make_tensor_descriptor(v_ptr, [batch * seq_k, HK * D], [stride_vs, 1],
+                                        [BLOCK_N, D], kv_layout)
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], q_layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    mbarrier.init(q_empty, count=2)  # both compute partitions
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)
+    fence_async_shared()
+    n_m = gl.cdiv(seq_q, BLOCK_M)
+    n_tiles = n_m * batch * HQ
+    ROWS: gl.constexpr = BLOCK_M // 2
+    gl.warp_specialize([
+        (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
+                               out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                               stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
+                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, 0, num_warps)),
+        (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
+                               out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                               stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
+                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, 1, num_warps)),
+        (_loader_persistent, (q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v_bufs,
+                              k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles, HQ, GROUP,
+                              D, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL)),
+    ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """The streaming multiprocessors of ``device`` (cached: read on every launch)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def flat_rows(t: torch.Tensor) -> bool:
+    """Whether a ``[b, s, h, d]`` tensor reads as a ``[b * s, h * d]`` matrix with rows
+    ``t.stride(1)`` apart (``gluon_fwd_persistent_kernel``): each batch's rows follow the
+    last one's and the heads of a row are adjacent (contiguous tensors and views of a merged
+    ``[b, s, 3, h, d]`` QKV tensor do)."""
+    b, s, h, d = t.shape
+    return (b == 1 or t.stride(0) == s * t.stride(1)) and (h == 1 or t.stride(2) == d)
+
+
 def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
               lse: torch.Tensor, *, causal: bool, scale: float, block_m: int = BLOCK_M,
               block_n: int = BLOCK_N, stages: int = STAGES,
-              warpgroups: int = WARPGROUPS) -> None:
+              warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT) -> None:
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
     Args:
@@ -233,6 +414,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         causal: bottom-right causal attention.
         scale: the softmax scale.
         block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``).
+        persistent: ``gluon_fwd_persistent_kernel`` (two partitions) where q, k and v are
+            ``flat_rows``; else the one-tile-per-program kernel.
 
     The caller checks ``flash_fwd._gluon_fwd`` first; nothing is checked here.
 
@@ -245,6 +428,14 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
+    if persistent and flat_rows(q) and flat_rows(k) and flat_rows(v):
+        tiles = cdiv(sq, block_m) * b * hq
+        gluon_fwd_persistent_kernel[(min(tiles, _sm_count(q.device)),)](
+            q, k, v, out, lse, q.stride(1), k.stride(1), v.stride(1), *out.stride()[:3],
+            lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E,
+            HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
+            STAGES=stages, num_warps=4, maxnreg=MAXNREG)
+        return
     grid = (cdiv(sq, block_m), b * hq)
     gluon_fwd_kernel[grid](
         q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],

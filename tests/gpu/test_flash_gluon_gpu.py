@@ -83,19 +83,55 @@ def test_gqa_forward_matches_the_oracle(case, gluon_calls):
     assert gluon_calls["fwd"] and not gluon_calls["dkdv"], gluon_calls
 
 
-@pytest.mark.parametrize("tiling", [(128, 2, 1), (128, 2, 2), (64, 3, 2)],
-                         ids=["n128-s2-wg1", "n128-s2-wg2", "n64-s3-wg2"])
-@pytest.mark.parametrize("case", ["113x203-causal", "333x129-full", "203x113-causal"])
+TILINGS = {"n128-s2-wg1": (128, 2, 1, False), "n128-s2-wg2": (128, 2, 2, False),
+           "n64-s3-wg2": (64, 3, 2, False), "n128-s2-persistent": (128, 2, 2, True),
+           "n128-s3-persistent": (128, 3, 2, True)}
+
+
+@pytest.mark.parametrize("tiling", TILINGS.values(), ids=TILINGS.keys())
+@pytest.mark.parametrize("case", ["113x203-causal", "333x129-full", "203x113-causal",
+                                  "gqa-113x203-causal"])
 def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monkeypatch):
-    """Each forward configuration the probe times (``benchmarks/gluon_fwd.py``)."""
+    """Each forward configuration the probe times (``benchmarks/gluon_fwd.py``); the
+    persistent ones with batches of 2, so that tiles run past their batch's rows."""
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
-    block_n, stages, warpgroups = tiling
+    block_n, stages, warpgroups, persistent = tiling
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
-        flash_fwd_gluon.gluon_fwd, block_n=block_n, stages=stages, warpgroups=warpgroups))
-    check(CASES[case], dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
+        flash_fwd_gluon.gluon_fwd, block_n=block_n, stages=stages, warpgroups=warpgroups,
+        persistent=persistent))
+    check({**CASES, **GQA_CASES}[case], dtype=BF16, device="cuda", deterministic=True,
+          dq_mode="kernel")
     assert gluon_calls["fwd"]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_persistent_forward_on_views(causal, monkeypatch):
+    """The persistent forward on q/k/v views of one merged ``[b, s, 3, h, d]`` tensor (flat
+    rows: it serves) and on ``[b, h, s, d]`` tensors seen as ``[b, s, h, d]`` (not flat: the
+    one-tile kernel serves), against the float64 oracle."""
+    import functools
+
+    from attnkit.kernels import flash_fwd, flash_fwd_gluon
+    monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
+        flash_fwd_gluon.gluon_fwd, persistent=True))
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    qkv = torch.randn(3, 333, 3, 4, 128, device="cuda", dtype=BF16, generator=gen)
+    heads_first = torch.randn(3, 3, 4, 333, 128, device="cuda", dtype=BF16,
+                              generator=gen).transpose(2, 3)  # [3, b, s, h, d], heads apart
+    for (q, k, v), flat in ((qkv.unbind(2), True), (heads_first.unbind(0), False)):
+        assert all(flash_fwd_gluon.flat_rows(t) == flat for t in (q, k, v))
+        opts = dict(causal=causal, window=(-1, -1), scale=128 ** -0.5, softcap=0.0,
+                    key_padding_mask=None, attn_mask=None, cu_seqlens_q=None,
+                    cu_seqlens_k=None, max_seqlen_q=333, max_seqlen_k=333, dropout_p=0.0,
+                    dropout_seed=0)
+        out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+        truth = attention64(q.double(), k.double(), v.double(), causal=causal)
+        base = attention64(q, k, v, causal=causal, dtype=BF16)
+        assert_within_rule("out", out.float(), truth[0], base[0].float(), dtype=BF16)
+        assert_within_rule("lse", lse, truth[1], base[1].float(), dtype=BF16)
 
 
 @pytest.mark.parametrize("layout", [(1, False), (2, False), (2, True)],
