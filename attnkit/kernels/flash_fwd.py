@@ -211,6 +211,7 @@ def _flash_fwd_kernel(
     l_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh
     tl.store(l_base + q_start + rows, lse, mask=rows < seqlen_q)
 
+
 def _gluon_fwd(q, k, v, *, plain: bool, causal: bool, seq: int) -> bool:
     """Whether the forward runs in ``flash_fwd_gluon`` (the warp-specialised Gluon kernel)
     instead of ``_flash_fwd_kernel``.
