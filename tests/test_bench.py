@@ -241,6 +241,28 @@ def test_subject_rows_name_the_autotuned_tiles():
     assert "  c: tiles fwd 16x16 w4 s1" in console.export_text()
 
 
+def test_subject_rows_name_a_gluon_kernel_that_served(monkeypatch):
+    """A Gluon kernel launched during the case (its module's ``calls`` went up) is named with
+    its tiling in place of the Triton kernel's autotuned tiles; one that did not run is not."""
+    import sys
+    import types
+
+    pytest.importorskip("triton")
+    from attnkit.bench import subject
+    from attnkit.kernels import flash_bwd  # noqa: F401  (the rows read its kernels)
+
+    fwd = types.SimpleNamespace(calls=3, TILING="128x128 s2 wg2")
+    dkdv = types.SimpleNamespace(calls=5, TILING="64x128 s2 wg2")
+    monkeypatch.setitem(sys.modules, "attnkit.kernels.flash_fwd_gluon", fwd)
+    monkeypatch.setitem(sys.modules, "attnkit.kernels.flash_bwd_gluon", dkdv)
+    before = subject._gluon_calls()
+    assert before == {"fwd": 3, "dkdv": 5}
+    fwd.calls += 1
+    tiles = subject._tiles("triton", before)
+    assert "fwd gluon 128x128 s2 wg2" in tiles and "dkdv gluon" not in tiles, tiles
+    assert subject._tiles("reference", before) == ""
+
+
 def test_harness_marks_a_failed_check_and_skips_its_timing():
     def wrong_build(case, inputs, settings):
         return lambda: ATTNKIT.build(case, inputs, settings)() * 1.5
