@@ -209,7 +209,7 @@ def test_gluon_dkdv_choice(monkeypatch):
 
 def test_gluon_fwd_choice(monkeypatch):
     """The Gluon forward serves plain dense inputs at head dim 128, 16-bit, from 4k tokens
-    (causal: MHA only) where ``flash_common.gluon_ready`` holds; the override drops the rule
+    (causal: MHA only) where ``flash_common.gluon_fits`` holds; the override drops the rule
     of lengths and heads."""
     from attnkit.kernels import flash_common, flash_fwd
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
@@ -221,7 +221,10 @@ def test_gluon_fwd_choice(monkeypatch):
 
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
     assert not choice(q, kv, kv)  # CPU tensors
-    monkeypatch.setattr(flash_fwd, "gluon_ready", lambda t: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(flash_common, "interpreting", lambda: False)
+    monkeypatch.setattr(flash_common, "device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
     assert choice(q, kv, kv) and choice(q, mha, mha, causal=True)
     assert not choice(q, kv, kv, causal=True)  # causal GQA
     assert not choice(q, kv, kv, seq=4095)
@@ -238,7 +241,6 @@ def test_gluon_fwd_choice(monkeypatch):
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "on")
     with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
         choice(q, kv, kv)
-    assert flash_common.GLUON_TRITON
 
 
 def test_gluon_persistent_forward_needs_flat_rows():

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnkit.kernels.flash_common import next_power_of_2
+from attnkit.kernels.flash_common import next_power_of_2, sm_count
 
 if TYPE_CHECKING:  # annotations only: kernels never import ops/ or reference/ at run time
     from attnkit.ops.decode import DecodeCall
@@ -216,12 +216,6 @@ def _combine_kernel(
                                         float("-inf")))
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132
-
-
 def choose_splits(*, programs: int, keys: int, device: torch.device) -> int:
     """Splits of the keys: enough programs to fill the GPU about twice over, and no split
     longer than 8192 keys (a shorter tail of the last wave: on an H100 at batch 64, GQA 32:8,
@@ -232,7 +226,7 @@ def choose_splits(*, programs: int, keys: int, device: torch.device) -> int:
     """
     if keys <= 512:
         return 1
-    fill = triton.cdiv(2 * _num_sms(device), programs)
+    fill = triton.cdiv(2 * sm_count(device), programs)
     return max(1, min(max(fill, triton.cdiv(keys, 8192)), keys // 256, 64))
 
 

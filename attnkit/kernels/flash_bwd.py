@@ -52,7 +52,7 @@ from attnkit.kernels.flash_common import (
     autotune_bench,
     cdiv,
     dot_precision,
-    gluon_ready,
+    gluon_fits,
     gluon_setting,
     head_block,
     interpreting,
@@ -66,7 +66,6 @@ from attnkit.kernels.flash_common import (
     seq_bucket,
     tile_key_range,
     tile_source,
-    tma_aligned,
     tma_explicit,
     tma_kernels,
     tuned,
@@ -493,9 +492,9 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
     kernel) instead of ``_bwd_dkdv_kernel``.
 
     ``plain``: dense (not packed) MHA with no key padding, mask, window, softcap or dropout.
-    Besides: head dim 128 for q, k and v; bf16/fp16 ``tma_aligned`` tensors that the dK/dV
-    kernel may read through descriptors (``flash_common.tma_kernels`` has ``dkdv``);
-    ``flash_common.gluon_ready``; ``seq`` (the longer of the query and key lengths) at least
+    Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a measured
+    Triton, dO included); the dK/dV kernel allowed descriptors (``flash_common.tma_kernels``
+    has ``dkdv``); ``seq`` (the longer of the query and key lengths) at least
     1024, where it measured faster (``flash_bwd_gluon``), unless ``ATTNKIT_FLASH_GLUON`` is
     ``1`` (``0`` turns it off: ``flash_common.gluon_setting``).
 
@@ -505,10 +504,7 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
     mode = gluon_setting()
     if mode == "0" or not plain or (mode == "auto" and seq < 1024):
         return False
-    if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
-            and q.dtype in (torch.float16, torch.bfloat16)):
-        return False
-    return gluon_ready(q) and "dkdv" in tma_kernels() and tma_aligned(q, k, v, do)
+    return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do)
 
 
 def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:

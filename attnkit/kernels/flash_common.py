@@ -464,12 +464,17 @@ def gluon_setting() -> str:
     return mode
 
 
-def gluon_ready(t: torch.Tensor) -> bool:
-    """Whether the Gluon kernels can run on ``t``'s device: a CUDA tensor outside the
-    interpreter, a compute capability 9.x GPU (their wgmma and TMA are Hopper's) and a Triton
-    of ``GLUON_TRITON``."""
-    return (t.is_cuda and not interpreting() and device_capability(t.device)[0] == 9
-            and triton.__version__.startswith(GLUON_TRITON))
+def gluon_fits(*tensors: torch.Tensor) -> bool:
+    """Whether attnkit's Gluon kernels can take ``tensors`` (q, k, v first): head dim 128
+    for q, k and v; one 16-bit dtype; ``tma_aligned``; CUDA outside the interpreter, on a
+    compute capability 9.x GPU (their wgmma and TMA are Hopper's), with a Triton of
+    ``GLUON_TRITON``. The launchers add their own rules (which variants, which lengths)."""
+    q, k, v = tensors[:3]
+    if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
+            and q.dtype in (torch.float16, torch.bfloat16)):
+        return False
+    return (q.is_cuda and not interpreting() and device_capability(q.device)[0] == 9
+            and triton.__version__.startswith(GLUON_TRITON) and tma_aligned(*tensors))
 
 
 def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
@@ -486,6 +491,20 @@ def device_capability(device: torch.device) -> tuple[int, int]:
 @functools.cache
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
+
+
+def sm_count(device: torch.device) -> int:
+    """The streaming multiprocessors of a CUDA ``device``, cached per device (launchers read
+    it per call); 132 (an H100's) for any other device, where only the interpreter runs."""
+    if device.type != "cuda":
+        return 132
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _sms(index)
+
+
+@functools.cache
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _ensure_allocator() -> None:

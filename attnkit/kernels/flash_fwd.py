@@ -29,7 +29,7 @@ from attnkit.kernels.flash_common import (
     autotune_bench,
     cdiv,
     dot_precision,
-    gluon_ready,
+    gluon_fits,
     gluon_setting,
     head_block,
     launch,
@@ -42,7 +42,6 @@ from attnkit.kernels.flash_common import (
     seq_bucket,
     tile_key_range,
     tile_source,
-    tma_aligned,
     use_tma,
     visible_scores,
 )
@@ -217,8 +216,8 @@ def _gluon_fwd(q, k, v, *, plain: bool, causal: bool, seq: int) -> bool:
     instead of ``_flash_fwd_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, window, softcap or
-    dropout. Besides: head dim 128 for q, k and v; bf16/fp16 ``tma_aligned`` tensors;
-    ``flash_common.gluon_ready``; and where it measured faster (H200, step 9 of
+    dropout. Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a
+    measured Triton); and where it measured faster (H200, step 9 of
     benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step9-wg2.json``):
     ``seq`` (the longer of the query and key lengths) at least 4096, and with causal
     attention MHA only (4k full 1.12 against 1.18 ms, 16k full 4.17 against 4.54, 16k causal
@@ -235,10 +234,7 @@ def _gluon_fwd(q, k, v, *, plain: bool, causal: bool, seq: int) -> bool:
         return False
     if mode == "auto" and (seq < 4096 or (causal and q.shape[-2] != k.shape[-2])):
         return False
-    if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
-            and q.dtype in (torch.float16, torch.bfloat16)):
-        return False
-    return gluon_ready(q) and tma_aligned(q, k, v)
+    return gluon_fits(q, k, v)
 
 
 @on_input_device

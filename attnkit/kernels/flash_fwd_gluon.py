@@ -28,8 +28,6 @@ natural log, ``-inf`` (and zero output) on rows that see no key.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -41,7 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
+from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv, sm_count
 from attnkit.kernels.gluon_sm90 import (
     COMPUTE_REGS,
     LOADER_REGS,
@@ -385,12 +383,6 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    """The streaming multiprocessors of ``device`` (cached: read on every launch)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def flat_rows(t: torch.Tensor) -> bool:
     """Whether a ``[b, s, h, d]`` tensor reads as a ``[b * s, h * d]`` matrix with rows
     ``t.stride(1)`` apart (``gluon_fwd_persistent_kernel``): each batch's rows follow the
@@ -430,7 +422,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     sk, hk = k.shape[1], k.shape[2]
     if persistent and flat_rows(q) and flat_rows(k) and flat_rows(v):
         tiles = cdiv(sq, block_m) * b * hq
-        gluon_fwd_persistent_kernel[(min(tiles, _sm_count(q.device)),)](
+        gluon_fwd_persistent_kernel[(min(tiles, sm_count(q.device)),)](
             q, k, v, out, lse, q.stride(1), k.stride(1), v.stride(1), *out.stride()[:3],
             lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E,
             HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
