@@ -10,11 +10,8 @@
 # table ones, TESTS=tiles only those, TESTS="<pytest -k expression>" only those flash tests;
 # SKIP_TESTS=1 and SKIP_MEMORY=1 leave the tests or the memory suite out.
 set -u
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+. benchmarks/gpu_tests.sh  # PYTHONPATH, $OUT, the test shards
 TA=${PHASE_A_TIMEOUT:-270}
-. benchmarks/gpu_tests.sh
 gpu_info
 start_test_shards "$TA"
 if [ "${SKIP_MEMORY:-0}" != "1" ]; then

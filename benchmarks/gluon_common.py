@@ -1,5 +1,5 @@
-"""What the Gluon experiments (``benchmarks/gluon_fwd.py``, ``benchmarks/gluon_dkdv.py``)
-share: the loader partition's size, the offline sm90 compile and the command line.
+"""What the Gluon probes (``benchmarks/gluon_fwd.py``, ``benchmarks/gluon_dkdv.py``) share: the
+offline sm90 compile, the configs' names, the job runner and the command line.
 
 Usage: imported by those two scripts (a Triton with Gluon, 3.6.0 on the lent H200).
 """
@@ -12,10 +12,6 @@ import os
 import re
 
 import triton
-
-# The TMA loader partition's size and the wgmma accumulator layout: as in the package's
-# Gluon kernel.
-from attnkit.kernels.gluon_sm90 import LOADER_REGS, LOADER_WARPS, mma_layout  # noqa: F401
 
 
 def compile_sm90(kernel, signature: dict, const: dict, *, warps: int, maxnreg: int | None,

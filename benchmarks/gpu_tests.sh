@@ -6,6 +6,12 @@
 #                                 TESTS="<-k expression>" only those flash tests; SKIP_TESTS=1
 #                                 none); then `wait`
 #   collect_test_shards           -> $OUT/tests.log, and prints the summary lines
+# Sourcing it also sets up the call: the source tree on PYTHONPATH, unbuffered output, and
+# $OUT (default /tmp/out) created.
+
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
 
 gpu_info() {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \

@@ -5,10 +5,7 @@
 # separate dQ kernel at the dense prefill shapes). Logs and JSON under $OUT.
 #   TEST_LIMIT (s, default 170), PROBE_LIMIT (s, default 330)
 set -u
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-source benchmarks/gpu_tests.sh
+. benchmarks/gpu_tests.sh  # PYTHONPATH, $OUT, the test shards
 gpu_info
 F=tests/gpu/test_flash_gpu.py
 T=${TEST_LIMIT:-170}

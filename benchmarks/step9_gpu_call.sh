@@ -5,10 +5,7 @@
 # gluon_fwd: the forward). Logs and JSON under $OUT.
 #   TEST_LIMIT (s, default 200), PROBE_LIMIT (s per probe, default 200)
 set -u
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-source benchmarks/gpu_tests.sh
+. benchmarks/gpu_tests.sh  # PYTHONPATH, $OUT, the test shards
 gpu_info
 T=${TEST_LIMIT:-200}
 G=tests/gpu/test_flash_gluon_gpu.py

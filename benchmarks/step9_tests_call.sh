@@ -4,10 +4,7 @@
 # reproducibility, backend choice, torch.compile, opcheck). Logs under $OUT.
 #   TEST_LIMIT (s, default 170)
 set -u
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-source benchmarks/gpu_tests.sh
+. benchmarks/gpu_tests.sh  # PYTHONPATH, $OUT, the test shards
 gpu_info
 T=${TEST_LIMIT:-170}
 _shard "$T" fg2 tests/gpu/test_flash_gluon_gpu.py -k "not (forward_tiling or partition_layout)" &

@@ -5,9 +5,7 @@
 # on an idle GPU. Logs and JSON under $OUT (at most 8 files). Installs nothing.
 # SWEEP_ARGS: flash_sweep options (default --wide); ONLY="a|b": only the shapes matching a or b.
 set -u
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+. benchmarks/gpu_tests.sh  # PYTHONPATH, $OUT, the test shards
 T=${TEST_TIMEOUT:-240}
 SWEEP_ARGS=${SWEEP_ARGS:---wide}
 ONLY_ARGS=()  # ONLY="case substring|case substring|...": only those shapes
@@ -15,7 +13,6 @@ if [ -n "${ONLY:-}" ]; then
   IFS='|' read -ra parts <<< "$ONLY"
   for p in "${parts[@]}"; do ONLY_ARGS+=(--only "$p"); done
 fi
-. benchmarks/gpu_tests.sh
 gpu_info
 start_test_shards "$T"
 N=${WARMERS:-8}
