@@ -43,15 +43,13 @@ CASES = {
 }
 
 
-@pytest.fixture
-def gluon_calls(monkeypatch):
-    """Force the Gluon kernels on and count their launches (``fwd``, ``dkdv``)."""
+def _count_launches(monkeypatch) -> dict:
+    """Wrap both Gluon launchers to count their launches (``fwd``, ``dkdv``)."""
     from attnkit.kernels import flash_bwd_gluon, flash_fwd_gluon
     calls = {"fwd": 0, "dkdv": 0}
     for module, name, key in ((flash_bwd_gluon, "gluon_dkdv", "dkdv"),
                               (flash_fwd_gluon, "gluon_fwd", "fwd")):
         monkeypatch.setattr(module, name, _counted(getattr(module, name), calls, key))
-    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
     return calls
 
 
@@ -60,6 +58,13 @@ def _counted(fn, calls, key):
         calls[key] += 1
         return fn(*args, **kwargs)
     return counted
+
+
+@pytest.fixture
+def gluon_calls(monkeypatch):
+    """Force the Gluon kernels on and count their launches (``fwd``, ``dkdv``)."""
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
+    return _count_launches(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
@@ -190,11 +195,7 @@ def test_launcher_choice(seq, hk, window, expect, monkeypatch):
     """Without the override the dK/dV kernel runs for dense MHA from 1k tokens, the causal
     forward for dense MHA from 4k tokens (``flash_fwd._gluon_fwd``)."""
     import attnkit
-    from attnkit.kernels import flash_bwd_gluon, flash_fwd_gluon
-    calls = {"fwd": 0, "dkdv": 0}
-    for module, name, key in ((flash_bwd_gluon, "gluon_dkdv", "dkdv"),
-                              (flash_fwd_gluon, "gluon_fwd", "fwd")):
-        monkeypatch.setattr(module, name, _counted(getattr(module, name), calls, key))
+    calls = _count_launches(monkeypatch)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
     q = torch.randn(1, seq, 8, 128, device="cuda", dtype=BF16, requires_grad=True)
     k, v = (torch.randn(1, seq, hk, 128, device="cuda", dtype=BF16, requires_grad=True)
