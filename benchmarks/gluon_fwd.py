@@ -54,7 +54,7 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
     warps = 8 // warpgroups
     if persistent:
         const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
-                     STAGES=stages, num_warps=4)
+                     STAGES=stages, PAIR=2, num_warps=4)
         return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
                         maxnreg=ffg.MAXNREG, dtype=dtype)
     const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,

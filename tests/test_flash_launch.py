@@ -258,3 +258,47 @@ def test_gluon_persistent_forward_needs_flat_rows():
     assert not flash_fwd_gluon.flat_rows(torch.zeros(2, 40, 4, 128)[:, :33])
     assert flash_fwd_gluon.flat_rows(torch.zeros(1, 40, 4, 128)[:, :33])
     assert flash_fwd_gluon.flat_rows(torch.zeros(2, 33, 1, 128).expand(2, 33, 1, 128))
+
+
+def _persistent_walk(n_m: int, heads: int, programs: int) -> list[list[tuple[int, int]]]:
+    """The tiles ``(batch x head, query tile)`` each program of the persistent forward walks,
+    in order: ``flash_fwd_gluon._program_tiles`` and ``_tile_of`` mirrored in Python."""
+    from attnkit.kernels.flash_common import cdiv
+    from attnkit.kernels.flash_fwd_gluon import persistent_grid
+    n_tiles = n_m * heads
+    grid, pair = persistent_grid(n_tiles, programs)
+    walks = []
+    for pid in range(grid):
+        units = cdiv(cdiv(n_tiles, pair) - pid, grid)
+        last = pid + (units - 1) * grid
+        count = pair * (units - 1) + min(n_tiles - pair * last, pair)
+        walk = []
+        for i in range(count):
+            t = pair * (pid + (i // pair) * grid) + i % pair
+            j = t % n_m
+            walk.append((t // n_m, n_m - 1 - j // 2 if j % 2 == 0 else j // 2))
+        walks.append(walk)
+    return walks
+
+
+@pytest.mark.parametrize("n_m,heads,programs", [(5, 3, 7), (5, 3, 1), (6, 8, 7), (6, 8, 40),
+                                                (17, 16, 132), (128, 16, 132), (8, 256, 132),
+                                                (1, 1, 132), (3, 1000, 132)])
+def test_persistent_walk_takes_every_tile_once(n_m, heads, programs):
+    """Every query tile of every head is walked by exactly one program, and no program walks
+    nothing."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    walks = _persistent_walk(n_m, heads, programs)
+    taken = [tile for walk in walks for tile in walk]
+    assert sorted(taken) == [(bh, m) for bh in range(heads) for m in range(n_m)]
+    assert all(walks) and len(walks) <= programs
+
+
+@pytest.mark.parametrize("n_m,heads", [(8, 256), (32, 64), (128, 16), (32, 128), (64, 32)])
+def test_persistent_walk_balances_causal_tiles(n_m, heads):
+    """Causal tiles cost their key tiles (query tile ``m`` sees ``m + 1``): on 132 SMs the
+    busiest program walks at most 4% more than the mean at the prefill shapes (16k tokens per
+    batch, 1k to 16k long; the strided walk in plain order gave up to 57% more)."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    loads = [sum(m + 1 for _, m in walk) for walk in _persistent_walk(n_m, heads, 132)]
+    assert max(loads) <= 1.04 * sum(loads) / 132

@@ -261,15 +261,31 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
 
 
 @gluon.jit
-def _tile(t, n_m, seq_q, seq_k, HQ: gl.constexpr, BLOCK_M: gl.constexpr,
-          IS_CAUSAL: gl.constexpr):
-    """Tile ``t`` of the persistent grid as ``(batch, query head, first query, hi)`` (``hi``:
-    ``_key_tiles``): the query tiles of one head are consecutive (programs running together
-    share its K/V in L2), with causal attention the last (most keys) first."""
+def _program_tiles(n_tiles, PAIR: gl.constexpr):
+    """How many tiles this program of the persistent grid takes (``_tile_of``): units of
+    ``PAIR`` consecutive tiles, units ``pid, pid + programs, ...``; only the last unit of the
+    grid can be short."""
+    pid = gl.program_id(0)
+    programs = gl.num_programs(0)
+    units = gl.cdiv(gl.cdiv(n_tiles, PAIR) - pid, programs)
+    last = pid + (units - 1) * programs
+    return PAIR * (units - 1) + gl.minimum(n_tiles - PAIR * last, PAIR)
+
+
+@gluon.jit
+def _tile_of(i, n_m, seq_q, seq_k, HQ: gl.constexpr, BLOCK_M: gl.constexpr,
+             IS_CAUSAL: gl.constexpr, PAIR: gl.constexpr):
+    """This program's ``i``-th tile of the persistent grid as ``(batch, query head, first
+    query, hi)`` (``hi``: ``_key_tiles``).
+
+    Tiles run head after head (programs running together share a head's K/V in L2); within
+    a head they alternate from the two ends, ``n_m - 1, 0, n_m - 2, 1, ...``, so a unit of two
+    (``PAIR``) causal tiles costs about the same as any other and the static walk stays
+    balanced (a causal tile ``m`` sees ``m + 1`` key tiles)."""
+    t = PAIR * (gl.program_id(0) + (i // PAIR) * gl.num_programs(0)) + i % PAIR
     bh = t // n_m
-    pid_m = t % n_m
-    if IS_CAUSAL:
-        pid_m = n_m - 1 - pid_m
+    j = t % n_m
+    pid_m = gl.where(j % 2 == 0, n_m - 1 - j // 2, j // 2)
     start_m = pid_m * BLOCK_M
     return bh // HQ, bh % HQ, start_m, _key_tiles(start_m, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
 
@@ -279,21 +295,19 @@ def _loader_persistent(q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v
                        k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles,
                        HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                       IS_CAUSAL: gl.constexpr):
+                       IS_CAUSAL: gl.constexpr, PAIR: gl.constexpr):
     """The loader of the persistent kernel: per tile of the program, its Q tile once the
     compute partitions are done with the last one (``q_empty``), then its K and V tiles,
     the ring's count running on across tiles, so that the next tile's loads overlap this
     tile's last products and its epilogue."""
     c = gl.to_tensor(0)
-    it = gl.to_tensor(0)
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        b, h, start_m, hi = _tile(t, n_m, seq_q, seq_k, HQ, BLOCK_M, IS_CAUSAL)
+    for it in range(_program_tiles(n_tiles, PAIR)):
+        b, h, start_m, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, IS_CAUSAL, PAIR)
         mbarrier.wait(q_empty, (it & 1) ^ 1)  # free at the first tile
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [b * seq_q + start_m, h * D], q_bar, q_smem)
         c = _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi,
                      b * seq_k, (h // GROUP) * D, BLOCK_N, STAGES)
-        it += 1
 
 
 @gluon.jit
@@ -302,13 +316,13 @@ def _compute_persistent(q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready
                         stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles,
                         HQ: gl.constexpr, ROWS: gl.constexpr, BLOCK_M: gl.constexpr,
                         BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                        IS_CAUSAL: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
+                        IS_CAUSAL: gl.constexpr, PAIR: gl.constexpr, WG: gl.constexpr,
+                        num_warps: gl.constexpr):
     """A compute partition of the persistent kernel: ``_compute`` for each tile of the
     program, handing the Q tile back (``q_empty``) before its epilogue."""
     c = gl.to_tensor(0)
-    it = gl.to_tensor(0)
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        b, h, start_m, hi = _tile(t, n_m, seq_q, seq_k, HQ, BLOCK_M, IS_CAUSAL)
+    for it in range(_program_tiles(n_tiles, PAIR)):
+        b, h, start_m, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, IS_CAUSAL, PAIR)
         first = start_m + WG * ROWS
         mbarrier.wait(q_bar, it & 1)
         m_i, l_i, acc, c = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready,
@@ -319,7 +333,6 @@ def _compute_persistent(q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready
         _store(m_i, l_i, acc, out_ptr + b64 * stride_ob + h * stride_oh,
                lse_ptr + b64 * stride_lb + h.to(gl.int64) * stride_lh, stride_os, first,
                seq_q, ROWS, D)
-        it += 1
 
 
 @gluon.jit
@@ -329,10 +342,11 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                 qk_scale, HQ: gl.constexpr, GROUP: gl.constexpr,
                                 D: gl.constexpr, IS_CAUSAL: gl.constexpr,
                                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                                STAGES: gl.constexpr, num_warps: gl.constexpr):
+                                STAGES: gl.constexpr, PAIR: gl.constexpr,
+                                num_warps: gl.constexpr):
     """``gluon_fwd_kernel`` as a persistent kernel: a grid of at most one program per SM,
-    each taking tiles ``pid, pid + programs, ...`` of ``(query tiles) x batch x heads``,
-    two compute partitions.
+    each taking units ``pid, pid + programs, ...`` of ``PAIR`` tiles of
+    ``(query tiles) x batch x heads`` in ``_tile_of``'s order, two compute partitions.
 
     q, k, v are read as ``[batch * seq, heads * D]`` matrices (rows ``stride_*s`` apart):
     one descriptor per tensor for the whole kernel, built once per program. That needs each
@@ -372,15 +386,28 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
         (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
                                out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
                                stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
-                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, 0, num_warps)),
+                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, PAIR, 0, num_warps)),
         (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
                                out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
                                stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
-                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, 1, num_warps)),
+                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, PAIR, 1, num_warps)),
         (_loader_persistent, (q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v_bufs,
                               k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles, HQ, GROUP,
-                              D, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL)),
+                              D, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL, PAIR)),
     ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
+
+
+def persistent_grid(tiles: int, programs: int) -> tuple[int, int]:
+    """``(grid, PAIR)`` of ``gluon_fwd_persistent_kernel`` for ``tiles`` query tiles on
+    ``programs`` SMs: units of two tiles (``_tile_of``) once there are enough to give every
+    SM two, else one tile per unit so that more SMs take part.
+
+    Example:
+        >>> persistent_grid(2048, 132), persistent_grid(128, 132)
+        ((132, 2), (128, 1))
+    """
+    pair = 2 if tiles >= 2 * programs else 1
+    return min(cdiv(tiles, pair), programs), pair
 
 
 def flat_rows(t: torch.Tensor) -> bool:
@@ -395,7 +422,8 @@ def flat_rows(t: torch.Tensor) -> bool:
 def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
               lse: torch.Tensor, *, causal: bool, scale: float, block_m: int = BLOCK_M,
               block_n: int = BLOCK_N, stages: int = STAGES,
-              warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT) -> None:
+              warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT,
+              programs: int | None = None) -> None:
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
     Args:
@@ -408,6 +436,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``).
         persistent: ``gluon_fwd_persistent_kernel`` (two partitions) where q, k and v are
             ``flat_rows``; else the one-tile-per-program kernel.
+        programs: the SMs the persistent kernel spreads over (``persistent_grid``;
+            default: all of the device's).
 
     The caller checks ``flash_fwd._gluon_fwd`` first; nothing is checked here.
 
@@ -421,12 +451,13 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
     if persistent and flat_rows(q) and flat_rows(k) and flat_rows(v):
-        tiles = cdiv(sq, block_m) * b * hq
-        gluon_fwd_persistent_kernel[(min(tiles, sm_count(q.device)),)](
+        grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
+                                     programs or sm_count(q.device))
+        gluon_fwd_persistent_kernel[(grid,)](
             q, k, v, out, lse, q.stride(1), k.stride(1), v.stride(1), *out.stride()[:3],
             lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E,
             HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
-            STAGES=stages, num_warps=4, maxnreg=MAXNREG)
+            STAGES=stages, PAIR=pair, num_warps=4, maxnreg=MAXNREG)
         return
     grid = (cdiv(sq, block_m), b * hq)
     gluon_fwd_kernel[grid](

@@ -111,6 +111,26 @@ def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monk
     assert gluon_calls["fwd"]
 
 
+WALKS = {"one-program": (Case((1, 600, 600, 3, 3, 128, 128), causal=True), 1),
+         "short-last-unit": (Case((1, 600, 600, 3, 3, 128, 128), causal=True), 7),
+         "units-of-two": (Case((2, 700, 500, 4, 2, 128, 128), causal=True), 7),
+         "units-of-one": (Case((2, 700, 500, 4, 4, 128, 128)), 40)}
+
+
+@pytest.mark.parametrize("case,programs", WALKS.values(), ids=WALKS.keys())
+def test_persistent_walk_covers_every_tile(case, programs, gluon_calls, monkeypatch):
+    """The persistent forward on few SMs (``programs``), so that each walks many tiles:
+    units of two tiles (``persistent_grid``), a short last unit (15 tiles over 7 programs),
+    odd tiles per head (600 rows: 5), one program for all, against the float64 oracle."""
+    import functools
+
+    from attnkit.kernels import flash_fwd_gluon
+    monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
+        flash_fwd_gluon.gluon_fwd, persistent=True, programs=programs))
+    check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_calls["fwd"]
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_persistent_forward_on_views(causal, monkeypatch):
     """The persistent forward on q/k/v views of one merged ``[b, s, 3, h, d]`` tensor (flat
