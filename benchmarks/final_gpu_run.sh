@@ -7,7 +7,8 @@
 #     FlexAttention);
 #   phase B, alone on the GPU: the whole prefill suite, timed, in one process.
 # TESTS=all (default) runs every GPU test file; TESTS=flash the flash shards without the tile-
-# table ones, TESTS=tiles only those, TESTS="<pytest -k expression>" only those flash tests;
+# table ones, TESTS=tiles only those, TESTS=gluon the Gluon kernels' file, TESTS="<pytest -k
+# expression>" only those flash tests;
 # SKIP_TESTS=1 and SKIP_MEMORY=1 leave the tests or the memory suite out.
 set -u
 . benchmarks/gpu_tests.sh  # PYTHONPATH, $OUT, the test shards

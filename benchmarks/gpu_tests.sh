@@ -3,6 +3,7 @@
 #   gpu_info                      -> $OUT/gpu.txt (name, clocks, temperature, torch, triton)
 #   start_test_shards TIMEOUT     starts the shards in the background (TESTS=tiles: the tile-
 #                                 table shards only; TESTS=flash: the other flash shards;
+#                                 TESTS=gluon: tests/gpu/test_flash_gluon_gpu.py only;
 #                                 TESTS="<-k expression>" only those flash tests; SKIP_TESTS=1
 #                                 none); then `wait`
 #   collect_test_shards           -> $OUT/tests.log, and prints the summary lines
@@ -30,6 +31,12 @@ _shard() {  # _shard TIMEOUT NAME PYTEST-ARGS...
 start_test_shards() {  # start_test_shards TIMEOUT
   local limit=$1 F=tests/gpu/test_flash_gpu.py D=tests/gpu/test_decode_gpu.py
   [ "${SKIP_TESTS:-0}" = "1" ] && return
+  if [ "${TESTS:-all}" = "gluon" ]; then  # the Gluon kernels' file, in two shards
+    local G=tests/gpu/test_flash_gluon_gpu.py
+    _shard "$limit" fg1 $G -k "forward_tiling or partition_layout" &
+    _shard "$limit" fg2 $G -k "not (forward_tiling or partition_layout)" &
+    return
+  fi
   case "${TESTS:-all}" in all|flash|tiles) ;; *)
     _shard "$limit" some $F -k "$TESTS" &
     return;;

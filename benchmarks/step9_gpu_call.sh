@@ -7,10 +7,7 @@
 set -u
 . benchmarks/gpu_tests.sh  # PYTHONPATH, $OUT, the test shards
 gpu_info
-T=${TEST_LIMIT:-200}
-G=tests/gpu/test_flash_gluon_gpu.py
-_shard "$T" fg1 $G -k "forward_tiling or partition_layout" &
-_shard "$T" fg2 $G -k "not (forward_tiling or partition_layout)" &
+TESTS=gluon start_test_shards "${TEST_LIMIT:-200}"
 wait
 collect_test_shards
 for p in ${PROBES:-gluon_dkdv}; do

@@ -208,9 +208,9 @@ def test_gluon_dkdv_choice(monkeypatch):
 
 
 def test_gluon_fwd_choice(monkeypatch):
-    """The Gluon forward serves plain dense inputs at head dim 128, 16-bit, from 4k tokens
-    (causal: MHA only) where ``flash_common.gluon_fits`` holds; the override drops the rule
-    of lengths and heads."""
+    """The Gluon forward serves plain dense inputs at head dim 128, 16-bit, from 1k tokens,
+    MHA or GQA, causal or not, where ``flash_common.gluon_fits`` holds; the override drops
+    the rule of lengths."""
     from attnkit.kernels import flash_common, flash_fwd
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
     kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
@@ -226,8 +226,8 @@ def test_gluon_fwd_choice(monkeypatch):
     monkeypatch.setattr(flash_common, "device_capability", lambda device: (9, 0))
     monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
     assert choice(q, kv, kv) and choice(q, mha, mha, causal=True)
-    assert not choice(q, kv, kv, causal=True)  # causal GQA
-    assert not choice(q, kv, kv, seq=4095)
+    assert choice(q, kv, kv, causal=True, seq=1024)
+    assert not choice(q, kv, kv, seq=1023)
     assert not choice(q, kv, kv, plain=False)
     assert not choice(q.half(), kv, kv)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
@@ -258,6 +258,23 @@ def test_gluon_persistent_forward_needs_flat_rows():
     assert not flash_fwd_gluon.flat_rows(torch.zeros(2, 40, 4, 128)[:, :33])
     assert flash_fwd_gluon.flat_rows(torch.zeros(1, 40, 4, 128)[:, :33])
     assert flash_fwd_gluon.flat_rows(torch.zeros(2, 33, 1, 128).expand(2, 33, 1, 128))
+
+
+def test_gluon_persistent_forward_takes_whole_key_tiles_past_one_batch():
+    """``flash_fwd_gluon.takes_persistent``: flat rows, and with batches past one a key
+    length of whole key tiles (no key tile reads the next batch); any length for one batch."""
+    try:
+        from attnkit.kernels import flash_fwd_gluon
+    except ImportError as exc:  # a Triton without Gluon's Hopper module
+        pytest.skip(f"no Gluon: {exc}")
+    q = torch.zeros(2, 300, 4, 128)
+    whole, partial = torch.zeros(2, 256, 2, 128), torch.zeros(2, 255, 2, 128)
+    assert flash_fwd_gluon.takes_persistent(q, whole, whole)
+    assert not flash_fwd_gluon.takes_persistent(q, partial, partial)
+    assert flash_fwd_gluon.takes_persistent(q, partial, partial, block_n=85)
+    assert flash_fwd_gluon.takes_persistent(q[:1], partial[:1], partial[:1])
+    assert not flash_fwd_gluon.takes_persistent(q.transpose(1, 2).contiguous().transpose(1, 2),
+                                                whole, whole)
 
 
 def _persistent_walk(n_m: int, heads: int, programs: int) -> list[list[tuple[int, int]]]:

@@ -212,27 +212,25 @@ def _flash_fwd_kernel(
 
 
 def _gluon_fwd(q, k, v, *, plain: bool, causal: bool, seq: int) -> bool:
-    """Whether the forward runs in ``flash_fwd_gluon`` (the warp-specialised Gluon kernel)
-    instead of ``_flash_fwd_kernel``.
+    """Whether the forward runs in ``flash_fwd_gluon`` (the warp-specialised Gluon kernel,
+    persistent where the rows are flat) instead of ``_flash_fwd_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, window, softcap or
     dropout. Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a
-    measured Triton); and where it measured faster (H200, step 9 of
-    benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step9-wg2.json``):
-    ``seq`` (the longer of the query and key lengths) at least 4096, and with causal
-    attention MHA only (4k full 1.12 against 1.18 ms, 16k full 4.17 against 4.54, 16k causal
-    2.33 against 2.40, GQA 32:8 4k full 2.21 against 2.33; behind or even: 1k full 0.354
-    against 0.353, 1k causal 0.273 against 0.232, GQA 4k causal 1.35 against 1.28).
-    ``ATTNKIT_FLASH_GLUON=1`` drops the rule of lengths and heads, ``0`` turns the kernel off
-    (``flash_common.gluon_setting``).
+    measured Triton); and ``seq`` (the longer of the query and key lengths) at least 1024,
+    the shortest measured. Where it measured faster (H200, step 10 of
+    benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step10-walk.json``, the
+    persistent kernel against ``_flash_fwd_kernel``, ms): 1k full 0.292 against 0.352, 1k
+    causal 0.202 against 0.229, 4k full 1.00 against 1.17, 4k causal 0.586 against 0.698,
+    16k full 3.84 against 4.46, 16k causal 2.14 against 2.33, GQA 32:8 4k full 1.98 against
+    2.29, GQA 4k causal 1.16 against 1.27. ``ATTNKIT_FLASH_GLUON=1`` drops the rule of
+    lengths, ``0`` turns the kernel off (``flash_common.gluon_setting``).
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
     """
     mode = gluon_setting()
-    if mode == "0" or not plain:
-        return False
-    if mode == "auto" and (seq < 4096 or (causal and q.shape[-2] != k.shape[-2])):
+    if mode == "0" or not plain or (mode == "auto" and seq < 1024):
         return False
     return gluon_fits(q, k, v)
 

@@ -16,11 +16,12 @@ tile, split into partitions:
   once every partition is done with it. Two partitions drift apart, so one's softmax runs
   while the other's products do.
 
-``gluon_fwd_persistent_kernel`` is the same with one program per SM walking the tiles, its
-loader running ahead into the next tile's Q, K and V while the compute partitions finish
-the last one (for short sequences, where each program's set-up is paid every few key tiles).
-It compiles for sm90 and its tile walk was mirrored in float64 on the CPU, but it has not run
-on a GPU yet, so ``PERSISTENT`` is off.
+``gluon_fwd_persistent_kernel`` is the same with one program per SM walking the tiles
+(``_tile_of``: units of two tiles from a head's two ends, so that causal walks stay
+balanced), its loader running ahead into the next tile's Q, K and V while the compute
+partitions finish the last one. It serves (``PERSISTENT``) wherever it can
+(``takes_persistent``): 6-26% faster than the one-tile kernel on an H200 (step 10 of
+benchmarks/NOTES-flash.md).
 
 Outputs as ``flash_fwd``'s: ``out`` in q's layout and dtype, LSE float32 ``[b, hq, sq]`` in
 natural log, ``-inf`` (and zero output) on rows that see no key.
@@ -50,13 +51,13 @@ from attnkit.kernels.gluon_sm90 import (
 
 LN2 = gl.constexpr(0.6931471805599453)
 # The shipped configuration: query tile, key tile, slots, compute partitions; and whether
-# the persistent kernel serves (not yet measured on a GPU: off).
+# the persistent kernel serves (where the rows are flat).
 BLOCK_M, BLOCK_N, STAGES, WARPGROUPS = 128, 128, 2, 2
-PERSISTENT = False
+PERSISTENT = True
 # Launches so far in this process, and the shipped tiling as the benchmark reports it
 # (``attnkit.bench.subject`` names the kernels that served a case).
 calls = 0
-TILING = f"{BLOCK_M}x{BLOCK_N} s{STAGES} wg{WARPGROUPS}"
+TILING = f"{BLOCK_M}x{BLOCK_N} s{STAGES} wg{WARPGROUPS}" + (" persistent" if PERSISTENT else "")
 
 
 @gluon.jit
@@ -351,8 +352,10 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     q, k, v are read as ``[batch * seq, heads * D]`` matrices (rows ``stride_*s`` apart):
     one descriptor per tensor for the whole kernel, built once per program. That needs each
     batch's rows to follow the last one's and the heads of a row to be adjacent
-    (``flash_fwd_gluon.flat_rows``). A tile's rows past its sequence read the next batch's
-    rows: those queries are never stored, those keys are masked like TMA's zero rows.
+    (``flash_fwd_gluon.flat_rows``). A query tile's rows past its sequence read the next
+    batch's rows, which are never stored; key tiles never do (``takes_persistent``: whole key
+    tiles or one batch), so nothing of another batch, not even a non-finite value, reaches
+    an output.
     """
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
@@ -419,6 +422,21 @@ def flat_rows(t: torch.Tensor) -> bool:
     return (b == 1 or t.stride(0) == s * t.stride(1)) and (h == 1 or t.stride(2) == d)
 
 
+def takes_persistent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                     block_n: int = BLOCK_N) -> bool:
+    """Whether ``gluon_fwd_persistent_kernel`` can take ``[b, s, h, d]`` q, k and v: each
+    reads as flat rows (``flat_rows``), and the key length is a multiple of ``block_n`` or
+    there is one batch, so that no key tile reads rows of the next batch.
+
+    Example:
+        >>> q, kv = torch.zeros(2, 300, 4, 128), torch.zeros(2, 256, 4, 128)
+        >>> takes_persistent(q, kv, kv), takes_persistent(q, q, q)
+        (True, False)
+    """
+    return (all(flat_rows(t) for t in (q, k, v))
+            and (k.shape[0] == 1 or k.shape[1] % block_n == 0))
+
+
 def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
               lse: torch.Tensor, *, causal: bool, scale: float, block_m: int = BLOCK_M,
               block_n: int = BLOCK_N, stages: int = STAGES,
@@ -434,8 +452,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         causal: bottom-right causal attention.
         scale: the softmax scale.
         block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``).
-        persistent: ``gluon_fwd_persistent_kernel`` (two partitions) where q, k and v are
-            ``flat_rows``; else the one-tile-per-program kernel.
+        persistent: ``gluon_fwd_persistent_kernel`` (two partitions) where
+            ``takes_persistent``; else the one-tile-per-program kernel.
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
 
@@ -450,7 +468,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
-    if persistent and flat_rows(q) and flat_rows(k) and flat_rows(v):
+    if persistent and takes_persistent(q, k, v, block_n=block_n):
         grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
                                      programs or sm_count(q.device))
         gluon_fwd_persistent_kernel[(grid,)](

@@ -93,12 +93,19 @@ TILINGS = {"n128-s2-wg1": (128, 2, 1, False), "n128-s2-wg2": (128, 2, 2, False),
            "n128-s3-persistent": (128, 3, 2, True)}
 
 
+# whole key tiles in batches of 2: the persistent kernel takes them (``takes_persistent``)
+FLAT_CASES = {"113x256-causal": Case((2, 113, 256, 4, 4, 128, 128), causal=True),
+              "gqa-300x128-full": Case((2, 300, 128, 8, 2, 128, 128))}
+
+
 @pytest.mark.parametrize("tiling", TILINGS.values(), ids=TILINGS.keys())
 @pytest.mark.parametrize("case", ["113x203-causal", "333x129-full", "203x113-causal",
-                                  "gqa-113x203-causal"])
+                                  "gqa-113x203-causal", "113x256-causal", "gqa-300x128-full"])
 def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monkeypatch):
     """Each forward configuration the probe times (``benchmarks/gluon_fwd.py``); the
-    persistent ones with batches of 2, so that tiles run past their batch's rows."""
+    persistent ones on a batch of one with a partial key tile and on batches of 2 with whole
+    key tiles, so that query tiles run past their batch's rows (elsewhere the one-tile
+    kernel takes over)."""
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
@@ -106,15 +113,15 @@ def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monk
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
         flash_fwd_gluon.gluon_fwd, block_n=block_n, stages=stages, warpgroups=warpgroups,
         persistent=persistent))
-    check({**CASES, **GQA_CASES}[case], dtype=BF16, device="cuda", deterministic=True,
-          dq_mode="kernel")
+    check({**CASES, **GQA_CASES, **FLAT_CASES}[case], dtype=BF16, device="cuda",
+          deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"]
 
 
 WALKS = {"one-program": (Case((1, 600, 600, 3, 3, 128, 128), causal=True), 1),
          "short-last-unit": (Case((1, 600, 600, 3, 3, 128, 128), causal=True), 7),
-         "units-of-two": (Case((2, 700, 500, 4, 2, 128, 128), causal=True), 7),
-         "units-of-one": (Case((2, 700, 500, 4, 4, 128, 128)), 40)}
+         "units-of-two": (Case((2, 700, 512, 4, 2, 128, 128), causal=True), 7),
+         "units-of-one": (Case((2, 700, 512, 4, 4, 128, 128)), 40)}
 
 
 @pytest.mark.parametrize("case,programs", WALKS.values(), ids=WALKS.keys())
@@ -125,10 +132,33 @@ def test_persistent_walk_covers_every_tile(case, programs, gluon_calls, monkeypa
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
+    b, sq, sk, hq, hk, d, _ = case.shape
+    assert flash_fwd_gluon.takes_persistent(torch.empty(b, sq, hq, d), *(
+        torch.empty(b, sk, hk, d),) * 2)
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
         flash_fwd_gluon.gluon_fwd, persistent=True, programs=programs))
     check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"]
+
+
+@pytest.mark.parametrize("seq_k", [203, 256], ids=["partial-key-tile", "whole-key-tiles"])
+def test_no_batch_reaches_another(seq_k, gluon_calls):
+    """A batch whose V is all ``inf`` leaves the other batch's output finite and as it is
+    alone, whichever forward kernel takes the shape (the persistent kernel only takes whole
+    key tiles in batches past one: ``takes_persistent``)."""
+    import attnkit
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(2, 300, 4, 128, device="cuda", dtype=BF16, generator=gen)
+    k, v = (torch.randn(2, seq_k, 4, 128, device="cuda", dtype=BF16, generator=gen)
+            for _ in range(2))
+    v[1] = float("inf")
+    out, lse = attnkit.attention(q, k, v, backend="triton", return_lse=True)
+    alone, alone_lse = attnkit.attention(q[:1], k[:1], v[:1], backend="triton",
+                                         return_lse=True)
+    assert torch.isfinite(out[:1]).all()
+    torch.testing.assert_close(out[:1], alone)
+    torch.testing.assert_close(lse[:1], alone_lse)
+    assert gluon_calls["fwd"] == 2
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -206,14 +236,15 @@ def test_merged_qkv_views(causal, gluon_calls):
 
 @pytest.mark.parametrize("seq,hk,window,expect", [
     (4096, 8, (-1, -1), dict(fwd=True, dkdv=True)),
-    (1024, 8, (-1, -1), dict(fwd=False, dkdv=True)),
+    (1024, 8, (-1, -1), dict(fwd=True, dkdv=True)),
     (512, 8, (-1, -1), dict(fwd=False, dkdv=False)),
-    (4096, 2, (-1, -1), dict(fwd=False, dkdv=False)),
+    (4096, 2, (-1, -1), dict(fwd=True, dkdv=False)),
     (4096, 8, (255, 0), dict(fwd=False, dkdv=False))],
     ids=["mha-4k", "mha-1k", "mha-512", "gqa-4k", "window-4k"])
 def test_launcher_choice(seq, hk, window, expect, monkeypatch):
-    """Without the override the dK/dV kernel runs for dense MHA from 1k tokens, the causal
-    forward for dense MHA from 4k tokens (``flash_fwd._gluon_fwd``)."""
+    """Without the override the dK/dV kernel runs for dense MHA from 1k tokens
+    (``flash_bwd._gluon_dkdv``), the forward for dense MHA and GQA from 1k tokens
+    (``flash_fwd._gluon_fwd``)."""
     import attnkit
     calls = _count_launches(monkeypatch)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
