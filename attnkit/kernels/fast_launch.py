@@ -16,8 +16,9 @@ the one Triton's own lookup would return. A hit launches it directly (``compiled
 which still honours Triton's launch hooks); a miss goes through ``fn.run`` and keeps what it
 returns. Not covered: a Triton option changed by environment variable mid-process
 (``TRITON_DEBUG``) and a global a kernel reads being rebound; attnkit does neither.
-``ATTNKIT_FAST_LAUNCH=0`` (read at import) turns the cache off; it is never used under
-``TRITON_INTERPRET=1``.
+The Gluon kernels (``flash_*_gluon.py``) launch through it too: a Gluon function is a
+``JITFunction`` with the same binding. ``ATTNKIT_FAST_LAUNCH=0`` (read at import) turns the
+cache off; it is never used under ``TRITON_INTERPRET=1``.
 
 Example (inside a launcher; ``grid`` a tuple or a callable of the meta-parameters):
     >>> run(_bwd_preprocess, grid, (out, do, lse, ...), dict(HQ=16, DV=128, BLOCK_M=64))

@@ -43,6 +43,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from attnkit.kernels import fast_launch
 from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
 from attnkit.kernels.gluon_sm90 import (
     COMPUTE_REGS,
@@ -304,10 +305,10 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
     b, sq, h, d = q.shape
     sk = k.shape[1]
     grid = (cdiv(sk, BLOCK_N), b * h)
-    gluon_dkdv_kernel[grid](
+    fast_launch.run(gluon_dkdv_kernel, grid, (
         q, k, v, do, lse2, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], lse2.stride(0), lse2.stride(1),
-        sq, sk, scale * LOG2E, scale,
+        sq, sk, scale * LOG2E, scale), dict(
         H=h, D=d, IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
         WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
-        maxnreg=MAXNREG)
+        maxnreg=MAXNREG))

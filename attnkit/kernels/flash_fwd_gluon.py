@@ -40,6 +40,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from attnkit.kernels import fast_launch
 from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv, sm_count
 from attnkit.kernels.gluon_sm90 import (
     COMPUTE_REGS,
@@ -471,15 +472,15 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     if persistent and takes_persistent(q, k, v, block_n=block_n):
         grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
                                      programs or sm_count(q.device))
-        gluon_fwd_persistent_kernel[(grid,)](
+        fast_launch.run(gluon_fwd_persistent_kernel, (grid,), (
             q, k, v, out, lse, q.stride(1), k.stride(1), v.stride(1), *out.stride()[:3],
-            lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E,
+            lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E), dict(
             HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
-            STAGES=stages, PAIR=pair, num_warps=4, maxnreg=MAXNREG)
+            STAGES=stages, PAIR=pair, num_warps=4, maxnreg=MAXNREG))
         return
     grid = (cdiv(sq, block_m), b * hq)
-    gluon_fwd_kernel[grid](
+    fast_launch.run(gluon_fwd_kernel, grid, (
         q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        *out.stride()[:3], lse.stride(0), lse.stride(1), sq, sk, scale * LOG2E,
+        *out.stride()[:3], lse.stride(0), lse.stride(1), sq, sk, scale * LOG2E), dict(
         HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
-        STAGES=stages, WARPGROUPS=warpgroups, num_warps=8 // warpgroups, maxnreg=MAXNREG)
+        STAGES=stages, WARPGROUPS=warpgroups, num_warps=8 // warpgroups, maxnreg=MAXNREG))

@@ -40,6 +40,8 @@ CASES = {
     "333x129-full": Case((1, 333, 129, 4, 4, 128, 128)),
     "1000x1000-causal": Case((1, 1000, 1000, 4, 4, 128, 128), causal=True),
     "lse-grad": Case((2, 140, 150, 4, 4, 128, 128), causal=True, lse_grad=True),
+    # whole key tiles in a batch of 2 (the persistent forward), 44 rows that see no key
+    "300x256-causal": Case((2, 300, 256, 4, 4, 128, 128), causal=True),
 }
 
 
@@ -100,7 +102,8 @@ FLAT_CASES = {"113x256-causal": Case((2, 113, 256, 4, 4, 128, 128), causal=True)
 
 @pytest.mark.parametrize("tiling", TILINGS.values(), ids=TILINGS.keys())
 @pytest.mark.parametrize("case", ["113x203-causal", "333x129-full", "203x113-causal",
-                                  "gqa-113x203-causal", "113x256-causal", "gqa-300x128-full"])
+                                  "gqa-113x203-causal", "113x256-causal", "gqa-300x128-full",
+                                  "300x256-causal"])
 def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monkeypatch):
     """Each forward configuration the probe times (``benchmarks/gluon_fwd.py``); the
     persistent ones on a batch of one with a partial key tile and on batches of 2 with whole
