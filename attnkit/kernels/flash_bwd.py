@@ -491,18 +491,23 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
     """Whether the dK/dV products run in ``flash_bwd_gluon`` (the warp-specialised Gluon
     kernel) instead of ``_bwd_dkdv_kernel``.
 
-    ``plain``: dense (not packed) MHA with no key padding, mask, window, softcap or dropout.
-    Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a measured
-    Triton, dO included); the dK/dV kernel allowed descriptors (``flash_common.tma_kernels``
-    has ``dkdv``); ``seq`` (the longer of the query and key lengths) at least
-    1024, where it measured faster (``flash_bwd_gluon``), unless ``ATTNKIT_FLASH_GLUON`` is
-    ``1`` (``0`` turns it off: ``flash_common.gluon_setting``).
+    ``plain``: dense (not packed) inputs with no key padding, mask, window, softcap or
+    dropout. Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a
+    measured Triton, dO included); the dK/dV kernel allowed descriptors
+    (``flash_common.tma_kernels`` has ``dkdv``); MHA, or GQA/MQA with q's and dO's heads
+    adjacent (``stride(2) == 128``: the kernel reads a group's queries as one matrix); ``seq``
+    (the longer of the query and key lengths) at least 1024, where it measured faster
+    (``flash_bwd_gluon``), unless ``ATTNKIT_FLASH_GLUON`` is ``1`` (``0`` turns it off:
+    ``flash_common.gluon_setting``).
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
     """
     mode = gluon_setting()
     if mode == "0" or not plain or (mode == "auto" and seq < 1024):
+        return False
+    d = q.shape[-1]
+    if q.shape[2] != k.shape[2] and (q.stride(2) != d or do.stride(2) != d):
         return False
     return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do)
 
@@ -668,7 +673,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
     dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind),
                    **common)
-    plain = (not varlen and hq == hk and key_padding_mask is None and mask_kind == 0
+    plain = (not varlen and key_padding_mask is None and mask_kind == 0
              and window[0] < 0 and window[1] < 0 and softcap == 0 and dropout_p == 0)
     gluon = _gluon_dkdv(q, k, v, do, plain=plain, seq=max(sq, sk))
 

@@ -1,15 +1,16 @@
 """The dK/dV kernel of the flash backward for Hopper, warp-specialised, written in Gluon.
 
-``flash_bwd`` launches it in place of ``_bwd_dkdv_kernel`` where ``flash_bwd._gluon_dkdv`` says so (dense MHA,
-head dim 128, 16-bit inputs, causal or not, no masks, windows, softcap or dropout, an sm90 GPU
+``flash_bwd`` launches it in place of ``_bwd_dkdv_kernel`` where ``flash_bwd._gluon_dkdv`` says
+so (dense MHA, GQA or MQA, head dim 128, 16-bit inputs, causal or not, no masks, windows, softcap or dropout, an sm90 GPU
 and the Triton release it was measured with); the preprocess and the dQ kernel stay the same.
 Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9,
 ``results/gluon-dkdv-h200-2026-12-01-step9-layouts.json``), kernel alone: 16k full 7.20
 against 8.80 ms, 16k causal 3.57 against 4.58, 4k full 1.89 against 2.34, 4k causal 1.10
 against 1.36, 1k full 0.61 against 0.68, 1k causal 0.43 against 0.44.
 
-Grid ``(key tiles, batch x heads)``; each program owns one ``[BLOCK_N, D]`` tile of K and V
-and loops over the query tiles that see it, split into partitions:
+Grid ``(key tiles, batch x K/V heads)``; each program owns one ``[BLOCK_N, D]`` tile of K and
+V and loops over the query tiles that see it, of each query head that shares it (GQA: the
+group's dK and dV summed in registers, no atomics), split into partitions:
 
 - a loader (1 warp, 24 registers) TMA-loads each ``[BLOCK_M, D]`` tile of Q and dO into a
   ring of ``STAGES`` shared-memory slots (``ready`` / ``empty`` mbarriers);
@@ -82,18 +83,22 @@ def _query_tiles(start_n, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, IS_CAUSAL: 
 
 
 @gluon.jit
-def _loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi,
-            BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
-    """The loader partition: Q and dO tiles ``lo, lo + BLOCK_M, ...`` into the ring."""
-    for i in range(gl.cdiv(hi - lo, BLOCK_M)):
-        slot = i % STAGES
-        mbarrier.wait(empty.index(slot), ((i // STAGES) & 1) ^ 1)  # every slot starts free
+def _loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP: gl.constexpr,
+            BLOCK_M: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    """The loader partition: for each query head of the group in turn, its Q and dO tiles
+    ``lo, lo + BLOCK_M, ...`` into the ring (the descriptors' columns ``[g * D, (g + 1) * D)``
+    are head ``g`` of the group)."""
+    n = gl.cdiv(hi - lo, BLOCK_M)
+    for j in range(GROUP * n):
+        slot = j % STAGES
+        mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)  # every slot starts free
         mbarrier.expect(ready.index(slot),
                         q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-        start = lo + i * BLOCK_M
-        tma.async_copy_global_to_shared(q_desc, [start, 0], ready.index(slot),
+        start = lo + (j % n) * BLOCK_M
+        col = (j // n) * D
+        tma.async_copy_global_to_shared(q_desc, [start, col], ready.index(slot),
                                         q_bufs.index(slot))
-        tma.async_copy_global_to_shared(do_desc, [start, 0], ready.index(slot),
+        tma.async_copy_global_to_shared(do_desc, [start, col], ready.index(slot),
                                         do_bufs.index(slot))
 
 
@@ -146,13 +151,14 @@ def _take_turn(turns, k, WG: gl.constexpr):
 
 @gluon.jit
 def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr, delta_ptr,
-             dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n, seqlen_q, seqlen_k,
-             qk_scale, scale,
-             BLOCK_M: gl.constexpr, HALF: gl.constexpr, D: gl.constexpr,
+             stride_lh, dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n, seqlen_q,
+             seqlen_k, qk_scale, scale,
+             GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HALF: gl.constexpr, D: gl.constexpr,
              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WG: gl.constexpr,
              PINGPONG: gl.constexpr, num_warps: gl.constexpr):
     """One compute partition (one warpgroup): dK and dV of rows ``[WG * HALF, (WG + 1) *
-    HALF)`` of the program's key tile over query tiles ``[lo, hi)``, stored at the end."""
+    HALF)`` of the program's key tile over query tiles ``[lo, hi)`` of each query head of the
+    group (LSE and delta rows ``stride_lh`` apart per head), stored at the end."""
     dtype: gl.constexpr = k_smem.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [HALF, BLOCK_M] scores
     acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [HALF, D] accumulators
@@ -167,11 +173,13 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr, delt
     zero_s = gl.zeros([HALF, BLOCK_M], gl.float32, s_layout)
     cols = first + gl.arange(0, HALF, layout=key_layout)  # the partition's keys
     offset = seqlen_k - seqlen_q
-    for i in range(gl.cdiv(hi - lo, BLOCK_M)):
+    n = gl.cdiv(hi - lo, BLOCK_M)
+    for i in range(GROUP * n):  # query tile i % n of the group's head i // n
         slot = i % STAGES
-        start = lo + i * BLOCK_M
+        start = lo + (i % n) * BLOCK_M
         rows = start + gl.arange(0, BLOCK_M, layout=query_layout)
-        lse, delta = _row_stats(lse_ptr, delta_ptr, rows, seqlen_q)
+        head = (i // n).to(gl.int64) * stride_lh
+        lse, delta = _row_stats(lse_ptr + head, delta_ptr + head, rows, seqlen_q)
         mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
         q_s = q_bufs.index(slot)  # [BLOCK_M, D]
         do_s = do_bufs.index(slot)  # [BLOCK_M, D]
@@ -204,27 +212,33 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
                       stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                       stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
                       stride_lb, stride_lh, seq_q, seq_k, qk_scale, scale,
-                      H: gl.constexpr, D: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                      WARPGROUPS: gl.constexpr, PINGPONG: gl.constexpr,
+                      HK: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
+                      IS_CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      STAGES: gl.constexpr, WARPGROUPS: gl.constexpr, PINGPONG: gl.constexpr,
                       num_warps: gl.constexpr):
-    """dK and dV of one ``[BLOCK_N, D]`` key tile (grid axis 0) of one batch x head (axis 1).
+    """dK and dV of one ``[BLOCK_N, D]`` key tile (grid axis 0) of one batch x K/V head (axis
+    1), summed over the ``GROUP`` query heads that share it.
 
-    q, k, v, do, dk, dv: ``[b, s, H, D]`` with unit stride in D and 16-byte aligned rows;
-    lse (base 2) and delta: float32 ``[b, H, seq_q]``; ``qk_scale = scale * log2(e)``.
+    q, do: ``[b, seq_q, HK * GROUP, D]``, with adjacent heads (``stride_qh == D``) when
+    ``GROUP > 1``: a group's Q and dO are read as one ``[seq_q, GROUP * D]`` matrix. k, v,
+    dk, dv: ``[b, seq_k, HK, D]``. All with unit stride in D and 16-byte aligned rows; lse
+    (base 2) and delta: float32 ``[b, HK * GROUP, seq_q]``; ``qk_scale = scale * log2(e)``.
     """
     pid_n = gl.program_id(0)
     pid_bh = gl.program_id(1)
-    b = (pid_bh // H).to(gl.int64)
-    h = pid_bh % H
+    b = (pid_bh // HK).to(gl.int64)
+    h = pid_bh % HK
+    hq = h * GROUP  # the group's first query head
     start_n = pid_n * BLOCK_N
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
-    q_desc = tma.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh, [seq_q, D],
-                                        [stride_qs, 1], [BLOCK_M, D], q_layout)
-    do_desc = tma.make_tensor_descriptor(do_ptr + b * stride_dob + h * stride_doh, [seq_q, D],
-                                         [stride_dos, 1], [BLOCK_M, D], q_layout)
+    q_desc = tma.make_tensor_descriptor(q_ptr + b * stride_qb + hq * stride_qh,
+                                        [seq_q, GROUP * D], [stride_qs, 1], [BLOCK_M, D],
+                                        q_layout)
+    do_desc = tma.make_tensor_descriptor(do_ptr + b * stride_dob + hq * stride_doh,
+                                         [seq_q, GROUP * D], [stride_dos, 1], [BLOCK_M, D],
+                                         q_layout)
     k_desc = tma.make_tensor_descriptor(k_ptr + b * stride_kb + h * stride_kh, [seq_k, D],
                                         [stride_ks, 1], [BLOCK_N, D], kv_layout)
     v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + h * stride_vh, [seq_k, D],
@@ -249,31 +263,31 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     tma.async_copy_global_to_shared(v_desc, [start_n, 0], kv_bar, v_smem)
     mbarrier.wait(kv_bar, 0)
     lo, hi = _query_tiles(start_n, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
-    l_off = b * stride_lb + h.to(gl.int64) * stride_lh
+    l_off = b * stride_lb + hq.to(gl.int64) * stride_lh
     dk_base = dk_ptr + b * stride_dkb + h * stride_dkh
     dv_base = dv_ptr + b * stride_dvb + h * stride_dvh
     if WARPGROUPS == 2:  # a partition per half of the key tile, 4 warps each
         HALF: gl.constexpr = BLOCK_N // 2
         gl.warp_specialize([
             (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
-                        delta_ptr + l_off, dk_base, dv_base, stride_dks, stride_dvs, lo, hi,
-                        start_n, seq_q, seq_k, qk_scale, scale, BLOCK_M, HALF, D, STAGES,
-                        IS_CAUSAL, 0, PINGPONG, num_warps)),
+                        delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
+                        stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
+                        BLOCK_M, HALF, D, STAGES, IS_CAUSAL, 0, PINGPONG, num_warps)),
             (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
-                        delta_ptr + l_off, dk_base, dv_base, stride_dks, stride_dvs, lo, hi,
-                        start_n, seq_q, seq_k, qk_scale, scale, BLOCK_M, HALF, D, STAGES,
-                        IS_CAUSAL, 1, PINGPONG, num_warps)),
-            (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, BLOCK_M,
-                       STAGES)),
+                        delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
+                        stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
+                        BLOCK_M, HALF, D, STAGES, IS_CAUSAL, 1, PINGPONG, num_warps)),
+            (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP,
+                       BLOCK_M, D, STAGES)),
         ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
     else:  # one partition of num_warps warps for the whole key tile
         gl.warp_specialize([
             (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
-                        delta_ptr + l_off, dk_base, dv_base, stride_dks, stride_dvs, lo, hi,
-                        start_n, seq_q, seq_k, qk_scale, scale, BLOCK_M, BLOCK_N, D, STAGES,
-                        IS_CAUSAL, 0, False, num_warps)),
-            (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, BLOCK_M,
-                       STAGES)),
+                        delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
+                        stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
+                        BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, 0, False, num_warps)),
+            (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP,
+                       BLOCK_M, D, STAGES)),
         ], [LOADER_WARPS], [LOADER_REGS])
 
 
@@ -281,12 +295,15 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
                lse2: torch.Tensor, delta: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *,
                causal: bool, scale: float, warpgroups: int = WARPGROUPS,
                pingpong: bool = PINGPONG) -> None:
-    """Write dK and dV of dense MHA attention into ``dk`` and ``dv`` (CUDA, sm90).
+    """Write dK and dV of dense MHA, GQA or MQA attention into ``dk`` and ``dv`` (CUDA,
+    sm90), each K/V head's summed over the query heads that share it.
 
     Args:
-        q, do: ``[b, seq_q, h, 128]``; k, v, dk, dv: ``[b, seq_k, h, 128]``; all bf16 or all
-            fp16, last dim contiguous, 16-byte aligned (``flash_common.tma_aligned``).
-        lse2, delta: float32 ``[b, h, seq_q]`` (unit stride along the sequence): the base-2
+        q, do: ``[b, seq_q, hq, 128]``; k, v, dk, dv: ``[b, seq_k, hk, 128]`` (``hq`` a
+            multiple of ``hk``; past one query head per K/V head, q's and do's heads adjacent:
+            ``stride(2) == 128``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
+            (``flash_common.tma_aligned``).
+        lse2, delta: float32 ``[b, hq, seq_q]`` (unit stride along the sequence): the base-2
             LSE with ``+inf`` on rows that saw no key, and ``sum(out * dO, -1)``, as
             ``flash_bwd._bwd_preprocess`` writes them.
         causal: bottom-right causal attention.
@@ -302,13 +319,13 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
     global calls
     calls += 1
     _ensure_allocator()  # device-side descriptors live in global scratch
-    b, sq, h, d = q.shape
-    sk = k.shape[1]
-    grid = (cdiv(sk, BLOCK_N), b * h)
+    b, sq, hq, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    grid = (cdiv(sk, BLOCK_N), b * hk)
     fast_launch.run(gluon_dkdv_kernel, grid, (
         q, k, v, do, lse2, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], lse2.stride(0), lse2.stride(1),
         sq, sk, scale * LOG2E, scale), dict(
-        H=h, D=d, IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
-        WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
+        HK=hk, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        STAGES=STAGES, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
         maxnreg=MAXNREG))

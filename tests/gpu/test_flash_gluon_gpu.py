@@ -4,7 +4,7 @@ and the dK/dV kernel of the backward (``flash_bwd_gluon.py``).
 The output, LSE and every gradient against the float64 oracle by the tolerance rule
 (``tests/flash_check.py``) with the kernels forced on (``ATTNKIT_FLASH_GLUON=1``, any length)
 and checked to have run: awkward lengths, unequal query/key lengths with causal rows that see
-no key, bf16 and fp16, GQA/MQA (forward), the LSE gradient, q/k/v as views of one merged QKV
+no key, bf16 and fp16, GQA/MQA, the LSE gradient, q/k/v as views of one merged QKV
 tensor, every tiling the probes time (atomic dQ keeps the Triton dK/dV kernel); then the
 launchers' own choice at the lengths where they switch, and bitwise reproducibility.
 Runs on sm90 with a Triton of ``flash_common.GLUON_TRITON``; skipped elsewhere.
@@ -83,11 +83,13 @@ GQA_CASES = {
 }
 
 
+@pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", GQA_CASES.values(), ids=GQA_CASES.keys())
-def test_gqa_forward_matches_the_oracle(case, gluon_calls):
-    """GQA/MQA: the Gluon forward (K/V heads shared, never repeated); the Triton backward."""
-    check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
-    assert gluon_calls["fwd"] and not gluon_calls["dkdv"], gluon_calls
+def test_gqa_matches_the_oracle(case, dtype, gluon_calls):
+    """GQA/MQA: the Gluon forward and dK/dV kernel (K/V heads shared, never repeated; each
+    K/V head's dK and dV summed over its group in the kernel)."""
+    check(case, dtype=dtype, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
 
 
 TILINGS = {"n128-s2-wg1": (128, 2, 1, False), "n128-s2-wg2": (128, 2, 2, False),
@@ -241,11 +243,11 @@ def test_merged_qkv_views(causal, gluon_calls):
     (4096, 8, (-1, -1), dict(fwd=True, dkdv=True)),
     (1024, 8, (-1, -1), dict(fwd=True, dkdv=True)),
     (512, 8, (-1, -1), dict(fwd=False, dkdv=False)),
-    (4096, 2, (-1, -1), dict(fwd=True, dkdv=False)),
+    (4096, 2, (-1, -1), dict(fwd=True, dkdv=True)),
     (4096, 8, (255, 0), dict(fwd=False, dkdv=False))],
     ids=["mha-4k", "mha-1k", "mha-512", "gqa-4k", "window-4k"])
 def test_launcher_choice(seq, hk, window, expect, monkeypatch):
-    """Without the override the dK/dV kernel runs for dense MHA from 1k tokens
+    """Without the override the dK/dV kernel runs for dense MHA and GQA from 1k tokens
     (``flash_bwd._gluon_dkdv``), the forward for dense MHA and GQA from 1k tokens
     (``flash_fwd._gluon_fwd``)."""
     import attnkit
