@@ -168,10 +168,10 @@ def test_every_variant_flag_is_in_the_autotune_keys():
 
 
 def test_gluon_dkdv_choice(monkeypatch):
-    """The Gluon dK/dV kernel serves plain MHA, and GQA/MQA whose q and dO heads are adjacent,
-    at head dim 128, 16-bit, from 1k tokens, on a 9.x GPU with a measured Triton, when the
-    dK/dV kernel may use descriptors; the override drops the length rule or turns it off,
-    and a bad value is a ValueError."""
+    """The Gluon dK/dV kernel serves plain MHA at head dim 128, 16-bit, from 1k tokens, on a
+    9.x GPU with a measured Triton, when the dK/dV kernel may use descriptors; the override
+    drops the length rule and takes GQA/MQA whose q and dO heads are adjacent, or turns it
+    off, and a bad value is a ValueError."""
     from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
@@ -186,12 +186,15 @@ def test_gluon_dkdv_choice(monkeypatch):
     assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=False, seq=4096)
     gq, kv = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16), torch.zeros(1, 8, 1, 128,
                                                                          dtype=torch.bfloat16)
-    assert flash_bwd._gluon_dkdv(gq, kv, kv, gq, plain=True, seq=1024)  # MQA, heads adjacent
+    assert not flash_bwd._gluon_dkdv(gq, kv, kv, gq, plain=True, seq=4096)  # MQA: not auto
     heads_first = torch.zeros(1, 4, 8, 128, dtype=torch.bfloat16).transpose(1, 2)
-    assert not flash_bwd._gluon_dkdv(heads_first, kv, kv, gq, plain=True, seq=1024)
-    assert not flash_bwd._gluon_dkdv(gq, kv, kv, heads_first, plain=True, seq=1024)
     assert flash_bwd._gluon_dkdv(heads_first, heads_first, heads_first, heads_first,
                                  plain=True, seq=1024)  # MHA reads each head on its own
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
+    assert flash_bwd._gluon_dkdv(gq, kv, kv, gq, plain=True, seq=16)  # heads adjacent
+    assert not flash_bwd._gluon_dkdv(heads_first, kv, kv, gq, plain=True, seq=1024)
+    assert not flash_bwd._gluon_dkdv(gq, kv, kv, heads_first, plain=True, seq=1024)
+    monkeypatch.delenv("ATTNKIT_FLASH_GLUON")
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
     assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=4096)
     assert not flash_bwd._gluon_dkdv(q.float(), q.float(), q.float(), q.float(), plain=True,

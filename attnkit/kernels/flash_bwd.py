@@ -23,7 +23,8 @@ Three launches:
 
 On sm90 with the Triton release it was measured with, dense MHA at head dim 128 from 1k tokens
 has its dK/dV products computed by a warp-specialised Gluon kernel instead
-(``flash_bwd_gluon``, ``_gluon_dkdv``): 3-22% faster than ``_bwd_dkdv_kernel``.
+(``flash_bwd_gluon``, ``_gluon_dkdv``): 3-22% faster than ``_bwd_dkdv_kernel``. It takes
+GQA/MQA too, on request (``ATTNKIT_FLASH_GLUON=1``), where it measured even.
 
 On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
 tokens (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma`` says when descriptors are
@@ -494,20 +495,26 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
     ``plain``: dense (not packed) inputs with no key padding, mask, window, softcap or
     dropout. Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a
     measured Triton, dO included); the dK/dV kernel allowed descriptors
-    (``flash_common.tma_kernels`` has ``dkdv``); MHA, or GQA/MQA with q's and dO's heads
-    adjacent (``stride(2) == 128``: the kernel reads a group's queries as one matrix); ``seq``
-    (the longer of the query and key lengths) at least 1024, where it measured faster
-    (``flash_bwd_gluon``), unless ``ATTNKIT_FLASH_GLUON`` is ``1`` (``0`` turns it off:
-    ``flash_common.gluon_setting``).
+    (``flash_common.tma_kernels`` has ``dkdv``); and where it measured faster
+    (``flash_bwd_gluon``): MHA with ``seq`` (the longer of the query and key lengths) at
+    least 1024. ``ATTNKIT_FLASH_GLUON=1`` drops that rule, GQA/MQA included where q's and
+    dO's heads are adjacent (``stride(2) == 128``: the kernel reads a group's queries as one
+    matrix); at GQA 32:8 4k it measured even with the Triton kernel (H200, step 10 of
+    benchmarks/NOTES-flash.md: the kernel 4% slower full, 3% faster causal; the whole
+    backward 2-3% faster), so ``auto`` leaves GQA on the Triton kernel. ``0`` turns it off
+    (``flash_common.gluon_setting``).
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
     """
     mode = gluon_setting()
-    if mode == "0" or not plain or (mode == "auto" and seq < 1024):
+    if mode == "0" or not plain:
         return False
     d = q.shape[-1]
-    if q.shape[2] != k.shape[2] and (q.stride(2) != d or do.stride(2) != d):
+    if q.shape[2] != k.shape[2]:
+        if mode == "auto" or q.stride(2) != d or do.stride(2) != d:
+            return False
+    elif mode == "auto" and seq < 1024:
         return False
     return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do)
 

@@ -6,7 +6,10 @@ and the Triton release it was measured with); the preprocess and the dQ kernel s
 Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9,
 ``results/gluon-dkdv-h200-2026-12-01-step9-layouts.json``), kernel alone: 16k full 7.20
 against 8.80 ms, 16k causal 3.57 against 4.58, 4k full 1.89 against 2.34, 4k causal 1.10
-against 1.36, 1k full 0.61 against 0.68, 1k causal 0.43 against 0.44.
+against 1.36, 1k full 0.61 against 0.68, 1k causal 0.43 against 0.44. At GQA 32:8 4k
+(step 10, ``results/gluon-dkdv-h200-2026-12-01-step10-gqa.json``) it is even: 3.86 against
+3.71 ms full, 2.21 against 2.28 causal (its 1024 programs of 128 keys fill 7.8 waves of 132
+SMs), so the launcher uses it there only on request.
 
 Grid ``(key tiles, batch x K/V heads)``; each program owns one ``[BLOCK_N, D]`` tile of K and
 V and loops over the query tiles that see it, of each query head that shares it (GQA: the
