@@ -251,15 +251,15 @@ def test_subject_rows_name_a_gluon_kernel_that_served(monkeypatch):
     from attnkit.bench import subject
     from attnkit.kernels import flash_bwd  # noqa: F401  (the rows read its kernels)
 
-    fwd = types.SimpleNamespace(calls=3, TILING="128x128 s2 wg2")
-    dkdv = types.SimpleNamespace(calls=5, TILING="64x128 s2 wg2")
+    fwd = types.SimpleNamespace(calls=3, tiling="128x128 s2 wg2 persistent")
+    dkdv = types.SimpleNamespace(calls=5, tiling="64x128 s2 wg2")
     monkeypatch.setitem(sys.modules, "attnkit.kernels.flash_fwd_gluon", fwd)
     monkeypatch.setitem(sys.modules, "attnkit.kernels.flash_bwd_gluon", dkdv)
     before = subject._gluon_calls()
     assert before == {"fwd": 3, "dkdv": 5}
     fwd.calls += 1
     tiles = subject._tiles("triton", before)
-    assert "fwd gluon 128x128 s2 wg2" in tiles and "dkdv gluon" not in tiles, tiles
+    assert "fwd gluon 128x128 s2 wg2 persistent" in tiles and "dkdv gluon" not in tiles, tiles
     assert subject._tiles("reference", before) == ""
 
 

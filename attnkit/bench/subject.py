@@ -93,7 +93,7 @@ def _tiles(chosen: str, before: dict) -> str:
     for name, kernel in (("fwd", flash_fwd._flash_fwd_kernel),
                          ("dkdv", flash_bwd._bwd_dkdv_kernel), ("dq", flash_bwd._bwd_dq_kernel)):
         if after.get(name, 0) > before.get(name, 0):
-            parts.append(f"{name} gluon {sys.modules[_GLUON[name]].TILING}")
+            parts.append(f"{name} gluon {sys.modules[_GLUON[name]].tiling}")
             continue
         cfg = getattr(kernel, "best_config", None)
         if cfg is None:

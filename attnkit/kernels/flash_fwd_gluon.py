@@ -55,10 +55,17 @@ LN2 = gl.constexpr(0.6931471805599453)
 # the persistent kernel serves (where the rows are flat).
 BLOCK_M, BLOCK_N, STAGES, WARPGROUPS = 128, 128, 2, 2
 PERSISTENT = True
-# Launches so far in this process, and the shipped tiling as the benchmark reports it
-# (``attnkit.bench.subject`` names the kernels that served a case).
+
+
+def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent: bool) -> str:
+    """A launch's tiling as the benchmark reports it, e.g. ``128x128 s2 wg2 persistent``."""
+    return f"{block_m}x{block_n} s{stages} wg{warpgroups}" + (" persistent" if persistent else "")
+
+
+# Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``
+# names the kernels that served a case).
 calls = 0
-TILING = f"{BLOCK_M}x{BLOCK_N} s{STAGES} wg{WARPGROUPS}" + (" persistent" if PERSISTENT else "")
+tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT)
 
 
 @gluon.jit
@@ -464,12 +471,14 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
 
         gluon_fwd(q, k, v, out, lse, causal=True, scale=128 ** -0.5)
     """
-    global calls
+    global calls, tiling
     calls += 1
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
-    if persistent and takes_persistent(q, k, v, block_n=block_n):
+    persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
+    tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent)
+    if persistent:
         grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
                                      programs or sm_count(q.device))
         fast_launch.run(gluon_fwd_persistent_kernel, (grid,), (

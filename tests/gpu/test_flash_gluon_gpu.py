@@ -189,6 +189,7 @@ def test_persistent_forward_on_views(causal, monkeypatch):
                     cu_seqlens_k=None, max_seqlen_q=333, max_seqlen_k=333, dropout_p=0.0,
                     dropout_seed=0)
         out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+        assert flash_fwd_gluon.tiling.endswith("persistent") == flat, flash_fwd_gluon.tiling
         truth = attention64(q.double(), k.double(), v.double(), causal=causal)
         base = attention64(q, k, v, causal=causal, dtype=BF16)
         assert_within_rule("out", out.float(), truth[0], base[0].float(), dtype=BF16)
