@@ -18,7 +18,7 @@ Visibility of key ``j`` to query ``i`` (``offset = seq_k - seq_q``, bottom-right
 
 On sm90 with the Triton release it was measured with, dense d 128 attention with none of those
 masks (MHA or GQA, causal or not, from 1k tokens) runs in the warp-specialised Gluon forward
-instead (``flash_fwd_gluon``, persistent where the rows are flat; ``_gluon_fwd``): 6-26%
+instead (``flash_fwd_gluon``, persistent where the rows are flat; ``_gluon_fwd``): 8-17%
 faster than ``_flash_fwd_kernel`` on an H200.
 """
 
