@@ -49,15 +49,18 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "out_ptr": "*
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK_M,
                  block_n: int = ffg.BLOCK_N, stages: int = ffg.STAGES,
                  warpgroups: int = ffg.WARPGROUPS, persistent: bool = False,
-                 dtype: str = "bf16") -> dict:
-    """Compile the kernel for sm90 without a GPU; the register split and cubin resources."""
+                 dtype: str = "bf16", window: tuple[int, int] = (-1, -1)) -> dict:
+    """Compile the kernel for sm90 without a GPU (``window`` as ``flash_fwd_gluon.gluon_fwd``
+    passes it); the register split and cubin resources."""
     warps = 8 // warpgroups
     if persistent:
-        const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
+        const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, WIN_LEFT=window[0],
+                     WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
                      STAGES=stages, PAIR=2, num_warps=4)
         return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
                         maxnreg=ffg.MAXNREG, dtype=dtype)
-    const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
+    const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, WIN_LEFT=window[0],
+                 WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
                  STAGES=stages, WARPGROUPS=warpgroups, num_warps=warps)
     return _compile(ffg.gluon_fwd_kernel, SIGNATURE, const, warps=warps,
                     maxnreg=ffg.MAXNREG, dtype=dtype)
@@ -88,7 +91,7 @@ def _time_case(name: str) -> dict:
                                                    device=q.device, dtype=torch.float32)
     for cfg in CONFIGS[128]:
         run = functools.partial(ffg.gluon_fwd, q, k, v, out, lse, causal=opts["causal"],
-                                scale=opts["scale"], **cfg)
+                                scale=opts["scale"], window=opts["window"], **cfg)
         try:
             run()
             err = float((out.float() - want.float()).abs().max()
@@ -102,8 +105,10 @@ def _time_case(name: str) -> dict:
 
 
 def check(out_path: str) -> dict:
-    """``_time_case`` at the d 128 prefill shapes, written to ``out_path`` as it goes."""
+    """``_time_case`` at the d 128 prefill shapes (the sliding window first), written to
+    ``out_path`` as it goes."""
     return run_jobs([(n, _time_case, (n,)) for n in (
+        "window 1024 d128 s16k causal",
         "mha d128 s1k full", "gqa 32:8 d128 s4k full", "mha d128 s1k causal",
         "mha d128 s4k full", "mha d128 s4k causal", "mha d128 s16k full",
         "mha d128 s16k causal", "gqa 32:8 d128 s4k causal")], out_path)

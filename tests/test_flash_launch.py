@@ -221,15 +221,15 @@ def test_gluon_dkdv_choice(monkeypatch):
 
 def test_gluon_fwd_choice(monkeypatch):
     """The Gluon forward serves plain dense inputs at head dim 128, 16-bit, from 1k tokens,
-    MHA or GQA, causal or not, where ``flash_common.gluon_fits`` holds; the override drops
-    the rule of lengths."""
+    MHA or GQA, where ``flash_common.gluon_fits`` holds; the override drops the rule of
+    lengths and takes windows (not yet measured: ``flash_fwd.GLUON_WINDOWS``)."""
     from attnkit.kernels import flash_common, flash_fwd
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
     kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
     mha = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
 
-    def choice(q, k, v, *, plain=True, causal=False, seq=4096):
-        return flash_fwd._gluon_fwd(q, k, v, plain=plain, causal=causal, seq=seq)
+    def choice(q, k, v, *, plain=True, seq=4096, window=(-1, -1)):
+        return flash_fwd._gluon_fwd(q, k, v, plain=plain, seq=seq, window=window)
 
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
     assert not choice(q, kv, kv)  # CPU tensors
@@ -237,9 +237,12 @@ def test_gluon_fwd_choice(monkeypatch):
     monkeypatch.setattr(flash_common, "interpreting", lambda: False)
     monkeypatch.setattr(flash_common, "device_capability", lambda device: (9, 0))
     monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
-    assert choice(q, kv, kv) and choice(q, mha, mha, causal=True)
-    assert choice(q, kv, kv, causal=True, seq=1024)
+    assert choice(q, kv, kv) and choice(q, mha, mha) and choice(q, kv, kv, seq=1024)
     assert not choice(q, kv, kv, seq=1023)
+    assert not choice(q, kv, kv, window=(1023, -1)) and not choice(q, kv, kv, window=(-1, 0))
+    monkeypatch.setattr(flash_fwd, "GLUON_WINDOWS", True)
+    assert choice(q, kv, kv, window=(1023, -1))
+    monkeypatch.setattr(flash_fwd, "GLUON_WINDOWS", False)
     assert not choice(q, kv, kv, plain=False)
     assert not choice(q.half(), kv, kv)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
@@ -247,7 +250,7 @@ def test_gluon_fwd_choice(monkeypatch):
     shifted = torch.zeros(kv.numel() + 1, dtype=torch.bfloat16)[1:].view(kv.shape)
     assert not choice(q, shifted, kv)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
-    assert choice(q, kv, kv, causal=True, seq=16)
+    assert choice(q, kv, kv, seq=16) and choice(q, kv, kv, seq=16, window=(3, 5))
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
     assert not choice(q, kv, kv)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "on")

@@ -216,13 +216,19 @@ def _flash_fwd_kernel(
     tl.store(l_base + q_start + rows, lse, mask=rows < seqlen_q)
 
 
-def _gluon_fwd(q, k, v, *, plain: bool, causal: bool, seq: int) -> bool:
+# Whether ``auto`` sends sliding windows to the Gluon forward: not until they have been
+# measured on a GPU (benchmarks/NOTES-flash.md, step 10, "Next"); ``ATTNKIT_FLASH_GLUON=1``
+# sends them.
+GLUON_WINDOWS = False
+
+
+def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1, -1)) -> bool:
     """Whether the forward runs in ``flash_fwd_gluon`` (the warp-specialised Gluon kernel,
     persistent where the rows are flat) instead of ``_flash_fwd_kernel``.
 
-    ``plain``: dense (not packed) inputs with no key padding, mask, window, softcap or
-    dropout. Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a
-    measured Triton); and ``seq`` (the longer of the query and key lengths) at least 1024,
+    ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
+    ``window`` only with ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``). Besides:
+    ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a measured Triton); and ``seq`` (the longer of the query and key lengths) at least 1024,
     the shortest measured. Where it measured faster (H200, step 10 of
     benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step10-walk.json``, the
     persistent kernel against ``_flash_fwd_kernel``, ms): 1k full 0.292 against 0.352, 1k
@@ -235,7 +241,10 @@ def _gluon_fwd(q, k, v, *, plain: bool, causal: bool, seq: int) -> bool:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
     """
     mode = gluon_setting()
-    if mode == "0" or not plain or (mode == "auto" and seq < 1024):
+    if mode == "0" or not plain:
+        return False
+    windowed = window[0] >= 0 or window[1] >= 0
+    if mode == "auto" and (seq < 1024 or (windowed and not GLUON_WINDOWS)):
         return False
     return gluon_fits(q, k, v)
 
@@ -307,11 +316,11 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if causal:
         right = 0  # causal and any right window intersect to the diagonal itself
 
-    plain = (not varlen and key_padding_mask is None and mask_kind == 0 and left < 0
-             and window[1] < 0 and softcap == 0 and dropout_p == 0)
-    if _gluon_fwd(q, k, v, plain=plain, causal=causal, seq=max(sq, sk)):
+    plain = (not varlen and key_padding_mask is None and mask_kind == 0 and softcap == 0
+             and dropout_p == 0)
+    if _gluon_fwd(q, k, v, plain=plain, window=window, seq=max(sq, sk)):
         from attnkit.kernels import flash_fwd_gluon
-        flash_fwd_gluon.gluon_fwd(q, k, v, out, lse, causal=causal, scale=scale)
+        flash_fwd_gluon.gluon_fwd(q, k, v, out, lse, causal=causal, scale=scale, window=window)
         return out, lse
 
     # TMA descriptors (not a default: ATTNKIT_FLASH_TMA=fwd or all) at head widths of 128

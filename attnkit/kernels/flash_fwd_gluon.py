@@ -69,22 +69,34 @@ tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT)
 
 
 @gluon.jit
-def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, IS_CAUSAL: gl.constexpr):
-    """``hi``: the keys ``[0, hi)`` that some query of ``[start_m, start_m + BLOCK_M)`` sees
-    (causal, bottom-right: query ``i`` sees key ``j`` when ``j <= i + seqlen_k - seqlen_q``)."""
-    hi = seqlen_k
+def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+               IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr):
+    """``(lo, hi)``: the keys ``[lo, hi)`` that some query of ``[start_m, start_m + BLOCK_M)``
+    sees, ``lo`` a multiple of ``BLOCK_N`` and ``hi >= lo``. Bottom-right, with ``offset =
+    seqlen_k - seqlen_q``, query ``i`` sees key ``j`` when ``j <= i + offset`` (causal) and
+    ``i + offset - WIN_LEFT <= j <= i + offset + WIN_RIGHT`` (a window; -1: unbounded), as
+    ``flash_common.tile_key_range`` has it for the Triton kernels."""
+    offset = seqlen_k - seqlen_q
+    last = gl.minimum(start_m + BLOCK_M, seqlen_q) - 1 + offset  # the last row's diagonal
+    hi = gl.to_tensor(seqlen_k)
     if IS_CAUSAL:
-        last = gl.minimum(start_m + BLOCK_M, seqlen_q) - 1 + (seqlen_k - seqlen_q)
-        hi = gl.maximum(gl.minimum(last + 1, seqlen_k), 0)
-    return hi
+        hi = gl.minimum(hi, last + 1)
+    if WIN_RIGHT >= 0:
+        hi = gl.minimum(hi, last + WIN_RIGHT + 1)
+    lo = gl.to_tensor(0)
+    if WIN_LEFT >= 0:
+        lo = gl.maximum(start_m + offset - WIN_LEFT, 0)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    return lo, gl.maximum(hi, lo)
 
 
 @gluon.jit
-def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi, row0, col0,
+def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, row0, col0,
              BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    """K and V tiles of rows ``row0 + [0, hi)`` (columns from ``col0``) into the ring, the
-    ``c``-th load of the program first; returns the count after them."""
-    for j in range(gl.cdiv(hi, BLOCK_N)):
+    """K and V tiles of rows ``row0 + [lo, hi)`` (columns from ``col0``; ``lo`` a multiple of
+    ``BLOCK_N``) into the ring, the ``c``-th load of the program first; returns the count
+    after them."""
+    for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
         slot = c % STAGES
         mbarrier.wait(empty.index(slot), ((c // STAGES) & 1) ^ 1)  # every slot starts free
         mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
@@ -99,27 +111,37 @@ def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi, row
 
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty,
-            start_m, hi, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    """The loader partition: the Q tile, then K and V tiles ``0, BLOCK_N, ...`` below ``hi``."""
+            start_m, lo, hi, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """The loader partition: the Q tile, then the K and V tiles of keys ``[lo, hi)``."""
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem)
-    _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, gl.to_tensor(0), hi, 0, 0,
-             BLOCK_N, STAGES)
+    _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, gl.to_tensor(0), lo, hi,
+             0, 0, BLOCK_N, STAGES)
 
 
 @gluon.jit
 def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
-                  p_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr):
+                  p_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                  WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr):
     """One key tile of the online softmax (base 2) for rows from ``first``: the new running
     max and sum, the accumulator rescaled, and ``P`` as the register A operand of ``P V``.
-    Keys past ``seqlen_k`` (TMA's zero rows of the last tile) are masked, and with causal
-    attention the tiles that cross the diagonal."""
+    Keys past ``seqlen_k`` (TMA's zero rows of the last tile) are masked, and the tiles that
+    cross the causal diagonal or a window's edges (``_key_tiles``)."""
     s = s * qk_scale
+    last = first + s.shape[0] - 1  # the partition's last row
     if start_n + s.shape[1] > seqlen_k:
         s = gl.where(cols[None, :] < seqlen_k, s, float("-inf"))
     if IS_CAUSAL:
         if start_n + s.shape[1] - 1 > first + offset:
             s = gl.where(cols[None, :] <= rows[:, None] + offset, s, float("-inf"))
+    if WIN_RIGHT >= 0:
+        if start_n + s.shape[1] - 1 > first + offset + WIN_RIGHT:
+            s = gl.where(cols[None, :] <= rows[:, None] + (offset + WIN_RIGHT), s,
+                         float("-inf"))
+    if WIN_LEFT >= 0:
+        if start_n < last + offset - WIN_LEFT:
+            s = gl.where(cols[None, :] >= rows[:, None] + (offset - WIN_LEFT), s,
+                         float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, 1))
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
     alpha = gl.exp2(m_i - m_safe)
@@ -130,11 +152,12 @@ def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k
 
 
 @gluon.jit
-def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi, first, seqlen_q, seqlen_k,
-            qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
-            STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, first, seqlen_q,
+            seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+            STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+            WIN_RIGHT: gl.constexpr, num_warps: gl.constexpr):
     """The ``ROWS`` queries from ``first`` (``q_rows`` in shared memory) over the key tiles
-    below ``hi``, the ``c``-th of the ring first: ``(m, l, acc, c after them)``."""
+    of ``[lo, hi)``, the ``c``-th of the ring first: ``(m, l, acc, c after them)``."""
     dtype: gl.constexpr = q_rows.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
     o_layout: gl.constexpr = mma_layout(D, num_warps)  # [ROWS, D] accumulator
@@ -147,7 +170,7 @@ def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi, first, seqle
     l_i = gl.zeros([ROWS], gl.float32, row_layout)
     acc = gl.zeros([ROWS, D], gl.float32, o_layout)
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
-    for j in range(gl.cdiv(hi, BLOCK_N)):
+    for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
         slot = c % STAGES
         phase = (c // STAGES) & 1
         mbarrier.wait(k_ready.index(slot), phase)
@@ -157,7 +180,7 @@ def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi, first, seqle
         cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
         m_i, l_i, acc, p = _softmax_step(s, m_i, l_i, acc, cols, rows, j * BLOCK_N, first,
                                          offset, seqlen_k, qk_scale, p_layout, dtype,
-                                         IS_CAUSAL)
+                                         IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
         mbarrier.wait(v_ready.index(slot), phase)
         acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)  # += P V: [ROWS, D]
         acc, p = warpgroup_mma_wait(0, deps=(acc, p))
@@ -186,18 +209,18 @@ def _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q,
 
 @gluon.jit
 def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, lse_ptr,
-             stride_os, start_m, hi, seqlen_q, seqlen_k, qk_scale,
+             stride_os, start_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
              ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
-             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WG: gl.constexpr,
-             num_warps: gl.constexpr):
-    """One compute partition: the ``ROWS`` queries from ``start_m + WG * ROWS`` over key
-    tiles below ``hi``, then their output and LSE."""
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+             WIN_RIGHT: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
+    """One compute partition: the ``ROWS`` queries from ``start_m + WG * ROWS`` over the key
+    tiles of ``[lo, hi)``, then their output and LSE."""
     first = start_m + WG * ROWS
     mbarrier.wait(q_bar, 0)
     m_i, l_i, acc, _ = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready, v_ready,
-                               empty, gl.to_tensor(0), hi, first, seqlen_q, seqlen_k,
-                               qk_scale, ROWS,
-                               BLOCK_N, D, STAGES, IS_CAUSAL, num_warps)
+                               empty, gl.to_tensor(0), lo, hi, first, seqlen_q, seqlen_k,
+                               qk_scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT,
+                               WIN_RIGHT, num_warps)
     _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q, ROWS, D)
 
 
@@ -207,9 +230,11 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                      stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
                      stride_lb, stride_lh, seq_q, seq_k, qk_scale,
                      HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
-                     IS_CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                     STAGES: gl.constexpr, WARPGROUPS: gl.constexpr, num_warps: gl.constexpr):
-    """One ``[BLOCK_M, D]`` query tile (grid axis 0) of one batch x query head (axis 1).
+                     IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                     WARPGROUPS: gl.constexpr, num_warps: gl.constexpr):
+    """One ``[BLOCK_M, D]`` query tile (grid axis 0) of one batch x query head (axis 1); a
+    window ``(WIN_LEFT, WIN_RIGHT)`` (-1: unbounded) as ``_key_tiles`` has it.
 
     q, out: ``[b, sq, HQ, D]``; k, v: ``[b, sk, HQ / GROUP, D]``, unit stride in D and
     16-byte aligned rows; lse: float32 ``[b, HQ, sq]``; ``qk_scale = scale * log2(e)``.
@@ -244,28 +269,28 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=WARPGROUPS)  # freed by every compute partition
     fence_async_shared()
-    hi = _key_tiles(start_m, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
+    lo, hi = _key_tiles(start_m, seq_q, seq_k, BLOCK_M, BLOCK_N, IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
     o_ptr = out_ptr + b * stride_ob + h * stride_oh
     l_ptr = lse_ptr + b * stride_lb + h.to(gl.int64) * stride_lh
     ROWS: gl.constexpr = BLOCK_M // WARPGROUPS
     if WARPGROUPS == 2:
         gl.warp_specialize([
             (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
-                        stride_os, start_m, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
-                        STAGES, IS_CAUSAL, 0, num_warps)),
+                        stride_os, start_m, lo, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
+                        STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0, num_warps)),
             (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
-                        stride_os, start_m, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
-                        STAGES, IS_CAUSAL, 1, num_warps)),
+                        stride_os, start_m, lo, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
+                        STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 1, num_warps)),
             (_loader, (q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready,
-                       v_ready, empty, start_m, hi, BLOCK_N, STAGES)),
+                       v_ready, empty, start_m, lo, hi, BLOCK_N, STAGES)),
         ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
             (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
-                        stride_os, start_m, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
-                        STAGES, IS_CAUSAL, 0, num_warps)),
+                        stride_os, start_m, lo, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
+                        STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0, num_warps)),
             (_loader, (q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready,
-                       v_ready, empty, start_m, hi, BLOCK_N, STAGES)),
+                       v_ready, empty, start_m, lo, hi, BLOCK_N, STAGES)),
         ], [LOADER_WARPS], [LOADER_REGS])
 
 
@@ -283,9 +308,10 @@ def _program_tiles(n_tiles, PAIR: gl.constexpr):
 
 @gluon.jit
 def _tile_of(i, n_m, seq_q, seq_k, HQ: gl.constexpr, BLOCK_M: gl.constexpr,
-             IS_CAUSAL: gl.constexpr, PAIR: gl.constexpr):
+             BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+             WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr):
     """This program's ``i``-th tile of the persistent grid as ``(batch, query head, first
-    query, hi)`` (``hi``: ``_key_tiles``).
+    query, lo, hi)`` (keys ``[lo, hi)``: ``_key_tiles``).
 
     Tiles run head after head (programs running together share a head's K/V in L2); within
     a head they alternate from the two ends, ``n_m - 1, 0, n_m - 2, 1, ...``, so a unit of two
@@ -296,7 +322,8 @@ def _tile_of(i, n_m, seq_q, seq_k, HQ: gl.constexpr, BLOCK_M: gl.constexpr,
     j = t % n_m
     pid_m = gl.where(j % 2 == 0, n_m - 1 - j // 2, j // 2)
     start_m = pid_m * BLOCK_M
-    return bh // HQ, bh % HQ, start_m, _key_tiles(start_m, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
+    lo, hi = _key_tiles(start_m, seq_q, seq_k, BLOCK_M, BLOCK_N, IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    return bh // HQ, bh % HQ, start_m, lo, hi
 
 
 @gluon.jit
@@ -304,18 +331,20 @@ def _loader_persistent(q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v
                        k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles,
                        HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                       IS_CAUSAL: gl.constexpr, PAIR: gl.constexpr):
+                       IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+                       WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr):
     """The loader of the persistent kernel: per tile of the program, its Q tile once the
     compute partitions are done with the last one (``q_empty``), then its K and V tiles,
     the ring's count running on across tiles, so that the next tile's loads overlap this
     tile's last products and its epilogue."""
     c = gl.to_tensor(0)
     for it in range(_program_tiles(n_tiles, PAIR)):
-        b, h, start_m, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, IS_CAUSAL, PAIR)
+        b, h, start_m, lo, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, BLOCK_N,
+                                         IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)
         mbarrier.wait(q_empty, (it & 1) ^ 1)  # free at the first tile
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [b * seq_q + start_m, h * D], q_bar, q_smem)
-        c = _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, hi,
+        c = _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
                      b * seq_k, (h // GROUP) * D, BLOCK_N, STAGES)
 
 
@@ -325,18 +354,21 @@ def _compute_persistent(q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready
                         stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles,
                         HQ: gl.constexpr, ROWS: gl.constexpr, BLOCK_M: gl.constexpr,
                         BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                        IS_CAUSAL: gl.constexpr, PAIR: gl.constexpr, WG: gl.constexpr,
+                        IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+                        WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr, WG: gl.constexpr,
                         num_warps: gl.constexpr):
     """A compute partition of the persistent kernel: ``_compute`` for each tile of the
     program, handing the Q tile back (``q_empty``) before its epilogue."""
     c = gl.to_tensor(0)
     for it in range(_program_tiles(n_tiles, PAIR)):
-        b, h, start_m, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, IS_CAUSAL, PAIR)
+        b, h, start_m, lo, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, BLOCK_N,
+                                         IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)
         first = start_m + WG * ROWS
         mbarrier.wait(q_bar, it & 1)
         m_i, l_i, acc, c = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready,
-                                   v_ready, empty, c, hi, first, seq_q, seq_k, qk_scale, ROWS,
-                                   BLOCK_N, D, STAGES, IS_CAUSAL, num_warps)
+                                   v_ready, empty, c, lo, hi, first, seq_q, seq_k, qk_scale,
+                                   ROWS, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                                   num_warps)
         mbarrier.arrive(q_empty)  # every product of this tile that reads Q is done
         b64 = b.to(gl.int64)
         _store(m_i, l_i, acc, out_ptr + b64 * stride_ob + h * stride_oh,
@@ -350,6 +382,7 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                 stride_oh, stride_lb, stride_lh, batch, seq_q, seq_k,
                                 qk_scale, HQ: gl.constexpr, GROUP: gl.constexpr,
                                 D: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                                WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
                                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                                 STAGES: gl.constexpr, PAIR: gl.constexpr,
                                 num_warps: gl.constexpr):
@@ -397,14 +430,17 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
         (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
                                out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
                                stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
-                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, PAIR, 0, num_warps)),
+                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                               PAIR, 0, num_warps)),
         (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
                                out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
                                stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
-                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, PAIR, 1, num_warps)),
+                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                               PAIR, 1, num_warps)),
         (_loader_persistent, (q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v_bufs,
                               k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles, HQ, GROUP,
-                              D, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL, PAIR)),
+                              D, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                              PAIR)),
     ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
 
 
@@ -446,7 +482,8 @@ def takes_persistent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 
 def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-              lse: torch.Tensor, *, causal: bool, scale: float, block_m: int = BLOCK_M,
+              lse: torch.Tensor, *, causal: bool, scale: float,
+              window: tuple[int, int] = (-1, -1), block_m: int = BLOCK_M,
               block_n: int = BLOCK_N, stages: int = STAGES,
               warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT,
               programs: int | None = None) -> None:
@@ -459,6 +496,10 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         lse: float32 ``[b, hq, seq_q]`` with unit stride along the sequence.
         causal: bottom-right causal attention.
         scale: the softmax scale.
+        window: ``(left, right)``: query ``i`` sees keys ``i + offset - left`` to
+            ``i + offset + right`` (``offset = seq_k - seq_q``; -1: unbounded), with
+            ``causal`` as well where both are given; each window size compiles its own
+            kernel, as the Triton forward's does.
         block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``).
         persistent: ``gluon_fwd_persistent_kernel`` (two partitions) where
             ``takes_persistent``; else the one-tile-per-program kernel.
@@ -469,13 +510,16 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
 
     Example (on an H100/H200, inside ``flash_fwd``)::
 
-        gluon_fwd(q, k, v, out, lse, causal=True, scale=128 ** -0.5)
+        gluon_fwd(q, k, v, out, lse, causal=True, scale=128 ** -0.5, window=(1023, -1))
     """
     global calls, tiling
     calls += 1
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
+    left, right = window
+    if causal:
+        right = -1  # the diagonal bounds it already
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent)
     if persistent:
@@ -484,12 +528,14 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         fast_launch.run(gluon_fwd_persistent_kernel, (grid,), (
             q, k, v, out, lse, q.stride(1), k.stride(1), v.stride(1), *out.stride()[:3],
             lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E), dict(
-            HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
-            STAGES=stages, PAIR=pair, num_warps=4, maxnreg=MAXNREG))
+            HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
+            BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, PAIR=pair, num_warps=4,
+            maxnreg=MAXNREG))
         return
     grid = (cdiv(sq, block_m), b * hq)
     fast_launch.run(gluon_fwd_kernel, grid, (
         q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *out.stride()[:3], lse.stride(0), lse.stride(1), sq, sk, scale * LOG2E), dict(
-        HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
-        STAGES=stages, WARPGROUPS=warpgroups, num_warps=8 // warpgroups, maxnreg=MAXNREG))
+        HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
+        BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, WARPGROUPS=warpgroups,
+        num_warps=8 // warpgroups, maxnreg=MAXNREG))

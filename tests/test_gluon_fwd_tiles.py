@@ -1,0 +1,126 @@
+"""The Gluon forward's tile logic (``attnkit/kernels/flash_fwd_gluon.py``) mirrored in float64
+on the CPU, against the oracle: the key range of a query tile (``_key_tiles``), the walk over
+its key tiles from ``lo``, and the conditions under which ``_softmax_step`` masks a tile
+(past the keys, across the causal diagonal, across a window's edges). A condition that left
+out a tile needing its mask, or a range that dropped a visible key, changes the output.
+
+The kernels themselves run only on sm90 (``tests/gpu/test_flash_gluon_gpu.py``); small tiles
+here give many edge cases on small shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.oracle import attention64
+
+
+def _key_tiles(start_m, sq, sk, block_m, block_n, causal, left, right):
+    """``flash_fwd_gluon._key_tiles`` in Python."""
+    offset = sk - sq
+    last = min(start_m + block_m, sq) - 1 + offset
+    hi = sk
+    if causal:
+        hi = min(hi, last + 1)
+    if right >= 0:
+        hi = min(hi, last + right + 1)
+    lo = max(start_m + offset - left, 0) if left >= 0 else 0
+    lo = (lo // block_n) * block_n
+    return lo, max(hi, lo)
+
+
+def _partition(q, k, v, first, rows_n, lo, hi, *, sq, sk, causal, left, right, block_n):
+    """``_attend`` and ``_store`` for the ``rows_n`` queries from ``first`` of one head:
+    (out, lse) in float64, masks applied only where ``_softmax_step`` applies them."""
+    offset = sk - sq
+    rows = torch.arange(first, first + rows_n)
+    m = torch.full((rows_n,), -math.inf, dtype=torch.float64)
+    s_sum = torch.zeros(rows_n, dtype=torch.float64)
+    acc = torch.zeros(rows_n, v.shape[-1], dtype=torch.float64)
+    qr = torch.zeros(rows_n, q.shape[-1], dtype=torch.float64)  # TMA's zero rows past sq
+    valid = rows < sq
+    qr[valid] = q[rows[valid]]
+    last_row = first + rows_n - 1
+    for j in range(lo // block_n, -(-hi // block_n)):
+        start_n = j * block_n
+        cols = torch.arange(start_n, start_n + block_n)
+        kt = torch.zeros(block_n, k.shape[-1], dtype=torch.float64)
+        vt = torch.zeros(block_n, v.shape[-1], dtype=torch.float64)
+        inside = cols < sk
+        kt[inside], vt[inside] = k[cols[inside]], v[cols[inside]]
+        s = qr @ kt.T / math.sqrt(q.shape[-1])
+        if start_n + block_n > sk:
+            s = s.masked_fill(~(cols[None, :] < sk), -math.inf)
+        if causal and start_n + block_n - 1 > first + offset:
+            s = s.masked_fill(~(cols[None, :] <= rows[:, None] + offset), -math.inf)
+        if right >= 0 and start_n + block_n - 1 > first + offset + right:
+            s = s.masked_fill(~(cols[None, :] <= rows[:, None] + offset + right), -math.inf)
+        if left >= 0 and start_n < last_row + offset - left:
+            s = s.masked_fill(~(cols[None, :] >= rows[:, None] + offset - left), -math.inf)
+        m_new = torch.maximum(m, s.max(1).values)
+        m_safe = torch.where(m_new == -math.inf, 0.0, m_new)
+        alpha = torch.exp(m - m_safe)
+        p = torch.exp(s - m_safe[:, None])
+        s_sum = s_sum * alpha + p.sum(1)
+        acc = acc * alpha[:, None] + p @ vt
+        m = m_new
+    seen = s_sum > 0
+    out = torch.where(seen[:, None], acc / torch.where(seen, s_sum, 1.0)[:, None], 0.0)
+    lse = torch.where(seen, m + torch.log(torch.where(seen, s_sum, 1.0)), -math.inf)
+    return out[valid], lse[valid]
+
+
+def _mirror(q, k, v, *, causal, window, block_m, block_n, partitions):
+    """The forward of ``[sq, d]``/``[sk, d]`` single-head inputs, tile by tile."""
+    sq, sk = q.shape[0], k.shape[0]
+    left, right = window
+    if causal:
+        right = -1  # as gluon_fwd passes it
+    outs, lses = [], []
+    for start_m in range(0, sq, block_m):
+        lo, hi = _key_tiles(start_m, sq, sk, block_m, block_n, causal, left, right)
+        rows_n = block_m // partitions
+        for wg in range(partitions):
+            o, s = _partition(q, k, v, start_m + wg * rows_n, rows_n, lo, hi, sq=sq, sk=sk,
+                              causal=causal, left=left, right=right, block_n=block_n)
+            outs.append(o)
+            lses.append(s)
+    return torch.cat(outs), torch.cat(lses)
+
+
+CASES = [  # (sq, sk, causal, window)
+    (37, 53, True, (-1, -1)), (53, 37, True, (-1, -1)), (40, 40, False, (-1, -1)),
+    (64, 64, True, (9, -1)), (61, 70, True, (16, -1)), (70, 61, True, (5, -1)),
+    (50, 50, False, (7, 3)), (45, 66, False, (0, 0)), (66, 45, False, (12, 20)),
+    (33, 33, False, (-1, 4)), (33, 47, False, (11, -1)), (29, 64, False, (3, 0)),
+]
+
+
+@pytest.mark.parametrize("sq,sk,causal,window", CASES)
+@pytest.mark.parametrize("block_m,block_n,partitions", [(16, 8, 2), (8, 16, 1), (16, 16, 2)])
+def test_tile_logic_matches_the_oracle(sq, sk, causal, window, block_m, block_n, partitions):
+    gen = torch.Generator().manual_seed(sq * 1000 + sk)
+    q = torch.randn(sq, 16, dtype=torch.float64, generator=gen)
+    k = torch.randn(sk, 16, dtype=torch.float64, generator=gen)
+    v = torch.randn(sk, 8, dtype=torch.float64, generator=gen)
+    out, lse = _mirror(q, k, v, causal=causal, window=window, block_m=block_m,
+                       block_n=block_n, partitions=partitions)
+    want_out, want_lse = attention64(q[None, :, None], k[None, :, None], v[None, :, None],
+                                     causal=causal, window=window)
+    torch.testing.assert_close(out, want_out[0, :, 0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lse, want_lse[0, 0], rtol=1e-10, atol=1e-12)
+
+
+def test_key_range_skips_invisible_tiles():
+    """A window keeps the walk to the tiles its band touches: at 16k with a 1024 window and
+    128-wide tiles, 9 key tiles per query tile (8 whole plus the diagonal), against 65 on
+    average for plain causal attention."""
+    def tiles(left):
+        return [(hi - lo + 127) // 128 for lo, hi in (
+            _key_tiles(m, 16384, 16384, 128, 128, True, left, -1) for m in range(0, 16384, 128))]
+    window = tiles(1023)
+    assert max(window) == 9 and window[20:] == [9] * (128 - 20)
+    assert sum(tiles(-1)) / 128 == pytest.approx(64.5)
