@@ -1,8 +1,10 @@
 """The flash forward for Hopper, warp-specialised, written in Gluon.
 
 ``flash_fwd`` launches it in place of ``_flash_fwd_kernel`` where ``flash_fwd._gluon_fwd``
-says so (dense MHA or GQA/MQA, head dim 128, 16-bit inputs, causal or not, no masks, windows,
-softcap or dropout, an sm90 GPU and a Triton of ``flash_common.GLUON_TRITON``).
+says so (dense MHA or GQA/MQA, head dim 128, 16-bit inputs, causal or not, no masks,
+softcap or dropout, an sm90 GPU and a Triton of ``flash_common.GLUON_TRITON``). It also takes
+sliding windows (``_key_tiles``: each query tile walks only the key tiles its band touches),
+which the launcher sends it only on request until they have been measured on a GPU.
 
 Grid ``(query tiles, batch x query heads)``; each program owns one ``[BLOCK_M, D]`` query
 tile, split into partitions:
