@@ -32,7 +32,11 @@ def compile_sm90(kernel, signature: dict, const: dict, *, warps: int, maxnreg: i
 
     sig = {k: v.format(dt=dtype) for k, v in signature.items()}
     sig.update({k: "constexpr" for k in const})
-    names = list(sig)
+    names = [p.name for p in kernel.params]  # the kernel's order, whatever the dicts' order
+    if sorted(names) != sorted(sig):
+        raise ValueError(f"signature and const must name the kernel's parameters {names}, "
+                         f"got {sorted(sig)}")
+    sig = {n: sig[n] for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if sig[n].startswith("*") or sig[n] == "i32"}
     src = GluonASTSource(kernel, sig, constexprs={(names.index(k),): v for k, v in const.items()},

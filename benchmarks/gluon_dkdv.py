@@ -40,11 +40,13 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{
 
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fbg.BLOCK_M,
                  stages: int = fbg.STAGES, dtype: str = "bf16", warpgroups: int = fbg.WARPGROUPS,
-                 pingpong: bool = fbg.PINGPONG, group: int = 1) -> dict:
-    """Compile the kernel for sm90 without a GPU (16 query heads, ``group`` per K/V head);
-    the register split and cubin resources."""
+                 pingpong: bool = fbg.PINGPONG, group: int = 1,
+                 window: tuple[int, int] = (-1, -1)) -> dict:
+    """Compile the kernel for sm90 without a GPU (16 query heads, ``group`` per K/V head;
+    ``window`` as ``flash_bwd_gluon.gluon_dkdv`` passes it); the register split and cubin
+    resources."""
     warps = 8 // warpgroups
-    const = dict(HK=16 // group, GROUP=group, D=d, IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=fbg.BLOCK_N,
+    const = dict(HK=16 // group, GROUP=group, D=d, WIN_LEFT=window[0], WIN_RIGHT=window[1], IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=fbg.BLOCK_N,
                  STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=warps)
     return _compile(fbg.gluon_dkdv_kernel, SIGNATURE, const, warps=warps,
                     maxnreg=fbg.MAXNREG, dtype=dtype)
@@ -97,10 +99,10 @@ def _time_case(name: str) -> dict:
 
 
 def check(out_path: str) -> dict:
-    """``_time_case`` at the GQA and MHA d 128 prefill shapes, written to ``out_path`` as it
-    goes."""
+    """``_time_case`` at the sliding window, GQA and MHA d 128 prefill shapes, written to
+    ``out_path`` as it goes."""
     return run_jobs([(n, _time_case, (n,)) for n in (
-        "gqa 32:8 d128 s4k full", "gqa 32:8 d128 s4k causal", "mha d128 s1k full", "mha d128 s1k causal", "mha d128 s4k full", "mha d128 s4k causal",
+        "window 1024 d128 s16k causal", "gqa 32:8 d128 s4k full", "gqa 32:8 d128 s4k causal", "mha d128 s1k full", "mha d128 s1k causal", "mha d128 s4k full", "mha d128 s4k causal",
         "mha d128 s16k full", "mha d128 s16k causal")], out_path)
 
 

@@ -170,8 +170,9 @@ def test_every_variant_flag_is_in_the_autotune_keys():
 def test_gluon_dkdv_choice(monkeypatch):
     """The Gluon dK/dV kernel serves plain MHA at head dim 128, 16-bit, from 1k tokens, on a
     9.x GPU with a measured Triton, when the dK/dV kernel may use descriptors; the override
-    drops the length rule and takes GQA/MQA whose q and dO heads are adjacent, or turns it
-    off, and a bad value is a ValueError."""
+    drops the length rule and takes windows (not yet measured: ``flash_bwd.GLUON_WINDOWS``)
+    and GQA/MQA whose q and dO heads are adjacent, or turns it off, and a bad value is a
+    ValueError."""
     from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
@@ -190,7 +191,12 @@ def test_gluon_dkdv_choice(monkeypatch):
     heads_first = torch.zeros(1, 4, 8, 128, dtype=torch.bfloat16).transpose(1, 2)
     assert flash_bwd._gluon_dkdv(heads_first, heads_first, heads_first, heads_first,
                                  plain=True, seq=1024)  # MHA reads each head on its own
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096, window=(1023, -1))
+    monkeypatch.setattr(flash_bwd, "GLUON_WINDOWS", True)
+    assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096, window=(1023, -1))
+    monkeypatch.setattr(flash_bwd, "GLUON_WINDOWS", False)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
+    assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=16, window=(3, 0))
     assert flash_bwd._gluon_dkdv(gq, kv, kv, gq, plain=True, seq=16)  # heads adjacent
     assert not flash_bwd._gluon_dkdv(heads_first, kv, kv, gq, plain=True, seq=1024)
     assert not flash_bwd._gluon_dkdv(gq, kv, kv, heads_first, plain=True, seq=1024)

@@ -488,12 +488,19 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
                                                        mask_kind=mask_kind)
 
 
-def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
+# Whether ``auto`` sends sliding windows to the Gluon dK/dV kernel: not until they have been
+# measured on a GPU (benchmarks/NOTES-flash.md, step 10, "Next"); ``ATTNKIT_FLASH_GLUON=1``
+# sends them.
+GLUON_WINDOWS = False
+
+
+def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
+                window: tuple[int, int] = (-1, -1)) -> bool:
     """Whether the dK/dV products run in ``flash_bwd_gluon`` (the warp-specialised Gluon
     kernel) instead of ``_bwd_dkdv_kernel``.
 
-    ``plain``: dense (not packed) inputs with no key padding, mask, window, softcap or
-    dropout. Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a
+    ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
+    ``window`` only with ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``). Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a
     measured Triton, dO included); the dK/dV kernel allowed descriptors
     (``flash_common.tma_kernels`` has ``dkdv``); and where it measured faster
     (``flash_bwd_gluon``): MHA with ``seq`` (the longer of the query and key lengths) at
@@ -509,6 +516,8 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int) -> bool:
     """
     mode = gluon_setting()
     if mode == "0" or not plain:
+        return False
+    if mode == "auto" and (window[0] >= 0 or window[1] >= 0) and not GLUON_WINDOWS:
         return False
     d = q.shape[-1]
     if q.shape[2] != k.shape[2]:
@@ -680,15 +689,15 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                sq, sk, qk_scale, softcap_scale, scale, float(dropout_p))
     dq_opts = dict(HQ=hq, GROUP=hq // hk, TMA=use_tma("dq", k, v, mask_kind=mask_kind),
                    **common)
-    plain = (not varlen and key_padding_mask is None and mask_kind == 0
-             and window[0] < 0 and window[1] < 0 and softcap == 0 and dropout_p == 0)
-    gluon = _gluon_dkdv(q, k, v, do, plain=plain, seq=max(sq, sk))
+    plain = (not varlen and key_padding_mask is None and mask_kind == 0 and softcap == 0
+             and dropout_p == 0)
+    gluon = _gluon_dkdv(q, k, v, do, plain=plain, seq=max(sq, sk), window=window)
 
     def run_dkdv():
         if gluon:
             from attnkit.kernels import flash_bwd_gluon
             flash_bwd_gluon.gluon_dkdv(q, k, v, do, lse2, delta, dk, dv, causal=causal,
-                                       scale=scale)
+                                       scale=scale, window=window)
         else:
             launch(_bwd_dkdv_kernel, kv_grid, *dkdv_args, **dkdv_opts)
 

@@ -1,8 +1,11 @@
 """The dK/dV kernel of the flash backward for Hopper, warp-specialised, written in Gluon.
 
 ``flash_bwd`` launches it in place of ``_bwd_dkdv_kernel`` where ``flash_bwd._gluon_dkdv`` says
-so (dense MHA, GQA or MQA, head dim 128, 16-bit inputs, causal or not, no masks, windows, softcap or dropout, an sm90 GPU
-and the Triton release it was measured with); the preprocess and the dQ kernel stay the same.
+so (dense MHA, GQA or MQA, head dim 128, 16-bit inputs, causal or not, no masks, softcap or
+dropout, an sm90 GPU and the Triton release it was measured with); the preprocess and the dQ
+kernel stay the same. It also takes sliding windows (``_query_tiles``: each key tile walks
+only the query tiles its band touches), which the launcher sends it only on request until
+they have been measured on a GPU.
 Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9,
 ``results/gluon-dkdv-h200-2026-12-01-step9-layouts.json``), kernel alone: 16k full 7.20
 against 8.80 ms, 16k causal 3.57 against 4.58, 4k full 1.89 against 2.34, 4k causal 1.10
@@ -73,16 +76,26 @@ tiling = f"{BLOCK_M}x{BLOCK_N} s{STAGES} wg{WARPGROUPS}"
 
 
 @gluon.jit
-def _query_tiles(start_n, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, IS_CAUSAL: gl.constexpr):
-    """``(lo, hi)``: the query tiles ``[lo, hi)`` (``lo`` a multiple of BLOCK_M) that may see
-    a key of the tile starting at ``start_n``; with causal (bottom-right) attention query ``i``
-    sees key ``j`` when ``j <= i + seqlen_k - seqlen_q``."""
+def _query_tiles(start_n, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                 IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr):
+    """``(lo, hi)``: the queries ``[lo, hi)`` (``lo`` a multiple of BLOCK_M, ``hi >= lo``) that
+    may see a key of the tile ``[start_n, start_n + BLOCK_N)``. Bottom-right, with ``offset =
+    seqlen_k - seqlen_q``, query ``i`` sees key ``j`` when ``j <= i + offset`` (causal) and
+    ``i + offset - WIN_LEFT <= j <= i + offset + WIN_RIGHT`` (a window; -1: unbounded), as
+    ``flash_bwd.tile_query_range`` has it for the Triton kernels."""
+    offset = seqlen_k - seqlen_q
     lo = 0
     if IS_CAUSAL:
-        lo = gl.maximum(start_n - (seqlen_k - seqlen_q), 0)
-        lo = gl.minimum(lo, seqlen_q)
-        lo = (lo // BLOCK_M) * BLOCK_M
-    return lo, seqlen_q
+        lo = gl.maximum(start_n - offset, 0)
+    if WIN_RIGHT >= 0:
+        lo = gl.maximum(start_n - offset - WIN_RIGHT, lo)
+    if IS_CAUSAL or WIN_RIGHT >= 0:
+        lo = (gl.minimum(lo, seqlen_q) // BLOCK_M) * BLOCK_M
+    hi = seqlen_q
+    if WIN_LEFT >= 0:
+        last = gl.minimum(start_n + BLOCK_N, seqlen_k) - 1  # the tile's last key
+        hi = gl.maximum(gl.minimum(last - offset + WIN_LEFT + 1, seqlen_q), lo)
+    return lo, hi
 
 
 @gluon.jit
@@ -108,14 +121,23 @@ def _loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP: gl.co
 @gluon.jit
 def _probabilities(s_t, dp_t, lse, delta, cols, rows, start, start_n, offset, qk_scale,
                    a_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                   BLOCK_N: gl.constexpr):
-    """``P^T`` and ``dS^T`` (``[BLOCK_N, BLOCK_M]``) of one tile pair, queries from
-    ``start``, as register A operands of the dV and dK products. With causal attention only
-    the tiles that cross the diagonal (a query before the key tile's last key) are masked."""
+                   WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, BLOCK_N: gl.constexpr):
+    """``P^T`` and ``dS^T`` (``[BLOCK_N, BLOCK_M]``) of one tile pair, keys from ``start_n``
+    and queries from ``start``, as register A operands of the dV and dK products. Only the
+    tiles that cross the causal diagonal (a query before the key tile's last key) or a
+    window's edges (``_query_tiles``) are masked."""
     s_t = s_t * qk_scale
     if IS_CAUSAL:
         if start + offset < start_n + BLOCK_N - 1:
             s_t = gl.where(cols[:, None] <= rows[None, :] + offset, s_t, float("-inf"))
+    if WIN_RIGHT >= 0:
+        if start + offset + WIN_RIGHT < start_n + BLOCK_N - 1:
+            s_t = gl.where(cols[:, None] <= rows[None, :] + (offset + WIN_RIGHT), s_t,
+                           float("-inf"))
+    if WIN_LEFT >= 0:
+        if start_n < start + s_t.shape[1] - 1 + offset - WIN_LEFT:
+            s_t = gl.where(cols[:, None] >= rows[None, :] + (offset - WIN_LEFT), s_t,
+                           float("-inf"))
     p_t = gl.exp2(s_t - lse[None, :])
     ds_t = p_t * (dp_t - delta[None, :])
     return gl.convert_layout(p_t.to(dtype), a_layout), gl.convert_layout(ds_t.to(dtype), a_layout)
@@ -157,8 +179,9 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr, delt
              stride_lh, dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n, seqlen_q,
              seqlen_k, qk_scale, scale,
              GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HALF: gl.constexpr, D: gl.constexpr,
-             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WG: gl.constexpr,
-             PINGPONG: gl.constexpr, num_warps: gl.constexpr):
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+             WIN_RIGHT: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr,
+             num_warps: gl.constexpr):
     """One compute partition (one warpgroup): dK and dV of rows ``[WG * HALF, (WG + 1) *
     HALF)`` of the program's key tile over query tiles ``[lo, hi)`` of each query head of the
     group (LSE and delta rows ``stride_lh`` apart per head), stored at the end."""
@@ -196,7 +219,8 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr, delt
             mbarrier.arrive(turns.index(1 - WG))
         s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
         p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, start, first, offset,
-                                   qk_scale, a_layout, dtype, IS_CAUSAL, HALF)
+                                   qk_scale, a_layout, dtype, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                                   HALF)
         if PINGPONG:
             _take_turn(turns, 2 * i + 1, WG)
         dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO: [HALF, D]
@@ -216,11 +240,13 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
                       stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
                       stride_lb, stride_lh, seq_q, seq_k, qk_scale, scale,
                       HK: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
-                      IS_CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
+                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                       STAGES: gl.constexpr, WARPGROUPS: gl.constexpr, PINGPONG: gl.constexpr,
                       num_warps: gl.constexpr):
     """dK and dV of one ``[BLOCK_N, D]`` key tile (grid axis 0) of one batch x K/V head (axis
-    1), summed over the ``GROUP`` query heads that share it.
+    1), summed over the ``GROUP`` query heads that share it; a window ``(WIN_LEFT,
+    WIN_RIGHT)`` (-1: unbounded) as ``_query_tiles`` has it.
 
     q, do: ``[b, seq_q, HK * GROUP, D]``, with adjacent heads (``stride_qh == D``) when
     ``GROUP > 1``: a group's Q and dO are read as one ``[seq_q, GROUP * D]`` matrix. k, v,
@@ -265,7 +291,8 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     tma.async_copy_global_to_shared(k_desc, [start_n, 0], kv_bar, k_smem)
     tma.async_copy_global_to_shared(v_desc, [start_n, 0], kv_bar, v_smem)
     mbarrier.wait(kv_bar, 0)
-    lo, hi = _query_tiles(start_n, seq_q, seq_k, BLOCK_M, IS_CAUSAL)
+    lo, hi = _query_tiles(start_n, seq_q, seq_k, BLOCK_M, BLOCK_N, IS_CAUSAL, WIN_LEFT,
+                          WIN_RIGHT)
     l_off = b * stride_lb + hq.to(gl.int64) * stride_lh
     dk_base = dk_ptr + b * stride_dkb + h * stride_dkh
     dv_base = dv_ptr + b * stride_dvb + h * stride_dvh
@@ -275,11 +302,13 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
             (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
                         delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
                         stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
-                        BLOCK_M, HALF, D, STAGES, IS_CAUSAL, 0, PINGPONG, num_warps)),
+                        BLOCK_M, HALF, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0,
+                        PINGPONG, num_warps)),
             (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
                         delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
                         stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
-                        BLOCK_M, HALF, D, STAGES, IS_CAUSAL, 1, PINGPONG, num_warps)),
+                        BLOCK_M, HALF, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 1,
+                        PINGPONG, num_warps)),
             (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP,
                        BLOCK_M, D, STAGES)),
         ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
@@ -288,7 +317,8 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
             (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
                         delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
                         stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
-                        BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, 0, False, num_warps)),
+                        BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0,
+                        False, num_warps)),
             (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP,
                        BLOCK_M, D, STAGES)),
         ], [LOADER_WARPS], [LOADER_REGS])
@@ -296,7 +326,8 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
 
 def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
                lse2: torch.Tensor, delta: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *,
-               causal: bool, scale: float, warpgroups: int = WARPGROUPS,
+               causal: bool, scale: float, window: tuple[int, int] = (-1, -1),
+               warpgroups: int = WARPGROUPS,
                pingpong: bool = PINGPONG) -> None:
     """Write dK and dV of dense MHA, GQA or MQA attention into ``dk`` and ``dv`` (CUDA,
     sm90), each K/V head's summed over the query heads that share it.
@@ -311,6 +342,8 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
             ``flash_bwd._bwd_preprocess`` writes them.
         causal: bottom-right causal attention.
         scale: the softmax scale of the forward.
+        window: ``(left, right)`` as ``flash_fwd_gluon.gluon_fwd`` takes it (-1: unbounded;
+            with ``causal`` as well where both are given).
         warpgroups, pingpong: the compute partitions (``WARPGROUPS``, ``PINGPONG``).
 
     The caller checks ``flash_bwd._gluon_dkdv`` first; nothing is checked here.
@@ -325,11 +358,15 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
+    left, right = window
+    if causal:
+        right = -1  # the diagonal bounds it already
     grid = (cdiv(sk, BLOCK_N), b * hk)
     fast_launch.run(gluon_dkdv_kernel, grid, (
         q, k, v, do, lse2, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], lse2.stride(0), lse2.stride(1),
         sq, sk, scale * LOG2E, scale), dict(
-        HK=hk, GROUP=hq // hk, D=d, IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        HK=hk, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         STAGES=STAGES, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
         maxnreg=MAXNREG))

@@ -1,8 +1,12 @@
-"""The Gluon forward's tile logic (``attnkit/kernels/flash_fwd_gluon.py``) mirrored in float64
-on the CPU, against the oracle: the key range of a query tile (``_key_tiles``), the walk over
-its key tiles from ``lo``, and the conditions under which ``_softmax_step`` masks a tile
-(past the keys, across the causal diagonal, across a window's edges). A condition that left
-out a tile needing its mask, or a range that dropped a visible key, changes the output.
+"""The Gluon kernels' tile logic mirrored in float64 on the CPU, against the oracle.
+
+The forward (``attnkit/kernels/flash_fwd_gluon.py``): the key range of a query tile
+(``_key_tiles``), the walk over its key tiles from ``lo``, and the conditions under which
+``_softmax_step`` masks a tile (past the keys, across the causal diagonal, across a window's
+edges). The dK/dV kernel (``flash_bwd_gluon.py``): the query range of a key tile
+(``_query_tiles``) and the conditions under which ``_probabilities`` masks a tile pair, per
+partition of the key tile. A condition that left out a tile needing its mask, or a range that
+dropped a visible pair, changes the output or the gradients.
 
 The kernels themselves run only on sm90 (``tests/gpu/test_flash_gluon_gpu.py``); small tiles
 here give many edge cases on small shapes.
@@ -124,3 +128,89 @@ def test_key_range_skips_invisible_tiles():
     window = tiles(1023)
     assert max(window) == 9 and window[20:] == [9] * (128 - 20)
     assert sum(tiles(-1)) / 128 == pytest.approx(64.5)
+
+
+def _query_tiles(start_n, sq, sk, block_m, block_n, causal, left, right):
+    """``flash_bwd_gluon._query_tiles`` in Python."""
+    offset = sk - sq
+    lo = 0
+    if causal:
+        lo = max(start_n - offset, 0)
+    if right >= 0:
+        lo = max(start_n - offset - right, lo)
+    if causal or right >= 0:
+        lo = (min(lo, sq) // block_m) * block_m
+    hi = sq
+    if left >= 0:
+        last = min(start_n + block_n, sk) - 1
+        hi = max(min(last - offset + left + 1, sq), lo)
+    return lo, hi
+
+
+def _dkdv_mirror(q, k, v, do, lse, delta, *, causal, window, block_m, block_n, partitions):
+    """dK and dV of single-head ``[s, d]`` inputs, key tile by key tile and partition by
+    partition, as ``gluon_dkdv_kernel`` walks them (lse natural-log, ``+inf`` on rows that
+    see no key; delta ``sum(out * do, -1)``)."""
+    sq, sk = q.shape[0], k.shape[0]
+    left, right = window
+    if causal:
+        right = -1  # as gluon_dkdv passes it
+    offset = sk - sq
+    scale = 1 / math.sqrt(q.shape[-1])
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    half = block_n // partitions
+    for start_n in range(0, sk, block_n):
+        lo, hi = _query_tiles(start_n, sq, sk, block_m, block_n, causal, left, right)
+        for wg in range(partitions):
+            first = start_n + wg * half
+            cols = torch.arange(first, first + half)
+            inside = cols < sk
+            for start in range(lo, hi, block_m):
+                rows = torch.arange(start, start + block_m)
+                ok = rows < sq
+                qt = torch.zeros(block_m, q.shape[-1], dtype=torch.float64)
+                dot = torch.zeros(block_m, do.shape[-1], dtype=torch.float64)
+                qt[ok], dot[ok] = q[rows[ok]], do[rows[ok]]
+                lse_t = torch.full((block_m,), math.inf, dtype=torch.float64)
+                delta_t = torch.zeros(block_m, dtype=torch.float64)
+                lse_t[ok], delta_t[ok] = lse[rows[ok]], delta[rows[ok]]
+                kt = torch.zeros(half, k.shape[-1], dtype=torch.float64)
+                vt = torch.zeros(half, v.shape[-1], dtype=torch.float64)
+                kt[inside], vt[inside] = k[cols[inside]], v[cols[inside]]
+                s_t = kt @ qt.T * scale  # [half, block_m]
+                if causal and start + offset < first + half - 1:
+                    s_t = s_t.masked_fill(~(cols[:, None] <= rows[None, :] + offset), -math.inf)
+                if right >= 0 and start + offset + right < first + half - 1:
+                    s_t = s_t.masked_fill(~(cols[:, None] <= rows[None, :] + offset + right),
+                                          -math.inf)
+                if left >= 0 and first < start + block_m - 1 + offset - left:
+                    s_t = s_t.masked_fill(~(cols[:, None] >= rows[None, :] + offset - left),
+                                          -math.inf)
+                p_t = torch.exp(s_t - lse_t[None, :])
+                dp_t = vt @ dot.T
+                ds_t = p_t * (dp_t - delta_t[None, :])
+                dv[cols[inside]] += (p_t @ dot)[inside]
+                dk[cols[inside]] += (ds_t @ qt * scale)[inside]
+    return dk, dv
+
+
+@pytest.mark.parametrize("sq,sk,causal,window", CASES)
+@pytest.mark.parametrize("block_m,block_n,partitions", [(8, 16, 2), (16, 8, 1), (8, 8, 2)])
+def test_dkdv_tile_logic_matches_the_oracle(sq, sk, causal, window, block_m, block_n,
+                                            partitions):
+    gen = torch.Generator().manual_seed(sq * 1000 + sk + 1)
+    q = torch.randn(sq, 16, dtype=torch.float64, generator=gen)
+    k = torch.randn(sk, 16, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(sk, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    do = torch.randn(sq, 8, dtype=torch.float64, generator=gen)
+    out, lse = attention64(q[None, :, None], k[None, :, None], v[None, :, None],
+                           causal=causal, window=window)
+    want_dk, want_dv = torch.autograd.grad(out, (k, v), do[None, :, None])
+    out, lse = out[0, :, 0].detach(), lse[0, 0].detach()
+    lse = torch.where(lse == -math.inf, math.inf, lse)  # as the preprocess hands it over
+    delta = (out * do).sum(-1)
+    dk, dv = _dkdv_mirror(q, k.detach(), v.detach(), do, lse, delta, causal=causal,
+                          window=window, block_m=block_m, block_n=block_n,
+                          partitions=partitions)
+    torch.testing.assert_close(dk, want_dk, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(dv, want_dv, rtol=1e-9, atol=1e-11)
