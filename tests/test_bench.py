@@ -253,13 +253,17 @@ def test_subject_rows_name_a_gluon_kernel_that_served(monkeypatch):
 
     fwd = types.SimpleNamespace(calls=3, tiling="128x128 s2 wg2 persistent")
     dkdv = types.SimpleNamespace(calls=5, tiling="64x128 s2 wg2")
+    dq = types.SimpleNamespace(calls=0, tiling="128x64 s2 wg2")
     monkeypatch.setitem(sys.modules, "attnkit.kernels.flash_fwd_gluon", fwd)
     monkeypatch.setitem(sys.modules, "attnkit.kernels.flash_bwd_gluon", dkdv)
+    monkeypatch.setitem(sys.modules, "attnkit.kernels.flash_dq_gluon", dq)
     before = subject._gluon_calls()
-    assert before == {"fwd": 3, "dkdv": 5}
+    assert before == {"fwd": 3, "dkdv": 5, "dq": 0}
     fwd.calls += 1
+    dq.calls += 1
     tiles = subject._tiles("triton", before)
     assert "fwd gluon 128x128 s2 wg2 persistent" in tiles and "dkdv gluon" not in tiles, tiles
+    assert "dq gluon 128x64 s2 wg2" in tiles, tiles
     assert subject._tiles("reference", before) == ""
 
 

@@ -340,3 +340,29 @@ def test_persistent_walk_balances_causal_tiles(n_m, heads):
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     loads = [sum(m + 1 for _, m in walk) for walk in _persistent_walk(n_m, heads, 132)]
     assert max(loads) <= 1.04 * sum(loads) / 132
+
+
+def test_gluon_dq_choice(monkeypatch):
+    """The Gluon dQ kernel serves only with ``flash_bwd.GLUON_DQ`` set (not yet measured),
+    for plain dense inputs (windows and GQA included) where ``flash_common.gluon_fits``
+    holds, and never with ``ATTNKIT_FLASH_GLUON=0``."""
+    from attnkit.kernels import flash_bwd, flash_common
+    q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
+    kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
+    monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(flash_common, "interpreting", lambda: False)
+    monkeypatch.setattr(flash_common, "device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
+    assert not flash_bwd._gluon_dq(q, kv, kv, q, plain=True)  # off by default
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ", True)
+    assert flash_bwd._gluon_dq(q, kv, kv, q, plain=True)
+    assert not flash_bwd._gluon_dq(q, kv, kv, q, plain=False)
+    assert not flash_bwd._gluon_dq(q.half(), kv, kv, q, plain=True)
+    d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
+    assert not flash_bwd._gluon_dq(d64, d64, d64, d64, plain=True)
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
+    assert not flash_bwd._gluon_dq(q, kv, kv, q, plain=True)
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "x")
+    with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
+        flash_bwd._gluon_dq(q, kv, kv, q, plain=True)

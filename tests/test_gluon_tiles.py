@@ -1,6 +1,7 @@
 """The Gluon kernels' tile logic mirrored in float64 on the CPU, against the oracle.
 
-The forward (``attnkit/kernels/flash_fwd_gluon.py``): the key range of a query tile
+The forward (``attnkit/kernels/flash_fwd_gluon.py``) and the dQ kernel (``flash_dq_gluon.py``,
+the same key ranges and masks): the key range of a query tile
 (``_key_tiles``), the walk over its key tiles from ``lo``, and the conditions under which
 ``_softmax_step`` masks a tile (past the keys, across the causal diagonal, across a window's
 edges). The dK/dV kernel (``flash_bwd_gluon.py``): the query range of a key tile
@@ -22,6 +23,16 @@ import torch
 from tests.oracle import attention64
 
 
+def _rows(t, idx, fill=0.0):
+    """Rows ``idx`` of ``t`` (float64), ``fill`` past its end: what a TMA load of a tile
+    running past the tensor gives (zeros), or the preprocess past the sequence (``+inf``
+    LSE)."""
+    out = torch.full((len(idx), *t.shape[1:]), fill, dtype=torch.float64)
+    inside = idx < t.shape[0]
+    out[inside] = t[idx[inside]]
+    return out
+
+
 def _key_tiles(start_m, sq, sk, block_m, block_n, causal, left, right):
     """``flash_fwd_gluon._key_tiles`` in Python."""
     offset = sk - sq
@@ -36,34 +47,36 @@ def _key_tiles(start_m, sq, sk, block_m, block_n, causal, left, right):
     return lo, max(hi, lo)
 
 
+def _masked_scores(s, rows, cols, *, sq, sk, causal, left, right):
+    """``flash_fwd_gluon.masked_scores`` in Python (without the scale): ``-inf`` where a key
+    is not seen, only in the tiles whose conditions say so."""
+    offset = sk - sq
+    first, last_row, start_n, block_n = int(rows[0]), int(rows[-1]), int(cols[0]), len(cols)
+    if start_n + block_n > sk:
+        s = s.masked_fill(~(cols[None, :] < sk), -math.inf)
+    if causal and start_n + block_n - 1 > first + offset:
+        s = s.masked_fill(~(cols[None, :] <= rows[:, None] + offset), -math.inf)
+    if right >= 0 and start_n + block_n - 1 > first + offset + right:
+        s = s.masked_fill(~(cols[None, :] <= rows[:, None] + offset + right), -math.inf)
+    if left >= 0 and start_n < last_row + offset - left:
+        s = s.masked_fill(~(cols[None, :] >= rows[:, None] + offset - left), -math.inf)
+    return s
+
+
 def _partition(q, k, v, first, rows_n, lo, hi, *, sq, sk, causal, left, right, block_n):
     """``_attend`` and ``_store`` for the ``rows_n`` queries from ``first`` of one head:
     (out, lse) in float64, masks applied only where ``_softmax_step`` applies them."""
-    offset = sk - sq
     rows = torch.arange(first, first + rows_n)
     m = torch.full((rows_n,), -math.inf, dtype=torch.float64)
     s_sum = torch.zeros(rows_n, dtype=torch.float64)
     acc = torch.zeros(rows_n, v.shape[-1], dtype=torch.float64)
-    qr = torch.zeros(rows_n, q.shape[-1], dtype=torch.float64)  # TMA's zero rows past sq
-    valid = rows < sq
-    qr[valid] = q[rows[valid]]
-    last_row = first + rows_n - 1
+    qr, valid = _rows(q, rows), rows < sq
     for j in range(lo // block_n, -(-hi // block_n)):
         start_n = j * block_n
         cols = torch.arange(start_n, start_n + block_n)
-        kt = torch.zeros(block_n, k.shape[-1], dtype=torch.float64)
-        vt = torch.zeros(block_n, v.shape[-1], dtype=torch.float64)
-        inside = cols < sk
-        kt[inside], vt[inside] = k[cols[inside]], v[cols[inside]]
-        s = qr @ kt.T / math.sqrt(q.shape[-1])
-        if start_n + block_n > sk:
-            s = s.masked_fill(~(cols[None, :] < sk), -math.inf)
-        if causal and start_n + block_n - 1 > first + offset:
-            s = s.masked_fill(~(cols[None, :] <= rows[:, None] + offset), -math.inf)
-        if right >= 0 and start_n + block_n - 1 > first + offset + right:
-            s = s.masked_fill(~(cols[None, :] <= rows[:, None] + offset + right), -math.inf)
-        if left >= 0 and start_n < last_row + offset - left:
-            s = s.masked_fill(~(cols[None, :] >= rows[:, None] + offset - left), -math.inf)
+        kt, vt = _rows(k, cols), _rows(v, cols)
+        s = _masked_scores(qr @ kt.T / math.sqrt(q.shape[-1]), rows, cols, sq=sq, sk=sk,
+                           causal=causal, left=left, right=right)
         m_new = torch.maximum(m, s.max(1).values)
         m_safe = torch.where(m_new == -math.inf, 0.0, m_new)
         alpha = torch.exp(m - m_safe)
@@ -167,16 +180,9 @@ def _dkdv_mirror(q, k, v, do, lse, delta, *, causal, window, block_m, block_n, p
             inside = cols < sk
             for start in range(lo, hi, block_m):
                 rows = torch.arange(start, start + block_m)
-                ok = rows < sq
-                qt = torch.zeros(block_m, q.shape[-1], dtype=torch.float64)
-                dot = torch.zeros(block_m, do.shape[-1], dtype=torch.float64)
-                qt[ok], dot[ok] = q[rows[ok]], do[rows[ok]]
-                lse_t = torch.full((block_m,), math.inf, dtype=torch.float64)
-                delta_t = torch.zeros(block_m, dtype=torch.float64)
-                lse_t[ok], delta_t[ok] = lse[rows[ok]], delta[rows[ok]]
-                kt = torch.zeros(half, k.shape[-1], dtype=torch.float64)
-                vt = torch.zeros(half, v.shape[-1], dtype=torch.float64)
-                kt[inside], vt[inside] = k[cols[inside]], v[cols[inside]]
+                qt, dot, delta_t = _rows(q, rows), _rows(do, rows), _rows(delta, rows)
+                lse_t = _rows(lse, rows, math.inf)
+                kt, vt = _rows(k, cols), _rows(v, cols)
                 s_t = kt @ qt.T * scale  # [half, block_m]
                 if causal and start + offset < first + half - 1:
                     s_t = s_t.masked_fill(~(cols[:, None] <= rows[None, :] + offset), -math.inf)
@@ -214,3 +220,50 @@ def test_dkdv_tile_logic_matches_the_oracle(sq, sk, causal, window, block_m, blo
                           partitions=partitions)
     torch.testing.assert_close(dk, want_dk, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(dv, want_dv, rtol=1e-9, atol=1e-11)
+
+
+def _dq_mirror(q, k, v, do, lse, delta, *, causal, window, block_m, block_n):
+    """dQ of single-head ``[s, d]`` inputs, query tile by tile and partition by partition, as
+    ``flash_dq_gluon.gluon_dq_kernel`` walks them (the forward's key ranges and masks)."""
+    sq, sk = q.shape[0], k.shape[0]
+    left, right = window
+    if causal:
+        right = -1  # as gluon_dq passes it
+    scale = 1 / math.sqrt(q.shape[-1])
+    dq = torch.zeros_like(q)
+    rows_n = block_m // 2
+    for start_m in range(0, sq, block_m):
+        lo, hi = _key_tiles(start_m, sq, sk, block_m, block_n, causal, left, right)
+        for first in (start_m, start_m + rows_n):
+            rows = torch.arange(first, first + rows_n)
+            ok = rows < sq
+            qr, dor, delta_r = _rows(q, rows), _rows(do, rows), _rows(delta, rows)
+            lse_r = _rows(lse, rows, math.inf)
+            acc = torch.zeros(rows_n, q.shape[-1], dtype=torch.float64)
+            for start_n in range(lo, hi, block_n):
+                cols = torch.arange(start_n, start_n + block_n)
+                kt, vt = _rows(k, cols), _rows(v, cols)
+                s = _masked_scores(qr @ kt.T * scale, rows, cols, sq=sq, sk=sk, causal=causal,
+                                   left=left, right=right)
+                p = torch.exp(s - lse_r[:, None])
+                acc += (p * (dor @ vt.T - delta_r[:, None])) @ kt
+            dq[rows[ok]] = (acc * scale)[ok]
+    return dq
+
+
+@pytest.mark.parametrize("sq,sk,causal,window", CASES)
+@pytest.mark.parametrize("block_m,block_n", [(16, 8), (8, 16), (16, 16)])
+def test_dq_tile_logic_matches_the_oracle(sq, sk, causal, window, block_m, block_n):
+    gen = torch.Generator().manual_seed(sq * 1000 + sk + 2)
+    q = torch.randn(sq, 16, dtype=torch.float64, generator=gen, requires_grad=True)
+    k = torch.randn(sk, 16, dtype=torch.float64, generator=gen)
+    v = torch.randn(sk, 8, dtype=torch.float64, generator=gen)
+    do = torch.randn(sq, 8, dtype=torch.float64, generator=gen)
+    out, lse = attention64(q[None, :, None], k[None, :, None], v[None, :, None],
+                           causal=causal, window=window)
+    (want,) = torch.autograd.grad(out, (q,), do[None, :, None])
+    out, lse = out[0, :, 0].detach(), lse[0, 0].detach()
+    lse = torch.where(lse == -math.inf, math.inf, lse)  # as the preprocess hands it over
+    dq = _dq_mirror(q.detach(), k, v, do, lse, (out * do).sum(-1), causal=causal,
+                    window=window, block_m=block_m, block_n=block_n)
+    torch.testing.assert_close(dq, want, rtol=1e-9, atol=1e-11)

@@ -67,7 +67,8 @@ def _build(case: AttentionCase, inputs: dict, settings: Settings) -> Callable[[]
     return forward
 
 
-_GLUON = {"fwd": "attnkit.kernels.flash_fwd_gluon", "dkdv": "attnkit.kernels.flash_bwd_gluon"}
+_GLUON = {"fwd": "attnkit.kernels.flash_fwd_gluon", "dkdv": "attnkit.kernels.flash_bwd_gluon",
+          "dq": "attnkit.kernels.flash_dq_gluon"}
 
 
 def _gluon_calls() -> dict:

@@ -24,7 +24,8 @@ Three launches:
 On sm90 with the Triton release it was measured with, dense MHA at head dim 128 from 1k tokens
 has its dK/dV products computed by a warp-specialised Gluon kernel instead
 (``flash_bwd_gluon``, ``_gluon_dkdv``): 3-22% faster than ``_bwd_dkdv_kernel``. It takes
-GQA/MQA too, on request (``ATTNKIT_FLASH_GLUON=1``), where it measured even.
+GQA/MQA too, on request (``ATTNKIT_FLASH_GLUON=1``), where it measured even. A Gluon dQ kernel
+(``flash_dq_gluon``, ``_gluon_dq``) is ready but off (``GLUON_DQ``) until it has been measured.
 
 On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
 tokens (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma`` says when descriptors are
@@ -528,6 +529,27 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do)
 
 
+# Whether the Gluon dQ kernel (``flash_dq_gluon``) may serve: not until it has run and been
+# measured on a GPU (benchmarks/NOTES-flash.md, step 10, "Next"); tests and
+# ``benchmarks/gluon_dq.py`` set it.
+GLUON_DQ = False
+
+
+def _gluon_dq(q, k, v, do, *, plain: bool) -> bool:
+    """Whether the two-launch backward's dQ runs in ``flash_dq_gluon`` instead of
+    ``_bwd_dq_kernel``: ``GLUON_DQ`` set, ``plain`` (dense, no key padding, mask, softcap or
+    dropout; windows and GQA/MQA are fine), ``flash_common.gluon_fits`` (head dim 128,
+    16-bit, aligned, sm90, a measured Triton, dO included), and ``ATTNKIT_FLASH_GLUON`` not
+    ``0``.
+
+    Raises:
+        ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
+    """
+    if not GLUON_DQ or gluon_setting() == "0" or not plain:
+        return False
+    return gluon_fits(q, k, v, do)
+
+
 def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:
     """Whether the two-launch backward runs its dQ kernel beside the dK/dV kernel, on a side
     stream (CUDA only, once both kernels are tuned for the call's key, so that the autotuner
@@ -692,6 +714,15 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     plain = (not varlen and key_padding_mask is None and mask_kind == 0 and softcap == 0
              and dropout_p == 0)
     gluon = _gluon_dkdv(q, k, v, do, plain=plain, seq=max(sq, sk), window=window)
+    gluon_dq = _gluon_dq(q, k, v, do, plain=plain)
+
+    def run_dq():
+        if gluon_dq:
+            from attnkit.kernels import flash_dq_gluon
+            flash_dq_gluon.gluon_dq(q, k, v, do, lse2, delta, dq_acc, causal=causal,
+                                    scale=scale, window=window)
+        else:
+            launch(_bwd_dq_kernel, q_grid, *dq_args, **dq_opts)
 
     def run_dkdv():
         if gluon:
@@ -703,7 +734,7 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
     overlap = (_overlap(q, seq=max(sq, sk), window=left >= 0)
                and (gluon or tuned(_bwd_dkdv_kernel, *dkdv_args, **dkdv_opts))
-               and tuned(_bwd_dq_kernel, *dq_args, **dq_opts))
+               and (gluon_dq or tuned(_bwd_dq_kernel, *dq_args, **dq_opts)))
     if overlap:
         # The dQ kernel on a side stream, so its programs take the SMs that the dK/dV
         # kernel's last wave leaves idle (``_overlap``). Both only read what the preprocess
@@ -717,12 +748,12 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         run_dkdv()
         torch.cuda.set_stream(side)
         try:
-            launch(_bwd_dq_kernel, q_grid, *dq_args, **dq_opts)
+            run_dq()
         finally:
             torch.cuda.set_stream(main)
         join.record(side)
         main.wait_event(join)
         return dq_acc, dk, dv
     run_dkdv()
-    launch(_bwd_dq_kernel, q_grid, *dq_args, **dq_opts)
+    run_dq()
     return dq_acc, dk, dv

@@ -93,6 +93,21 @@ def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.c
 
 
 @gluon.jit
+def kv_ring_barriers(STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
+    """``(k_ready, v_ready, empty)``: the mbarriers of a ring of ``STAGES`` K/V slots, a slot
+    free again once each of ``CONSUMERS`` compute partitions has arrived on ``empty`` (the
+    caller fences before the partitions start). The Gluon forward and dQ kernels share it."""
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=CONSUMERS)
+    return k_ready, v_ready, empty
+
+
+@gluon.jit
 def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, row0, col0,
              BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """K and V tiles of rows ``row0 + [lo, hi)`` (columns from ``col0``; ``lo`` a multiple of
@@ -122,13 +137,13 @@ def _loader(q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready, v_re
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
-                  p_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                  WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr):
-    """One key tile of the online softmax (base 2) for rows from ``first``: the new running
-    max and sum, the accumulator rescaled, and ``P`` as the register A operand of ``P V``.
-    Keys past ``seqlen_k`` (TMA's zero rows of the last tile) are masked, and the tiles that
-    cross the causal diagonal or a window's edges (``_key_tiles``)."""
+def masked_scores(s, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
+                  IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr):
+    """``[rows, keys]`` scores of the rows from ``first`` against the key tile from
+    ``start_n``, times ``qk_scale``, with ``-inf`` where a key is not seen: past ``seqlen_k``
+    (TMA's zero rows of the last tile), and in the tiles that cross the causal diagonal or a
+    window's edges (``_key_tiles``; the others are not masked). The forward's softmax step
+    and ``flash_dq_gluon`` share it."""
     s = s * qk_scale
     last = first + s.shape[0] - 1  # the partition's last row
     if start_n + s.shape[1] > seqlen_k:
@@ -144,6 +159,18 @@ def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k
         if start_n < last + offset - WIN_LEFT:
             s = gl.where(cols[None, :] >= rows[:, None] + (offset - WIN_LEFT), s,
                          float("-inf"))
+    return s
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
+                  p_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                  WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr):
+    """One key tile of the online softmax (base 2) for rows from ``first``: the new running
+    max and sum, the accumulator rescaled, and ``P`` as the register A operand of ``P V``
+    (``masked_scores`` masks the tile)."""
+    s = masked_scores(s, cols, rows, start_n, first, offset, seqlen_k, qk_scale, IS_CAUSAL,
+                      WIN_LEFT, WIN_RIGHT)
     m_new = gl.maximum(m_i, gl.max(s, 1))
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
     alpha = gl.exp2(m_i - m_safe)
@@ -262,14 +289,8 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_ready, v_ready, empty = kv_ring_barriers(STAGES, WARPGROUPS)  # every partition frees
     mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=WARPGROUPS)  # freed by every compute partition
     fence_async_shared()
     lo, hi = _key_tiles(start_m, seq_q, seq_k, BLOCK_M, BLOCK_N, IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
     o_ptr = out_ptr + b * stride_ob + h * stride_oh
@@ -415,15 +436,9 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_ready, v_ready, empty = kv_ring_barriers(STAGES, 2)  # both compute partitions free
     mbarrier.init(q_bar, count=1)
     mbarrier.init(q_empty, count=2)  # both compute partitions
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)
     fence_async_shared()
     n_m = gl.cdiv(seq_q, BLOCK_M)
     n_tiles = n_m * batch * HQ

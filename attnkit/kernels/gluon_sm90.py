@@ -1,4 +1,5 @@
-"""What attnkit's Gluon kernels for Hopper share (``flash_fwd_gluon``, ``flash_bwd_gluon``).
+"""What attnkit's Gluon kernels for Hopper share (``flash_fwd_gluon``, ``flash_bwd_gluon``,
+``flash_dq_gluon``).
 
 Their partitions: a TMA loader of one warp (rounded up to a warpgroup by the compiler) with
 the fewest registers a warp may have, and compute warpgroups that take what it leaves

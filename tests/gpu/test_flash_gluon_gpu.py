@@ -1,5 +1,5 @@
 """attnkit's Gluon kernels on a GPU: the flash forward (``attnkit/kernels/flash_fwd_gluon.py``)
-and the dK/dV kernel of the backward (``flash_bwd_gluon.py``).
+and the dK/dV and dQ kernels of the backward (``flash_bwd_gluon.py``, ``flash_dq_gluon.py``).
 
 The output, LSE and every gradient against the float64 oracle by the tolerance rule
 (``tests/flash_check.py``) with the kernels forced on (``ATTNKIT_FLASH_GLUON=1``, any length)
@@ -46,11 +46,12 @@ CASES = {
 
 
 def _count_launches(monkeypatch) -> dict:
-    """Wrap both Gluon launchers to count their launches (``fwd``, ``dkdv``)."""
-    from attnkit.kernels import flash_bwd_gluon, flash_fwd_gluon
-    calls = {"fwd": 0, "dkdv": 0}
+    """Wrap the Gluon launchers to count their launches (``fwd``, ``dkdv``, ``dq``)."""
+    from attnkit.kernels import flash_bwd_gluon, flash_dq_gluon, flash_fwd_gluon
+    calls = {"fwd": 0, "dkdv": 0, "dq": 0}
     for module, name, key in ((flash_bwd_gluon, "gluon_dkdv", "dkdv"),
-                              (flash_fwd_gluon, "gluon_fwd", "fwd")):
+                              (flash_fwd_gluon, "gluon_fwd", "fwd"),
+                              (flash_dq_gluon, "gluon_dq", "dq")):
         monkeypatch.setattr(module, name, _counted(getattr(module, name), calls, key))
     return calls
 
@@ -185,6 +186,51 @@ def test_no_batch_reaches_another(seq_k, gluon_calls):
     torch.testing.assert_close(out[:1], alone)
     torch.testing.assert_close(lse[:1], alone_lse)
     assert gluon_calls["fwd"] == 2
+
+
+DQ_CASES = ["113x203-causal", "203x113-causal", "333x129-full", "1000x1000-causal",
+            "lse-grad", "300x256-causal", "gqa-113x203-causal", "mqa-333x129-full",
+            "1000x1000-causal-left255", "gqa-333x500-window-64-32", "129x300-right-only"]
+
+
+@pytest.fixture
+def gluon_dq(gluon_calls, monkeypatch):
+    """``gluon_calls`` with the Gluon dQ kernel turned on (``flash_bwd.GLUON_DQ``: off until
+    measured)."""
+    from attnkit.kernels import flash_bwd
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ", True)
+    return gluon_calls
+
+
+@pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", DQ_CASES)
+def test_dq_kernel_matches_the_oracle(case, dtype, gluon_dq):
+    """The Gluon dQ kernel: awkward lengths, rows that see no key, the LSE gradient, GQA/MQA,
+    windows, against the float64 oracle, with the Gluon forward and dK/dV kernel."""
+    all_cases = {**CASES, **GQA_CASES, **WINDOW_CASES}
+    check(all_cases[case], dtype=dtype, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_dq["dq"] and gluon_dq["fwd"], gluon_dq
+
+
+DQ_TILINGS = {"n64-s2": (64, 2), "n64-s3": (64, 3), "n128-s2": (128, 2)}
+
+
+@pytest.mark.parametrize("tiling", DQ_TILINGS.values(), ids=DQ_TILINGS.keys())
+@pytest.mark.parametrize("case", ["203x113-causal", "gqa-333x500-window-64-32"])
+def test_every_dq_tiling_matches_the_oracle(case, tiling, gluon_dq, monkeypatch):
+    """Each dQ configuration the probe times (``benchmarks/gluon_dq.py``), and the result is
+    bitwise the same on a second run."""
+    import functools
+
+    from attnkit.kernels import flash_dq_gluon
+    block_n, stages = tiling
+    monkeypatch.setattr(flash_dq_gluon, "gluon_dq", functools.partial(
+        flash_dq_gluon.gluon_dq, block_n=block_n, stages=stages))
+    case = {**CASES, **WINDOW_CASES}[case]
+    first = check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
+    again = check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
+    assert torch.equal(first["dq"], again["dq"])
+    assert gluon_dq["dq"] == 2, gluon_dq
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

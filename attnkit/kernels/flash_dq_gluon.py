@@ -1,0 +1,222 @@
+"""The dQ kernel of the flash backward for Hopper, warp-specialised, written in Gluon.
+
+``flash_bwd`` launches it in place of ``_bwd_dq_kernel`` only where ``flash_bwd._gluon_dq``
+says so: it has not run on a GPU yet, so ``flash_bwd.GLUON_DQ`` is off and only tests and the
+probe (``benchmarks/gluon_dq.py``) turn it on. It takes what the Gluon forward takes (dense
+MHA or GQA/MQA, head dim 128, 16-bit, causal or not, sliding windows, no masks, softcap or
+dropout; sm90 and a Triton of ``flash_common.GLUON_TRITON``).
+
+Grid ``(query tiles, batch x query heads)``, the forward's split: each program owns one
+``[BLOCK_M, D]`` tile of Q and dO and walks the key tiles it sees (``_key_tiles``), in
+partitions:
+
+- a loader (1 warp, 24 registers) TMA-loads the Q and dO tiles once, then each
+  ``[BLOCK_N, D]`` tile of K and V into a ring of ``STAGES`` slots;
+- two compute warpgroups (240 registers each), one per half of the query tile: per key tile
+  ``S = Q K^T`` and ``dP = dO V^T`` (asynchronous wgmma, issued together),
+  ``P = exp2(S - lse)`` with ``flash_fwd_gluon.masked_scores``'s masks,
+  ``dS = P (dP - delta)``, then ``dQ += dS K`` with ``dS`` from registers, and the slot goes
+  back to the loader; dQ is scaled and stored at the end.
+
+The base-2 LSE (``+inf`` on rows that saw no key, and past the sequence) and ``delta`` come
+from ``flash_bwd._bwd_preprocess``, so rows that see no key get exactly zero. No atomics: the
+result is bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from attnkit.kernels import fast_launch
+from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
+from attnkit.kernels.flash_fwd_gluon import _key_tiles, _load_kv, kv_ring_barriers, masked_scores
+from attnkit.kernels.gluon_sm90 import (
+    COMPUTE_REGS,
+    LOADER_REGS,
+    LOADER_WARPS,
+    MAXNREG,
+    mma_layout,
+)
+
+# The configuration to measure first: 128 queries (two partitions of 64) x 64 keys per tile,
+# two slots (S, dP and dQ then take 32 + 32 + 64 registers per thread of a partition).
+BLOCK_M, BLOCK_N, STAGES = 128, 64, 2
+# Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``).
+calls = 0
+tiling = f"{BLOCK_M}x{BLOCK_N} s{STAGES} wg2"
+
+
+@gluon.jit
+def _loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready,
+            v_ready, empty, start_m, lo, hi, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """The loader partition: the Q and dO tiles, then the K and V tiles of keys
+    ``[lo, hi)``."""
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem)
+    tma.async_copy_global_to_shared(do_desc, [start_m, 0], q_bar, do_smem)
+    _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, gl.to_tensor(0), lo, hi,
+             0, 0, BLOCK_N, STAGES)
+
+
+@gluon.jit
+def _compute(q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, lse_ptr,
+             delta_ptr, dq_ptr, stride_dqs, start_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
+             scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+             WIN_RIGHT: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
+    """One compute partition: dQ of the ``ROWS`` queries from ``start_m + WG * ROWS`` over
+    the key tiles of ``[lo, hi)``, scaled and stored at the end (rows past ``seqlen_q`` left
+    out)."""
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
+    acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [ROWS, D] accumulator
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    first = start_m + WG * ROWS
+    rows = first + gl.arange(0, ROWS, layout=row_layout)
+    ok = rows < seqlen_q
+    lse = gl.load(lse_ptr + rows, mask=ok, other=float("inf"))  # base 2: zero probabilities
+    delta = gl.load(delta_ptr + rows, mask=ok, other=0.0)
+    offset = seqlen_k - seqlen_q
+    q_rows = q_smem.slice(WG * ROWS, ROWS)  # [ROWS, D]
+    do_rows = do_smem.slice(WG * ROWS, ROWS)  # [ROWS, D]
+    dq = gl.zeros([ROWS, D], gl.float32, acc_layout)
+    zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    mbarrier.wait(q_bar, 0)
+    for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
+        c = j - lo // BLOCK_N  # the ring's count
+        slot = c % STAGES
+        phase = (c // STAGES) & 1
+        mbarrier.wait(k_ready.index(slot), phase)
+        s = warpgroup_mma(q_rows, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                          is_async=True)  # Q K^T: [ROWS, BLOCK_N]
+        mbarrier.wait(v_ready.index(slot), phase)
+        dp = warpgroup_mma(do_rows, v_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                           is_async=True)  # dO V^T: [ROWS, BLOCK_N]
+        s, dp = warpgroup_mma_wait(0, deps=(s, dp))
+        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+        s = masked_scores(s, cols, rows, j * BLOCK_N, first, offset, seqlen_k, qk_scale,
+                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+        p = gl.exp2(s - lse[:, None])
+        ds = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), a_layout)
+        dq = warpgroup_mma(ds, k_bufs.index(slot), dq, is_async=True)  # += dS K: [ROWS, D]
+        dq, ds = warpgroup_mma_wait(0, deps=(dq, ds))
+        mbarrier.arrive(empty.index(slot))
+    o_rows = first + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout))
+    o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, acc_layout))
+    gl.store(dq_ptr + o_rows.to(gl.int64)[:, None] * stride_dqs + o_cols[None, :],
+             (dq * scale).to(dq_ptr.dtype.element_ty), mask=(o_rows < seqlen_q)[:, None])
+
+
+@gluon.jit
+def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+                    stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
+                    seq_q, seq_k, qk_scale, scale,
+                    HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
+                    IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
+                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                    num_warps: gl.constexpr):
+    """dQ of one ``[BLOCK_M, D]`` query tile (grid axis 0) of one batch x query head (axis 1).
+
+    q, do, dq: ``[b, seq_q, HQ, D]``; k, v: ``[b, seq_k, HQ / GROUP, D]``, unit stride in D
+    and 16-byte aligned rows; lse (base 2) and delta: float32 ``[b, HQ, seq_q]``;
+    ``qk_scale = scale * log2(e)``; a window ``(WIN_LEFT, WIN_RIGHT)`` as ``_key_tiles`` has
+    it.
+    """
+    pid_m = gl.program_id(0)
+    if IS_CAUSAL:  # the last query tiles see the most keys: start them first
+        pid_m = gl.num_programs(0) - 1 - pid_m
+    pid_bh = gl.program_id(1)
+    b = (pid_bh // HQ).to(gl.int64)
+    h = pid_bh % HQ
+    hk = h // GROUP
+    start_m = pid_m * BLOCK_M
+    dtype: gl.constexpr = q_ptr.dtype.element_ty
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
+    q_desc = tma.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh, [seq_q, D],
+                                        [stride_qs, 1], [BLOCK_M, D], q_layout)
+    do_desc = tma.make_tensor_descriptor(do_ptr + b * stride_dob + h * stride_doh, [seq_q, D],
+                                         [stride_dos, 1], [BLOCK_M, D], q_layout)
+    k_desc = tma.make_tensor_descriptor(k_ptr + b * stride_kb + hk * stride_kh, [seq_k, D],
+                                        [stride_ks, 1], [BLOCK_N, D], kv_layout)
+    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + hk * stride_vh, [seq_k, D],
+                                        [stride_vs, 1], [BLOCK_N, D], kv_layout)
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], q_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], q_layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready, v_ready, empty = kv_ring_barriers(STAGES, 2)  # both compute partitions free
+    mbarrier.init(q_bar, count=1)
+    fence_async_shared()
+    lo, hi = _key_tiles(start_m, seq_q, seq_k, BLOCK_M, BLOCK_N, IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    l_off = b * stride_lb + h.to(gl.int64) * stride_lh
+    dq_base = dq_ptr + b * stride_dqb + h * stride_dqh
+    ROWS: gl.constexpr = BLOCK_M // 2
+    gl.warp_specialize([
+        (_compute, (q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty,
+                    lse_ptr + l_off, delta_ptr + l_off, dq_base, stride_dqs, start_m, lo, hi,
+                    seq_q, seq_k, qk_scale, scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL,
+                    WIN_LEFT, WIN_RIGHT, 0, num_warps)),
+        (_compute, (q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty,
+                    lse_ptr + l_off, delta_ptr + l_off, dq_base, stride_dqs, start_m, lo, hi,
+                    seq_q, seq_k, qk_scale, scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL,
+                    WIN_LEFT, WIN_RIGHT, 1, num_warps)),
+        (_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, q_bar, k_bufs, v_bufs,
+                   k_ready, v_ready, empty, start_m, lo, hi, BLOCK_N, STAGES)),
+    ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
+
+
+def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
+             lse2: torch.Tensor, delta: torch.Tensor, dq: torch.Tensor, *, causal: bool,
+             scale: float, window: tuple[int, int] = (-1, -1), block_n: int = BLOCK_N,
+             stages: int = STAGES) -> None:
+    """Write dQ of dense MHA, GQA or MQA attention into ``dq`` (CUDA, sm90).
+
+    Args:
+        q, do, dq: ``[b, seq_q, hq, 128]``; k, v: ``[b, seq_k, hk, 128]`` (``hq`` a multiple
+            of ``hk``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
+            (``flash_common.tma_aligned``).
+        lse2, delta: float32 ``[b, hq, seq_q]`` (unit stride along the sequence): the base-2
+            LSE with ``+inf`` on rows that saw no key, and ``sum(out * dO, -1)``, as
+            ``flash_bwd._bwd_preprocess`` writes them.
+        causal: bottom-right causal attention.
+        scale: the softmax scale of the forward.
+        window: ``(left, right)`` as ``flash_fwd_gluon.gluon_fwd`` takes it.
+        block_n, stages: the key tile and the ring's slots (``BLOCK_N``, ``STAGES``).
+
+    The caller checks ``flash_bwd._gluon_dq`` first; nothing is checked here.
+
+    Example (on an H100/H200, inside ``flash_bwd``)::
+
+        gluon_dq(q, k, v, do, lse2, delta, dq, causal=True, scale=128 ** -0.5)
+    """
+    global calls, tiling
+    calls += 1
+    tiling = f"{BLOCK_M}x{block_n} s{stages} wg2"
+    _ensure_allocator()  # device-side descriptors live in global scratch
+    b, sq, hq, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    left, right = window
+    if causal:
+        right = -1  # the diagonal bounds it already
+    grid = (cdiv(sq, BLOCK_M), b * hq)
+    fast_launch.run(gluon_dq_kernel, grid, (
+        q, k, v, do, lse2, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *do.stride()[:3], *dq.stride()[:3], lse2.stride(0), lse2.stride(1), sq, sk,
+        scale * LOG2E, scale), dict(
+        HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages, num_warps=4, maxnreg=MAXNREG))

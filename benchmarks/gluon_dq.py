@@ -1,0 +1,105 @@
+"""Probe for the Gluon dQ kernel of the flash backward (``attnkit/kernels/flash_dq_gluon.py``).
+
+``--compile`` compiles every configuration of ``CONFIGS`` for sm90 without a GPU (a Triton
+with Gluon: 3.6.0, as on the lent H200) and prints the register split, the spills and the
+shared memory. ``--check`` (CUDA, sm90) times the whole deterministic backward and its
+kernels with the Triton dQ kernel and with each configuration of the Gluon one
+(``flash_bwd.GLUON_DQ``) at the d 128 prefill shapes, with the largest difference of dq;
+correctness is held to the float64 oracle by ``tests/gpu/test_flash_gluon_gpu.py``. JSON to
+``$OUT/gluon-dq.json``.
+
+Usage::
+
+    PYTHONPATH=. /tmp/t36/bin/python benchmarks/gluon_dq.py --compile   # no GPU
+    PYTHONPATH=. python benchmarks/gluon_dq.py --check                  # CUDA, sm90
+"""
+
+from __future__ import annotations
+
+from attnkit.kernels import flash_dq_gluon as fdg
+from benchmarks.gluon_common import compile_sm90 as _compile
+from benchmarks.gluon_common import main as _main
+from benchmarks.gluon_common import run_jobs
+
+# (key tile, slots)
+CONFIGS = {128: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st)
+                 for n, st in ((64, 2), (64, 3), (128, 2))]}
+
+SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{dt}",
+             "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": "*{dt}",
+             **{f"stride_{t}{a}": "i32" for t in ("q", "k", "v", "do", "dq") for a in "bsh"},
+             "stride_lb": "i32", "stride_lh": "i32", "seq_q": "i32", "seq_k": "i32",
+             "qk_scale": "fp32", "scale": "fp32"}
+
+
+def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fdg.BLOCK_M,
+                 block_n: int = fdg.BLOCK_N, stages: int = fdg.STAGES, dtype: str = "bf16",
+                 window: tuple[int, int] = (-1, -1)) -> dict:
+    """Compile the kernel for sm90 without a GPU (16 heads; ``window`` as
+    ``flash_dq_gluon.gluon_dq`` passes it); the register split and cubin resources."""
+    const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, WIN_LEFT=window[0],
+                 WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+                 num_warps=4)
+    return _compile(fdg.gluon_dq_kernel, SIGNATURE, const, warps=4, maxnreg=fdg.MAXNREG,
+                    dtype=dtype)
+
+
+def _time_case(name: str) -> dict:
+    """The whole deterministic backward (ms) and its kernels' device times (us) with the
+    Triton dQ kernel and with each configuration of the Gluon one, with dq's largest
+    difference from the Triton one relative to its largest value."""
+    import functools
+
+    import torch
+    import triton.testing
+
+    from attnkit.kernels import flash_bwd, flash_fwd
+    from benchmarks.gluon_common import label
+    from benchmarks.probe_step5 import _dense_case, kernels_us
+
+    q, k, v, opts = _dense_case(name)
+    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+    do = torch.randn_like(out)
+    run = functools.partial(flash_bwd.flash_bwd, do, q, k, v, out, lse, deterministic=True,
+                            **opts)
+    names = ("dkdv", "_dq")
+    want = run()
+    row = {"triton_bwd_ms": triton.testing.do_bench(run, warmup=50, rep=200,
+                                                    return_mode="median"),
+           "triton_kernels_us": kernels_us(run, names)}
+    real = fdg.gluon_dq
+    flash_bwd.GLUON_DQ = True
+    try:
+        for cfg in CONFIGS[128]:
+            fdg.gluon_dq = functools.partial(real, block_n=cfg["block_n"],
+                                             stages=cfg["stages"])
+            try:
+                got = run()
+                row[label(cfg)] = {
+                    "bwd_ms": triton.testing.do_bench(run, warmup=50, rep=200,
+                                                      return_mode="median"),
+                    "kernels_us": kernels_us(run, names),
+                    "dq_rel_diff": float((got[0].float() - want[0].float()).abs().max()
+                                         / (want[0].float().abs().max() + 1e-6))}
+            except Exception as exc:  # report and go on
+                row[label(cfg)] = f"failed: {type(exc).__name__}: {exc}"[:400]
+    finally:
+        fdg.gluon_dq = real
+        flash_bwd.GLUON_DQ = False
+    return row
+
+
+def check(out_path: str) -> dict:
+    """``_time_case`` at the d 128 prefill shapes, written to ``out_path`` as it goes."""
+    return run_jobs([(n, _time_case, (n,)) for n in (
+        "mha d128 s4k full", "mha d128 s16k causal", "mha d128 s1k causal",
+        "gqa 32:8 d128 s4k full", "window 1024 d128 s16k causal", "mha d128 s16k full")],
+        out_path)
+
+
+def main() -> None:
+    _main(__doc__, CONFIGS, compile_sm90, check, "gluon-dq.json")
+
+
+if __name__ == "__main__":
+    main()
