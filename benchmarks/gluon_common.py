@@ -60,7 +60,8 @@ def label(cfg: dict) -> str:
             f"{' pipelined' if cfg.get('pipeline') else ''}"
             f"{' wg' + str(cfg['warpgroups']) if 'warpgroups' in cfg else ''}"
             f"{' pingpong' if cfg.get('pingpong') else ''}"
-            f"{' persistent' if cfg.get('persistent') else ''}")
+            f"{' persistent' if cfg.get('persistent') else ''}"
+            f"{' overlapped' if cfg.get('overlap') else ''}")
 
 
 def run_jobs(jobs, out_path: str) -> dict:

@@ -26,10 +26,12 @@ from benchmarks.gluon_common import compile_sm90 as _compile
 from benchmarks.gluon_common import main as _main
 from benchmarks.gluon_common import run_jobs
 
-# (query tile, key tile, slots, compute partitions, persistent)
-CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w, persistent=p)
-                 for n, st, w, p in ((128, 2, 1, False), (128, 2, 2, False), (64, 3, 2, False),
-                                     (128, 2, 2, True), (128, 3, 2, True))]}
+# (query tile, key tile, slots, compute partitions, persistent, softmax overlapping P V)
+CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w, persistent=p, overlap=o)
+                 for n, st, w, p, o in ((128, 2, 1, False, False), (128, 2, 2, False, False),
+                                        (64, 3, 2, False, False), (128, 2, 2, True, False),
+                                        (128, 3, 2, True, False), (128, 2, 2, True, True),
+                                        (128, 3, 2, True, True))]}
 
 PERSISTENT_SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}",
                         "out_ptr": "*{dt}", "lse_ptr": "*fp32",
@@ -49,14 +51,15 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "out_ptr": "*
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK_M,
                  block_n: int = ffg.BLOCK_N, stages: int = ffg.STAGES,
                  warpgroups: int = ffg.WARPGROUPS, persistent: bool = False,
-                 dtype: str = "bf16", window: tuple[int, int] = (-1, -1)) -> dict:
+                 dtype: str = "bf16", window: tuple[int, int] = (-1, -1),
+                 overlap: bool = False) -> dict:
     """Compile the kernel for sm90 without a GPU (``window`` as ``flash_fwd_gluon.gluon_fwd``
     passes it); the register split and cubin resources."""
     warps = 8 // warpgroups
     if persistent:
         const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, WIN_LEFT=window[0],
                      WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
-                     STAGES=stages, PAIR=2, num_warps=4)
+                     STAGES=stages, PAIR=2, OVERLAP=overlap, num_warps=4)
         return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
                         maxnreg=ffg.MAXNREG, dtype=dtype)
     const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, WIN_LEFT=window[0],

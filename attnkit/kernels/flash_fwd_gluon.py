@@ -53,21 +53,25 @@ from attnkit.kernels.gluon_sm90 import (
 )
 
 LN2 = gl.constexpr(0.6931471805599453)
-# The shipped configuration: query tile, key tile, slots, compute partitions; and whether
-# the persistent kernel serves (where the rows are flat).
+# The shipped configuration: query tile, key tile, slots, compute partitions; whether the
+# persistent kernel serves (where the rows are flat); and whether it overlaps each tile's
+# softmax with the last tile's P V (``_attend_overlapped``: not yet measured, off).
 BLOCK_M, BLOCK_N, STAGES, WARPGROUPS = 128, 128, 2, 2
 PERSISTENT = True
+OVERLAP = False
 
 
-def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent: bool) -> str:
+def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent: bool,
+            overlap: bool = False) -> str:
     """A launch's tiling as the benchmark reports it, e.g. ``128x128 s2 wg2 persistent``."""
-    return f"{block_m}x{block_n} s{stages} wg{warpgroups}" + (" persistent" if persistent else "")
+    return (f"{block_m}x{block_n} s{stages} wg{warpgroups}" + (" persistent" if persistent else "")
+            + (" overlapped" if overlap else ""))
 
 
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``
 # names the kernels that served a case).
 calls = 0
-tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT)
+tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT, PERSISTENT and OVERLAP)
 
 
 @gluon.jit
@@ -181,6 +185,21 @@ def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k
 
 
 @gluon.jit
+def _attend_start(first, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+                  num_warps: gl.constexpr):
+    """A partition's online-softmax state before its first key tile: ``(rows, m, l, acc,
+    zero scores)``, the rows from ``first``, ``m = -inf``, ``l = 0``, a zero ``[ROWS, D]``
+    accumulator and a zero ``[ROWS, BLOCK_N]`` tile for the scores' wgmma."""
+    s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    return (first + gl.arange(0, ROWS, layout=row_layout),
+            gl.full([ROWS], float("-inf"), gl.float32, row_layout),
+            gl.zeros([ROWS], gl.float32, row_layout),
+            gl.zeros([ROWS, D], gl.float32, mma_layout(D, num_warps)),
+            gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout))
+
+
+@gluon.jit
 def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, first, seqlen_q,
             seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
@@ -188,17 +207,11 @@ def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, first, s
     """The ``ROWS`` queries from ``first`` (``q_rows`` in shared memory) over the key tiles
     of ``[lo, hi)``, the ``c``-th of the ring first: ``(m, l, acc, c after them)``."""
     dtype: gl.constexpr = q_rows.dtype
-    s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
-    o_layout: gl.constexpr = mma_layout(D, num_warps)  # [ROWS, D] accumulator
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-    col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
-    rows = first + gl.arange(0, ROWS, layout=row_layout)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0,
+                                                 parent=mma_layout(D, num_warps), k_width=2)
+    col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout(BLOCK_N, num_warps))
+    rows, m_i, l_i, acc, zero_s = _attend_start(first, ROWS, BLOCK_N, D, num_warps)
     offset = seqlen_k - seqlen_q
-    m_i = gl.full([ROWS], float("-inf"), gl.float32, row_layout)
-    l_i = gl.zeros([ROWS], gl.float32, row_layout)
-    acc = gl.zeros([ROWS, D], gl.float32, o_layout)
-    zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
     for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
         slot = c % STAGES
         phase = (c // STAGES) & 1
@@ -216,6 +229,70 @@ def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, first, s
         mbarrier.arrive(empty.index(slot))
         c += 1
     return m_i, l_i, acc, c
+
+
+@gluon.jit
+def _attend_overlapped(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, first,
+                       seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
+                       D: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                       WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
+                       num_warps: gl.constexpr):
+    """``_attend`` with each tile's softmax overlapping the last tile's ``P V``: per key tile
+    ``t`` it issues ``Q K_t^T`` and ``P_{t-1} V_{t-1}`` together, waits for the scores only,
+    forms ``P_t`` while ``P_{t-1} V_{t-1}`` runs, then waits for it and rescales the
+    accumulator (the order FlashAttention-3 calls intra-warpgroup pipelining). Live at once:
+    the accumulator, ``P_{t-1}`` and the scores of ``t``."""
+    dtype: gl.constexpr = q_rows.dtype
+    o_layout: gl.constexpr = mma_layout(D, num_warps)  # [ROWS, D] accumulator
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout(BLOCK_N, num_warps))
+    rows, m_i, l_i, acc, zero_s = _attend_start(first, ROWS, BLOCK_N, D, num_warps)
+    offset = seqlen_k - seqlen_q
+    p_prev = gl.zeros([ROWS, BLOCK_N], dtype, p_layout)
+    j0 = lo // BLOCK_N
+    n = gl.cdiv(hi, BLOCK_N) - j0
+    if n > 0:  # the first tile: its scores and P, nothing to overlap yet
+        mbarrier.wait(k_ready.index(c % STAGES), (c // STAGES) & 1)
+        s = warpgroup_mma(q_rows, k_bufs.index(c % STAGES).permute((1, 0)), zero_s,
+                          use_acc=False, is_async=True)  # Q K_0^T: [ROWS, BLOCK_N]
+        s = warpgroup_mma_wait(0, deps=(s,))
+        cols = j0 * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+        s = masked_scores(s, cols, rows, j0 * BLOCK_N, first, offset, seqlen_k, qk_scale,
+                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+        m_i = gl.max(s, 1)
+        p = gl.exp2(s - gl.where(m_i == float("-inf"), 0.0, m_i)[:, None])
+        l_i = gl.sum(p, 1)
+        p_prev = gl.convert_layout(p.to(dtype), p_layout)
+    for t in range(1, n):
+        prev = (c + t - 1) % STAGES
+        slot = (c + t) % STAGES
+        mbarrier.wait(k_ready.index(slot), ((c + t) // STAGES) & 1)
+        s = warpgroup_mma(q_rows, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                          is_async=True)  # Q K_t^T
+        mbarrier.wait(v_ready.index(prev), ((c + t - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p_prev, v_bufs.index(prev), acc, is_async=True)  # += P V_{t-1}
+        s = warpgroup_mma_wait(1, deps=(s,))  # the scores; P V_{t-1} may still run
+        cols = (j0 + t) * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+        s = masked_scores(s, cols, rows, (j0 + t) * BLOCK_N, first, offset, seqlen_k,
+                          qk_scale, IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
+        alpha = gl.exp2(m_i - m_safe)
+        p = gl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + gl.sum(p, 1)
+        m_i = m_new
+        p_next = gl.convert_layout(p.to(dtype), p_layout)
+        acc, p_prev = warpgroup_mma_wait(0, deps=(acc, p_prev))  # P V_{t-1} done
+        mbarrier.arrive(empty.index(prev))
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+        p_prev = p_next
+    if n > 0:  # the last tile's P V
+        last = (c + n - 1) % STAGES
+        mbarrier.wait(v_ready.index(last), ((c + n - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p_prev, v_bufs.index(last), acc, is_async=True)
+        acc, p_prev = warpgroup_mma_wait(0, deps=(acc, p_prev))
+        mbarrier.arrive(empty.index(last))
+    return m_i, l_i, acc, c + n
 
 
 @gluon.jit
@@ -378,20 +455,27 @@ def _compute_persistent(q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready
                         HQ: gl.constexpr, ROWS: gl.constexpr, BLOCK_M: gl.constexpr,
                         BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
                         IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
-                        WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr, WG: gl.constexpr,
-                        num_warps: gl.constexpr):
+                        WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr, OVERLAP: gl.constexpr,
+                        WG: gl.constexpr, num_warps: gl.constexpr):
     """A compute partition of the persistent kernel: ``_compute`` for each tile of the
-    program, handing the Q tile back (``q_empty``) before its epilogue."""
+    program (``_attend_overlapped`` with ``OVERLAP``), handing the Q tile back (``q_empty``)
+    before its epilogue."""
     c = gl.to_tensor(0)
     for it in range(_program_tiles(n_tiles, PAIR)):
         b, h, start_m, lo, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, BLOCK_N,
                                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)
         first = start_m + WG * ROWS
         mbarrier.wait(q_bar, it & 1)
-        m_i, l_i, acc, c = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready,
-                                   v_ready, empty, c, lo, hi, first, seq_q, seq_k, qk_scale,
-                                   ROWS, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                                   num_warps)
+        if OVERLAP:
+            m_i, l_i, acc, c = _attend_overlapped(
+                q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready, v_ready, empty, c, lo,
+                hi, first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL,
+                WIN_LEFT, WIN_RIGHT, num_warps)
+        else:
+            m_i, l_i, acc, c = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready,
+                                       v_ready, empty, c, lo, hi, first, seq_q, seq_k,
+                                       qk_scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT,
+                                       WIN_RIGHT, num_warps)
         mbarrier.arrive(q_empty)  # every product of this tile that reads Q is done
         b64 = b.to(gl.int64)
         _store(m_i, l_i, acc, out_ptr + b64 * stride_ob + h * stride_oh,
@@ -408,7 +492,7 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                 WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
                                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                                 STAGES: gl.constexpr, PAIR: gl.constexpr,
-                                num_warps: gl.constexpr):
+                                OVERLAP: gl.constexpr, num_warps: gl.constexpr):
     """``gluon_fwd_kernel`` as a persistent kernel: a grid of at most one program per SM,
     each taking units ``pid, pid + programs, ...`` of ``PAIR`` tiles of
     ``(query tiles) x batch x heads`` in ``_tile_of``'s order, two compute partitions.
@@ -448,12 +532,12 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
                                stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
                                BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                               PAIR, 0, num_warps)),
+                               PAIR, OVERLAP, 0, num_warps)),
         (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
                                out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
                                stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
                                BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                               PAIR, 1, num_warps)),
+                               PAIR, OVERLAP, 1, num_warps)),
         (_loader_persistent, (q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v_bufs,
                               k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles, HQ, GROUP,
                               D, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
@@ -503,7 +587,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
               window: tuple[int, int] = (-1, -1), block_m: int = BLOCK_M,
               block_n: int = BLOCK_N, stages: int = STAGES,
               warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT,
-              programs: int | None = None) -> None:
+              overlap: bool = OVERLAP, programs: int | None = None) -> None:
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
     Args:
@@ -520,6 +604,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``).
         persistent: ``gluon_fwd_persistent_kernel`` (two partitions) where
             ``takes_persistent``; else the one-tile-per-program kernel.
+        overlap: the persistent kernel's softmax overlapping the last tile's ``P V``
+            (``_attend_overlapped``).
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
 
@@ -538,7 +624,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     if causal:
         right = -1  # the diagonal bounds it already
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
-    tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent)
+    tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,
+                     persistent and overlap)
     if persistent:
         grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
                                      programs or sm_count(q.device))
@@ -546,8 +633,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             q, k, v, out, lse, q.stride(1), k.stride(1), v.stride(1), *out.stride()[:3],
             lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E), dict(
             HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
-            BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, PAIR=pair, num_warps=4,
-            maxnreg=MAXNREG))
+            BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, PAIR=pair, OVERLAP=overlap,
+            num_warps=4, maxnreg=MAXNREG))
         return
     grid = (cdiv(sq, block_m), b * hq)
     fast_launch.run(gluon_fwd_kernel, grid, (

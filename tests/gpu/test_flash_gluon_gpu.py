@@ -94,9 +94,12 @@ def test_gqa_matches_the_oracle(case, dtype, gluon_calls):
     assert gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
 
 
-TILINGS = {"n128-s2-wg1": (128, 2, 1, False), "n128-s2-wg2": (128, 2, 2, False),
-           "n64-s3-wg2": (64, 3, 2, False), "n128-s2-persistent": (128, 2, 2, True),
-           "n128-s3-persistent": (128, 3, 2, True)}
+TILINGS = {"n128-s2-wg1": (128, 2, 1, False, False), "n128-s2-wg2": (128, 2, 2, False, False),
+           "n64-s3-wg2": (64, 3, 2, False, False),
+           "n128-s2-persistent": (128, 2, 2, True, False),
+           "n128-s3-persistent": (128, 3, 2, True, False),
+           "n128-s2-overlapped": (128, 2, 2, True, True),
+           "n128-s3-overlapped": (128, 3, 2, True, True)}
 
 
 WINDOW_CASES = {  # the persistent kernel: whole key tiles, or one batch; else the one-tile
@@ -127,7 +130,7 @@ FLAT_CASES = {"113x256-causal": Case((2, 113, 256, 4, 4, 128, 128), causal=True)
 @pytest.mark.parametrize("tiling", TILINGS.values(), ids=TILINGS.keys())
 @pytest.mark.parametrize("case", ["113x203-causal", "333x129-full", "203x113-causal",
                                   "gqa-113x203-causal", "113x256-causal", "gqa-300x128-full",
-                                  "300x256-causal"])
+                                  "300x256-causal", "1000x1000-causal-left255"])
 def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monkeypatch):
     """Each forward configuration the probe times (``benchmarks/gluon_fwd.py``); the
     persistent ones on a batch of one with a partial key tile and on batches of 2 with whole
@@ -136,12 +139,12 @@ def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monk
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
-    block_n, stages, warpgroups, persistent = tiling
+    block_n, stages, warpgroups, persistent, overlap = tiling
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
         flash_fwd_gluon.gluon_fwd, block_n=block_n, stages=stages, warpgroups=warpgroups,
-        persistent=persistent))
-    check({**CASES, **GQA_CASES, **FLAT_CASES}[case], dtype=BF16, device="cuda",
-          deterministic=True, dq_mode="kernel")
+        persistent=persistent, overlap=overlap))
+    check({**CASES, **GQA_CASES, **FLAT_CASES, **WINDOW_CASES}[case], dtype=BF16,
+          device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"]
 
 
