@@ -52,17 +52,20 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
                  block_n: int = ffg.BLOCK_N, stages: int = ffg.STAGES,
                  warpgroups: int = ffg.WARPGROUPS, persistent: bool = False,
                  dtype: str = "bf16", window: tuple[int, int] = (-1, -1),
-                 overlap: bool = False) -> dict:
+                 overlap: bool = False, dv: int | None = None) -> dict:
     """Compile the kernel for sm90 without a GPU (``window`` as ``flash_fwd_gluon.gluon_fwd``
-    passes it); the register split and cubin resources."""
+    passes it; V's head dim ``dv``, default ``d``; ``d`` 128 or 192); the register split
+    and cubin resources."""
     warps = 8 // warpgroups
     if persistent:
-        const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, WIN_LEFT=window[0],
+        const = dict(HQ=16, GROUP=1, D=d, D1=d - 128, DV=dv or d, IS_CAUSAL=causal,
+                     WIN_LEFT=window[0],
                      WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
                      STAGES=stages, PAIR=2, OVERLAP=overlap, num_warps=4)
         return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
                         maxnreg=ffg.MAXNREG, dtype=dtype)
-    const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, WIN_LEFT=window[0],
+    const = dict(HQ=16, GROUP=1, D=d, D1=d - 128, DV=dv or d, IS_CAUSAL=causal,
+                 WIN_LEFT=window[0],
                  WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
                  STAGES=stages, WARPGROUPS=warpgroups, num_warps=warps)
     return _compile(ffg.gluon_fwd_kernel, SIGNATURE, const, warps=warps,
@@ -108,10 +111,11 @@ def _time_case(name: str) -> dict:
 
 
 def check(out_path: str) -> dict:
-    """``_time_case`` at the d 128 prefill shapes (the sliding window first), written to
-    ``out_path`` as it goes."""
+    """``_time_case`` at the d 128 prefill shapes (the sliding window and MLA's d 192/128
+    first, where the Gluon forward is not yet measured), written to ``out_path`` as it
+    goes."""
     return run_jobs([(n, _time_case, (n,)) for n in (
-        "window 1024 d128 s16k causal",
+        "window 1024 d128 s16k causal", "mla d192/128 s4k full", "mla d192/128 s4k causal",
         "mha d128 s1k full", "gqa 32:8 d128 s4k full", "mha d128 s1k causal",
         "mha d128 s4k full", "mha d128 s4k causal", "mha d128 s16k full",
         "mha d128 s16k causal", "gqa 32:8 d128 s4k causal")], out_path)

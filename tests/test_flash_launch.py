@@ -228,7 +228,8 @@ def test_gluon_dkdv_choice(monkeypatch):
 def test_gluon_fwd_choice(monkeypatch):
     """The Gluon forward serves plain dense inputs at head dim 128, 16-bit, from 1k tokens,
     MHA or GQA, where ``flash_common.gluon_fits`` holds; the override drops the rule of
-    lengths and takes windows (not yet measured: ``flash_fwd.GLUON_WINDOWS``)."""
+    lengths and takes windows and MLA's 192/128 head dims (not yet measured:
+    ``flash_fwd.GLUON_WINDOWS``, ``GLUON_MLA``)."""
     from attnkit.kernels import flash_common, flash_fwd
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
     kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
@@ -249,6 +250,12 @@ def test_gluon_fwd_choice(monkeypatch):
     monkeypatch.setattr(flash_fwd, "GLUON_WINDOWS", True)
     assert choice(q, kv, kv, window=(1023, -1))
     monkeypatch.setattr(flash_fwd, "GLUON_WINDOWS", False)
+    mla_q, mla_v = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16), kv
+    mla_k = torch.zeros(1, 8, 2, 192, dtype=torch.bfloat16)
+    assert not choice(mla_q, mla_k, mla_v)  # MLA: not yet measured
+    monkeypatch.setattr(flash_fwd, "GLUON_MLA", True)
+    assert choice(mla_q, mla_k, mla_v) and not choice(mla_q, mla_k, mla_k)  # dv 192: no
+    monkeypatch.setattr(flash_fwd, "GLUON_MLA", False)
     assert not choice(q, kv, kv, plain=False)
     assert not choice(q.half(), kv, kv)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
@@ -257,6 +264,7 @@ def test_gluon_fwd_choice(monkeypatch):
     assert not choice(q, shifted, kv)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
     assert choice(q, kv, kv, seq=16) and choice(q, kv, kv, seq=16, window=(3, 5))
+    assert choice(mla_q, mla_k, mla_v, seq=16)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
     assert not choice(q, kv, kv)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "on")

@@ -464,14 +464,16 @@ def gluon_setting() -> str:
     return mode
 
 
-def gluon_fits(*tensors: torch.Tensor) -> bool:
-    """Whether attnkit's Gluon kernels can take ``tensors`` (q, k, v first): head dim 128
-    for q, k and v; one 16-bit dtype; ``tma_aligned``; CUDA outside the interpreter, on a
-    compute capability 9.x GPU (their wgmma and TMA are Hopper's), with a Triton of
-    ``GLUON_TRITON``. The launchers add their own rules (which variants, which lengths)."""
+def gluon_fits(*tensors: torch.Tensor,
+               head_dims: tuple[tuple[int, int], ...] = ((128, 128),)) -> bool:
+    """Whether attnkit's Gluon kernels can take ``tensors`` (q, k, v first): q's and k's head
+    dim and v's one of ``head_dims`` (pairs; the forward also takes MLA's ``(192, 128)``);
+    one 16-bit dtype; ``tma_aligned``; CUDA outside the interpreter, on a compute capability
+    9.x GPU (their wgmma and TMA are Hopper's), with a Triton of ``GLUON_TRITON``. The
+    launchers add their own rules (which variants, which lengths)."""
     q, k, v = tensors[:3]
-    if not (q.shape[-1] == k.shape[-1] == v.shape[-1] == 128 and q.dtype == k.dtype == v.dtype
-            and q.dtype in (torch.float16, torch.bfloat16)):
+    if not (q.shape[-1] == k.shape[-1] and (q.shape[-1], v.shape[-1]) in head_dims
+            and q.dtype == k.dtype == v.dtype and q.dtype in (torch.float16, torch.bfloat16)):
         return False
     return (q.is_cuda and not interpreting() and device_capability(q.device)[0] == 9
             and triton.__version__.startswith(GLUON_TRITON) and tma_aligned(*tensors))

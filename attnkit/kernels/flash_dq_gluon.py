@@ -63,8 +63,8 @@ def _loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, q_bar, k_bufs, v_b
     mbarrier.expect(q_bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem)
     tma.async_copy_global_to_shared(do_desc, [start_m, 0], q_bar, do_smem)
-    _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, gl.to_tensor(0), lo, hi,
-             0, 0, BLOCK_N, STAGES)
+    _load_kv(k_desc, k_desc, v_desc, k_bufs, k_bufs, v_bufs, k_ready, v_ready, empty,
+             gl.to_tensor(0), lo, hi, 0, 0, 0, 0, 0, BLOCK_N, STAGES)  # one column tile
 
 
 @gluon.jit

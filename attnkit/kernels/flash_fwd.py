@@ -220,6 +220,8 @@ def _flash_fwd_kernel(
 # measured on a GPU (benchmarks/NOTES-flash.md, step 10, "Next"); ``ATTNKIT_FLASH_GLUON=1``
 # sends them.
 GLUON_WINDOWS = False
+# The same for MLA's head dims (q and k 192, v 128: ``flash_fwd_gluon._qk_tiles``).
+GLUON_MLA = False
 
 
 def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1, -1)) -> bool:
@@ -227,7 +229,8 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
     persistent where the rows are flat) instead of ``_flash_fwd_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
-    ``window`` only with ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``). Besides:
+    ``window``, or MLA's head dims (192 for q and k, 128 for v), only with
+    ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``, ``GLUON_MLA``). Besides:
     ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a measured Triton); and ``seq`` (the longer of the query and key lengths) at least 1024,
     the shortest measured. Where it measured faster (H200, step 10 of
     benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step10-walk.json``, the
@@ -244,9 +247,11 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
     if mode == "0" or not plain:
         return False
     windowed = window[0] >= 0 or window[1] >= 0
-    if mode == "auto" and (seq < 1024 or (windowed and not GLUON_WINDOWS)):
+    mla = (q.shape[-1], v.shape[-1]) == (192, 128)
+    if mode == "auto" and (seq < 1024 or (windowed and not GLUON_WINDOWS)
+                           or (mla and not GLUON_MLA)):
         return False
-    return gluon_fits(q, k, v)
+    return gluon_fits(q, k, v, head_dims=((128, 128), (192, 128)))
 
 
 @on_input_device

@@ -3,8 +3,9 @@
 ``flash_fwd`` launches it in place of ``_flash_fwd_kernel`` where ``flash_fwd._gluon_fwd``
 says so (dense MHA or GQA/MQA, head dim 128, 16-bit inputs, causal or not, no masks,
 softcap or dropout, an sm90 GPU and a Triton of ``flash_common.GLUON_TRITON``). It also takes
-sliding windows (``_key_tiles``: each query tile walks only the key tiles its band touches),
-which the launcher sends it only on request until they have been measured on a GPU.
+sliding windows (``_key_tiles``: each query tile walks only the key tiles its band touches)
+and MLA's head dims (q and k 192 wide, read as column tiles of 128 and 64: ``_qk_tiles``; v
+128), which the launcher sends it only on request until they have been measured on a GPU.
 
 Grid ``(query tiles, batch x query heads)``; each program owns one ``[BLOCK_M, D]`` query
 tile, split into partitions:
@@ -112,32 +113,52 @@ def kv_ring_barriers(STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
 
 
 @gluon.jit
-def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, row0, col0,
+def _load_kv(k_desc, k1_desc, v_desc, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo,
+             hi, row0, col_k, col_v, D0: gl.constexpr, D1: gl.constexpr,
              BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    """K and V tiles of rows ``row0 + [lo, hi)`` (columns from ``col0``; ``lo`` a multiple of
-    ``BLOCK_N``) into the ring, the ``c``-th load of the program first; returns the count
-    after them."""
+    """K and V tiles of rows ``row0 + [lo, hi)`` (K's columns from ``col_k``: ``D0`` of them
+    into ``k_bufs`` and, where ``D1 > 0``, the next ``D1`` into ``k1_bufs``; V's from
+    ``col_v``; ``lo`` a multiple of ``BLOCK_N``) into the ring, the ``c``-th load of the
+    program first; returns the count after them."""
+    k_bytes: gl.constexpr = k_desc.block_type.nbytes + (k1_desc.block_type.nbytes if D1 > 0
+                                                        else 0)
     for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
         slot = c % STAGES
         mbarrier.wait(empty.index(slot), ((c // STAGES) & 1) ^ 1)  # every slot starts free
-        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [row0 + j * BLOCK_N, col0], k_ready.index(slot),
+        mbarrier.expect(k_ready.index(slot), k_bytes)
+        tma.async_copy_global_to_shared(k_desc, [row0 + j * BLOCK_N, col_k], k_ready.index(slot),
                                         k_bufs.index(slot))
+        if D1 > 0:
+            tma.async_copy_global_to_shared(k1_desc, [row0 + j * BLOCK_N, col_k + D0],
+                                            k_ready.index(slot), k1_bufs.index(slot))
         mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [row0 + j * BLOCK_N, col0], v_ready.index(slot),
+        tma.async_copy_global_to_shared(v_desc, [row0 + j * BLOCK_N, col_v], v_ready.index(slot),
                                         v_bufs.index(slot))
         c += 1
     return c
 
 
 @gluon.jit
-def _loader(q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty,
-            start_m, lo, hi, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+def _load_q(q_desc, q1_desc, q_smem, q1_smem, q_bar, row, col, D0: gl.constexpr,
+            D1: gl.constexpr):
+    """The Q tile at ``[row, col]``: ``D0`` columns into ``q_smem`` and, where ``D1 > 0``,
+    the next ``D1`` into ``q1_smem``, both on ``q_bar``."""
+    q_bytes: gl.constexpr = q_desc.block_type.nbytes + (q1_desc.block_type.nbytes if D1 > 0
+                                                        else 0)
+    mbarrier.expect(q_bar, q_bytes)
+    tma.async_copy_global_to_shared(q_desc, [row, col], q_bar, q_smem)
+    if D1 > 0:
+        tma.async_copy_global_to_shared(q1_desc, [row, col + D0], q_bar, q1_smem)
+
+
+@gluon.jit
+def _loader(q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar, k_bufs, k1_bufs,
+            v_bufs, k_ready, v_ready, empty, start_m, lo, hi, D0: gl.constexpr,
+            D1: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """The loader partition: the Q tile, then the K and V tiles of keys ``[lo, hi)``."""
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem)
-    _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, gl.to_tensor(0), lo, hi,
-             0, 0, BLOCK_N, STAGES)
+    _load_q(q_desc, q1_desc, q_smem, q1_smem, q_bar, start_m, 0, D0, D1)
+    _load_kv(k_desc, k1_desc, v_desc, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
+             gl.to_tensor(0), lo, hi, 0, 0, 0, D0, D1, BLOCK_N, STAGES)
 
 
 @gluon.jit
@@ -185,46 +206,57 @@ def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k
 
 
 @gluon.jit
-def _attend_start(first, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+def _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1: gl.constexpr):
+    """Issue ``S = Q K^T`` of the ring's ``slot`` (asynchronous wgmma; a second product over
+    the ``D1`` further columns where ``D1 > 0``) and return it to be waited for."""
+    s = warpgroup_mma(q_rows, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                      is_async=True)  # Q K^T: [ROWS, BLOCK_N]
+    if D1 > 0:
+        s = warpgroup_mma(q1_rows, k1_bufs.index(slot).permute((1, 0)), s, is_async=True)
+    return s
+
+
+@gluon.jit
+def _attend_start(first, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, DV: gl.constexpr,
                   num_warps: gl.constexpr):
     """A partition's online-softmax state before its first key tile: ``(rows, m, l, acc,
-    zero scores)``, the rows from ``first``, ``m = -inf``, ``l = 0``, a zero ``[ROWS, D]``
+    zero scores)``, the rows from ``first``, ``m = -inf``, ``l = 0``, a zero ``[ROWS, DV]``
     accumulator and a zero ``[ROWS, BLOCK_N]`` tile for the scores' wgmma."""
     s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     return (first + gl.arange(0, ROWS, layout=row_layout),
             gl.full([ROWS], float("-inf"), gl.float32, row_layout),
             gl.zeros([ROWS], gl.float32, row_layout),
-            gl.zeros([ROWS, D], gl.float32, mma_layout(D, num_warps)),
+            gl.zeros([ROWS, DV], gl.float32, mma_layout(DV, num_warps)),
             gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout))
 
 
 @gluon.jit
-def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, first, seqlen_q,
-            seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
-            STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
-            WIN_RIGHT: gl.constexpr, num_warps: gl.constexpr):
-    """The ``ROWS`` queries from ``first`` (``q_rows`` in shared memory) over the key tiles
-    of ``[lo, hi)``, the ``c``-th of the ring first: ``(m, l, acc, c after them)``."""
+def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
+            first, seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
+            D1: gl.constexpr, DV: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+            WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, num_warps: gl.constexpr):
+    """The ``ROWS`` queries from ``first`` (``q_rows`` in shared memory, and ``q1_rows``
+    where the head dim has a second column tile of ``D1``) over the key tiles of ``[lo, hi)``,
+    the ``c``-th of the ring first: ``(m, l, acc, c after them)``."""
     dtype: gl.constexpr = q_rows.dtype
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0,
-                                                 parent=mma_layout(D, num_warps), k_width=2)
+                                                 parent=mma_layout(DV, num_warps), k_width=2)
     col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout(BLOCK_N, num_warps))
-    rows, m_i, l_i, acc, zero_s = _attend_start(first, ROWS, BLOCK_N, D, num_warps)
+    rows, m_i, l_i, acc, zero_s = _attend_start(first, ROWS, BLOCK_N, DV, num_warps)
     offset = seqlen_k - seqlen_q
     for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
         slot = c % STAGES
         phase = (c // STAGES) & 1
         mbarrier.wait(k_ready.index(slot), phase)
-        s = warpgroup_mma(q_rows, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
-                          is_async=True)  # Q K^T: [ROWS, BLOCK_N]
+        s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)
         s = warpgroup_mma_wait(0, deps=(s,))
         cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
         m_i, l_i, acc, p = _softmax_step(s, m_i, l_i, acc, cols, rows, j * BLOCK_N, first,
                                          offset, seqlen_k, qk_scale, p_layout, dtype,
                                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
         mbarrier.wait(v_ready.index(slot), phase)
-        acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)  # += P V: [ROWS, D]
+        acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)  # += P V: [ROWS, DV]
         acc, p = warpgroup_mma_wait(0, deps=(acc, p))
         mbarrier.arrive(empty.index(slot))
         c += 1
@@ -232,29 +264,28 @@ def _attend(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, first, s
 
 
 @gluon.jit
-def _attend_overlapped(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi, first,
-                       seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
-                       D: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                       WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
-                       num_warps: gl.constexpr):
+def _attend_overlapped(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c,
+                       lo, hi, first, seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr,
+                       BLOCK_N: gl.constexpr, D1: gl.constexpr, DV: gl.constexpr,
+                       STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+                       WIN_RIGHT: gl.constexpr, num_warps: gl.constexpr):
     """``_attend`` with each tile's softmax overlapping the last tile's ``P V``: per key tile
     ``t`` it issues ``Q K_t^T`` and ``P_{t-1} V_{t-1}`` together, waits for the scores only,
     forms ``P_t`` while ``P_{t-1} V_{t-1}`` runs, then waits for it and rescales the
     accumulator (the order FlashAttention-3 calls intra-warpgroup pipelining). Live at once:
     the accumulator, ``P_{t-1}`` and the scores of ``t``."""
     dtype: gl.constexpr = q_rows.dtype
-    o_layout: gl.constexpr = mma_layout(D, num_warps)  # [ROWS, D] accumulator
+    o_layout: gl.constexpr = mma_layout(DV, num_warps)  # [ROWS, DV] accumulator
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout(BLOCK_N, num_warps))
-    rows, m_i, l_i, acc, zero_s = _attend_start(first, ROWS, BLOCK_N, D, num_warps)
+    rows, m_i, l_i, acc, zero_s = _attend_start(first, ROWS, BLOCK_N, DV, num_warps)
     offset = seqlen_k - seqlen_q
     p_prev = gl.zeros([ROWS, BLOCK_N], dtype, p_layout)
     j0 = lo // BLOCK_N
     n = gl.cdiv(hi, BLOCK_N) - j0
     if n > 0:  # the first tile: its scores and P, nothing to overlap yet
         mbarrier.wait(k_ready.index(c % STAGES), (c // STAGES) & 1)
-        s = warpgroup_mma(q_rows, k_bufs.index(c % STAGES).permute((1, 0)), zero_s,
-                          use_acc=False, is_async=True)  # Q K_0^T: [ROWS, BLOCK_N]
+        s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, c % STAGES, zero_s, D1)  # Q K_0^T
         s = warpgroup_mma_wait(0, deps=(s,))
         cols = j0 * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
         s = masked_scores(s, cols, rows, j0 * BLOCK_N, first, offset, seqlen_k, qk_scale,
@@ -267,8 +298,7 @@ def _attend_overlapped(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, h
         prev = (c + t - 1) % STAGES
         slot = (c + t) % STAGES
         mbarrier.wait(k_ready.index(slot), ((c + t) // STAGES) & 1)
-        s = warpgroup_mma(q_rows, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
-                          is_async=True)  # Q K_t^T
+        s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)  # Q K_t^T
         mbarrier.wait(v_ready.index(prev), ((c + t - 1) // STAGES) & 1)
         acc = warpgroup_mma(p_prev, v_bufs.index(prev), acc, is_async=True)  # += P V_{t-1}
         s = warpgroup_mma_wait(1, deps=(s,))  # the scores; P V_{t-1} may still run
@@ -297,7 +327,7 @@ def _attend_overlapped(q_rows, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, h
 
 @gluon.jit
 def _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q,
-           ROWS: gl.constexpr, D: gl.constexpr):
+           ROWS: gl.constexpr, DV: gl.constexpr):
     """``out = acc / l`` and ``lse = ln 2 * (m + log2 l)`` of the rows from ``first`` (rows
     that saw no key: 0 and ``-inf``; rows past ``seqlen_q`` left out)."""
     o_layout: gl.constexpr = acc.type.layout
@@ -306,7 +336,7 @@ def _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q,
     out = acc * gl.convert_layout(inv, gl.SliceLayout(1, o_layout))[:, None]
     lse = gl.where(seen, (m_i + gl.log2(gl.where(seen, l_i, 1.0))) * LN2, float("-inf"))
     o_rows = first + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
-    o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+    o_cols = gl.arange(0, DV, layout=gl.SliceLayout(0, o_layout))
     gl.store(out_ptr + o_rows.to(gl.int64)[:, None] * stride_os + o_cols[None, :],
              out.to(out_ptr.dtype.element_ty), mask=(o_rows < seqlen_q)[:, None])
     rows = first + gl.arange(0, ROWS, layout=m_i.type.layout)
@@ -314,20 +344,59 @@ def _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q,
 
 
 @gluon.jit
-def _compute(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, out_ptr, lse_ptr,
-             stride_os, start_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
-             ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+def _compute(q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
+             out_ptr, lse_ptr, stride_os, start_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
+             ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D1: gl.constexpr, DV: gl.constexpr,
              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
              WIN_RIGHT: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
     """One compute partition: the ``ROWS`` queries from ``start_m + WG * ROWS`` over the key
     tiles of ``[lo, hi)``, then their output and LSE."""
     first = start_m + WG * ROWS
     mbarrier.wait(q_bar, 0)
-    m_i, l_i, acc, _ = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready, v_ready,
-                               empty, gl.to_tensor(0), lo, hi, first, seqlen_q, seqlen_k,
-                               qk_scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT,
-                               WIN_RIGHT, num_warps)
-    _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q, ROWS, D)
+    m_i, l_i, acc, _ = _attend(q_smem.slice(WG * ROWS, ROWS), q1_smem.slice(WG * ROWS, ROWS),
+                               k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
+                               gl.to_tensor(0), lo, hi, first, seqlen_q, seqlen_k, qk_scale,
+                               ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                               num_warps)
+    _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q, ROWS, DV)
+
+
+@gluon.jit
+def _column_tile(q_base, k_base, q_rows, q_cols, k_rows, k_cols, stride_qs, stride_ks,
+                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
+                 STAGES: gl.constexpr):
+    """``(q_desc, k_desc, q_smem, k_bufs)`` of ``W`` columns of Q and K (``[q_rows, q_cols]``
+    and ``[k_rows, k_cols]`` matrices from ``q_base``/``k_base``): a ``[BLOCK_M, W]`` Q tile
+    and a ring of ``STAGES`` ``[BLOCK_N, W]`` K tiles."""
+    dtype: gl.constexpr = q_base.dtype.element_ty
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, W], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, W], dtype)
+    q_desc = tma.make_tensor_descriptor(q_base, [q_rows, q_cols], [stride_qs, 1], [BLOCK_M, W],
+                                        q_layout)
+    k_desc = tma.make_tensor_descriptor(k_base, [k_rows, k_cols], [stride_ks, 1], [BLOCK_N, W],
+                                        kv_layout)
+    return (q_desc, k_desc, gl.allocate_shared_memory(dtype, [BLOCK_M, W], q_layout),
+            gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, W], kv_layout))
+
+
+@gluon.jit
+def _qk_tiles(q_base, k_base, q_rows, q_cols, k_rows, k_cols, stride_qs, stride_ks,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, D1: gl.constexpr,
+              STAGES: gl.constexpr):
+    """Descriptors and shared memory of Q and K (``_column_tile``), tiles of head dim ``D``:
+    ``(q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs)``. A head dim that
+    is not a power of two (192: MLA) is read as two column tiles of ``D - D1`` and ``D1``;
+    with ``D1 == 0`` the second ones are the first ones again (and never used)."""
+    q_desc, k_desc, q_smem, k_bufs = _column_tile(q_base, k_base, q_rows, q_cols, k_rows,
+                                                  k_cols, stride_qs, stride_ks, BLOCK_M,
+                                                  BLOCK_N, D - D1, STAGES)
+    if D1 > 0:
+        q1_desc, k1_desc, q1_smem, k1_bufs = _column_tile(q_base, k_base, q_rows, q_cols,
+                                                          k_rows, k_cols, stride_qs, stride_ks,
+                                                          BLOCK_M, BLOCK_N, D1, STAGES)
+    else:
+        q1_desc, k1_desc, q1_smem, k1_bufs = q_desc, k_desc, q_smem, k_bufs
+    return q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs
 
 
 @gluon.jit
@@ -336,14 +405,17 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                      stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
                      stride_lb, stride_lh, seq_q, seq_k, qk_scale,
                      HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
-                     IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
-                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     WARPGROUPS: gl.constexpr, num_warps: gl.constexpr):
+                     D1: gl.constexpr, DV: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                     WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, BLOCK_M: gl.constexpr,
+                     BLOCK_N: gl.constexpr, STAGES: gl.constexpr, WARPGROUPS: gl.constexpr,
+                     num_warps: gl.constexpr):
     """One ``[BLOCK_M, D]`` query tile (grid axis 0) of one batch x query head (axis 1); a
     window ``(WIN_LEFT, WIN_RIGHT)`` (-1: unbounded) as ``_key_tiles`` has it.
 
-    q, out: ``[b, sq, HQ, D]``; k, v: ``[b, sk, HQ / GROUP, D]``, unit stride in D and
-    16-byte aligned rows; lse: float32 ``[b, HQ, sq]``; ``qk_scale = scale * log2(e)``.
+    q: ``[b, sq, HQ, D]``, k: ``[b, sk, HQ / GROUP, D]`` (``D1``: the width of a second
+    column tile, ``_qk_tiles``), v: ``[b, sk, HQ / GROUP, DV]``, out: ``[b, sq, HQ, DV]``;
+    unit stride in the head dim and 16-byte aligned rows; lse: float32 ``[b, HQ, sq]``;
+    ``qk_scale = scale * log2(e)``.
     """
     pid_m = gl.program_id(0)
     if IS_CAUSAL:  # the last query tiles see the most keys: start them first
@@ -354,17 +426,13 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     hk = h // GROUP
     start_m = pid_m * BLOCK_M
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
-    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
-    q_desc = tma.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh, [seq_q, D],
-                                        [stride_qs, 1], [BLOCK_M, D], q_layout)
-    k_desc = tma.make_tensor_descriptor(k_ptr + b * stride_kb + hk * stride_kh, [seq_k, D],
-                                        [stride_ks, 1], [BLOCK_N, D], kv_layout)
-    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + hk * stride_vh, [seq_k, D],
-                                        [stride_vs, 1], [BLOCK_N, D], kv_layout)
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], q_layout)
-    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
-    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DV], dtype)
+    q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs = _qk_tiles(
+        q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + hk * stride_kh, seq_q, D,
+        seq_k, D, stride_qs, stride_ks, BLOCK_M, BLOCK_N, D, D1, STAGES)
+    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + hk * stride_vh, [seq_k, DV],
+                                        [stride_vs, 1], [BLOCK_N, DV], v_layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DV], v_layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready, v_ready, empty = kv_ring_barriers(STAGES, WARPGROUPS)  # every partition frees
     mbarrier.init(q_bar, count=1)
@@ -375,22 +443,27 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     ROWS: gl.constexpr = BLOCK_M // WARPGROUPS
     if WARPGROUPS == 2:
         gl.warp_specialize([
-            (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
-                        stride_os, start_m, lo, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
-                        STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0, num_warps)),
-            (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
-                        stride_os, start_m, lo, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
-                        STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 1, num_warps)),
-            (_loader, (q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready,
-                       v_ready, empty, start_m, lo, hi, BLOCK_N, STAGES)),
+            (_compute, (q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
+                        empty, o_ptr, l_ptr, stride_os, start_m, lo, hi, seq_q, seq_k,
+                        qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
+                        WIN_RIGHT, 0, num_warps)),
+            (_compute, (q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
+                        empty, o_ptr, l_ptr, stride_os, start_m, lo, hi, seq_q, seq_k,
+                        qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
+                        WIN_RIGHT, 1, num_warps)),
+            (_loader, (q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
+                       k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, start_m, lo, hi,
+                       D - D1, D1, BLOCK_N, STAGES)),
         ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
-            (_compute, (q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, o_ptr, l_ptr,
-                        stride_os, start_m, lo, hi, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D,
-                        STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0, num_warps)),
-            (_loader, (q_desc, k_desc, v_desc, q_smem, q_bar, k_bufs, v_bufs, k_ready,
-                       v_ready, empty, start_m, lo, hi, BLOCK_N, STAGES)),
+            (_compute, (q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
+                        empty, o_ptr, l_ptr, stride_os, start_m, lo, hi, seq_q, seq_k,
+                        qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
+                        WIN_RIGHT, 0, num_warps)),
+            (_loader, (q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
+                       k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, start_m, lo, hi,
+                       D - D1, D1, BLOCK_N, STAGES)),
         ], [LOADER_WARPS], [LOADER_REGS])
 
 
@@ -427,12 +500,12 @@ def _tile_of(i, n_m, seq_q, seq_k, HQ: gl.constexpr, BLOCK_M: gl.constexpr,
 
 
 @gluon.jit
-def _loader_persistent(q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v_bufs,
-                       k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles,
-                       HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
-                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                       IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
-                       WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr):
+def _loader_persistent(q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
+                       q_empty, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, seq_q, seq_k,
+                       n_m, n_tiles, HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
+                       D1: gl.constexpr, DV: gl.constexpr, BLOCK_M: gl.constexpr,
+                       BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                       WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr):
     """The loader of the persistent kernel: per tile of the program, its Q tile once the
     compute partitions are done with the last one (``q_empty``), then its K and V tiles,
     the ring's count running on across tiles, so that the next tile's loads overlap this
@@ -442,18 +515,20 @@ def _loader_persistent(q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v
         b, h, start_m, lo, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, BLOCK_N,
                                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)
         mbarrier.wait(q_empty, (it & 1) ^ 1)  # free at the first tile
-        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b * seq_q + start_m, h * D], q_bar, q_smem)
-        c = _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
-                     b * seq_k, (h // GROUP) * D, BLOCK_N, STAGES)
+        _load_q(q_desc, q1_desc, q_smem, q1_smem, q_bar, b * seq_q + start_m, h * D, D - D1,
+                D1)
+        c = _load_kv(k_desc, k1_desc, v_desc, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
+                     c, lo, hi, b * seq_k, (h // GROUP) * D, (h // GROUP) * DV, D - D1, D1,
+                     BLOCK_N, STAGES)
 
 
 @gluon.jit
-def _compute_persistent(q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
-                        out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
-                        stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles,
+def _compute_persistent(q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs, k_ready,
+                        v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os, stride_oh,
+                        stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles,
                         HQ: gl.constexpr, ROWS: gl.constexpr, BLOCK_M: gl.constexpr,
-                        BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                        BLOCK_N: gl.constexpr, D1: gl.constexpr, DV: gl.constexpr,
+                        STAGES: gl.constexpr,
                         IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
                         WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr, OVERLAP: gl.constexpr,
                         WG: gl.constexpr, num_warps: gl.constexpr):
@@ -465,22 +540,23 @@ def _compute_persistent(q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready
         b, h, start_m, lo, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, BLOCK_N,
                                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)
         first = start_m + WG * ROWS
+        q_rows, q1_rows = q_smem.slice(WG * ROWS, ROWS), q1_smem.slice(WG * ROWS, ROWS)
         mbarrier.wait(q_bar, it & 1)
         if OVERLAP:
             m_i, l_i, acc, c = _attend_overlapped(
-                q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready, v_ready, empty, c, lo,
-                hi, first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL,
+                q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
+                first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
                 WIN_LEFT, WIN_RIGHT, num_warps)
         else:
-            m_i, l_i, acc, c = _attend(q_smem.slice(WG * ROWS, ROWS), k_bufs, v_bufs, k_ready,
-                                       v_ready, empty, c, lo, hi, first, seq_q, seq_k,
-                                       qk_scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT,
-                                       WIN_RIGHT, num_warps)
+            m_i, l_i, acc, c = _attend(
+                q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
+                first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
+                WIN_LEFT, WIN_RIGHT, num_warps)
         mbarrier.arrive(q_empty)  # every product of this tile that reads Q is done
         b64 = b.to(gl.int64)
         _store(m_i, l_i, acc, out_ptr + b64 * stride_ob + h * stride_oh,
                lse_ptr + b64 * stride_lb + h.to(gl.int64) * stride_lh, stride_os, first,
-               seq_q, ROWS, D)
+               seq_q, ROWS, DV)
 
 
 @gluon.jit
@@ -488,7 +564,8 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                 stride_qs, stride_ks, stride_vs, stride_ob, stride_os,
                                 stride_oh, stride_lb, stride_lh, batch, seq_q, seq_k,
                                 qk_scale, HQ: gl.constexpr, GROUP: gl.constexpr,
-                                D: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                                D: gl.constexpr, D1: gl.constexpr, DV: gl.constexpr,
+                                IS_CAUSAL: gl.constexpr,
                                 WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
                                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                                 STAGES: gl.constexpr, PAIR: gl.constexpr,
@@ -497,7 +574,9 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     each taking units ``pid, pid + programs, ...`` of ``PAIR`` tiles of
     ``(query tiles) x batch x heads`` in ``_tile_of``'s order, two compute partitions.
 
-    q, k, v are read as ``[batch * seq, heads * D]`` matrices (rows ``stride_*s`` apart):
+    q, k, v are read as ``[batch * seq, heads * head dim]`` matrices (rows ``stride_*s``
+    apart; q and k of head dim ``D``, in column tiles as ``_qk_tiles`` has it; v and out of
+    ``DV``):
     one descriptor per tensor for the whole kernel, built once per program. That needs each
     batch's rows to follow the last one's and the heads of a row to be adjacent
     (``flash_fwd_gluon.flat_rows``). A query tile's rows past its sequence read the next
@@ -506,18 +585,14 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     an output.
     """
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
-    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
     HK: gl.constexpr = HQ // GROUP
-    q_desc = tma.make_tensor_descriptor(q_ptr, [batch * seq_q, HQ * D], [stride_qs, 1],
-                                        [BLOCK_M, D], q_layout)
-    k_desc = tma.make_tensor_descriptor(k_ptr, [batch * seq_k, HK * D], [stride_ks, 1],
-                                        [BLOCK_N, D], kv_layout)
-    v_desc = tma.make_tensor_descriptor(v_ptr, [batch * seq_k, HK * D], [stride_vs, 1],
-                                        [BLOCK_N, D], kv_layout)
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], q_layout)
-    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
-    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs = _qk_tiles(
+        q_ptr, k_ptr, batch * seq_q, HQ * D, batch * seq_k, HK * D, stride_qs, stride_ks,
+        BLOCK_M, BLOCK_N, D, D1, STAGES)
+    v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DV], dtype)
+    v_desc = tma.make_tensor_descriptor(v_ptr, [batch * seq_k, HK * DV], [stride_vs, 1],
+                                        [BLOCK_N, DV], v_layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DV], v_layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready, v_ready, empty = kv_ring_barriers(STAGES, 2)  # both compute partitions free
@@ -528,20 +603,20 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     n_tiles = n_m * batch * HQ
     ROWS: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([
-        (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
-                               out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
-                               stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
-                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                               PAIR, OVERLAP, 0, num_warps)),
-        (_compute_persistent, (q_smem, q_bar, q_empty, k_bufs, v_bufs, k_ready, v_ready, empty,
-                               out_ptr, lse_ptr, stride_ob, stride_os, stride_oh, stride_lb,
-                               stride_lh, seq_q, seq_k, qk_scale, n_m, n_tiles, HQ, ROWS,
-                               BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                               PAIR, OVERLAP, 1, num_warps)),
-        (_loader_persistent, (q_desc, k_desc, v_desc, q_smem, q_bar, q_empty, k_bufs, v_bufs,
-                              k_ready, v_ready, empty, seq_q, seq_k, n_m, n_tiles, HQ, GROUP,
-                              D, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                              PAIR)),
+        (_compute_persistent, (q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs,
+                               k_ready, v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os,
+                               stride_oh, stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m,
+                               n_tiles, HQ, ROWS, BLOCK_M, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
+                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, 0, num_warps)),
+        (_compute_persistent, (q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs,
+                               k_ready, v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os,
+                               stride_oh, stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m,
+                               n_tiles, HQ, ROWS, BLOCK_M, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
+                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, 1, num_warps)),
+        (_loader_persistent, (q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
+                              q_empty, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, seq_q,
+                              seq_k, n_m, n_tiles, HQ, GROUP, D, D1, DV, BLOCK_M, BLOCK_N,
+                              STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)),
     ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
 
 
@@ -591,9 +666,10 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
     Args:
-        q, out: ``[b, seq_q, hq, 128]``; k, v: ``[b, seq_k, hk, 128]`` (``hq`` a multiple of
-            ``hk``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
-            (``flash_common.tma_aligned``).
+        q: ``[b, seq_q, hq, d]``; k: ``[b, seq_k, hk, d]``; v: ``[b, seq_k, hk, dv]``;
+            out: ``[b, seq_q, hq, dv]`` (``hq`` a multiple of ``hk``; ``(d, dv)`` ``(128,
+            128)`` or MLA's ``(192, 128)``); all bf16 or all fp16, last dim contiguous,
+            16-byte aligned (``flash_common.tma_aligned``).
         lse: float32 ``[b, hq, seq_q]`` with unit stride along the sequence.
         causal: bottom-right causal attention.
         scale: the softmax scale.
@@ -632,14 +708,16 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         fast_launch.run(gluon_fwd_persistent_kernel, (grid,), (
             q, k, v, out, lse, q.stride(1), k.stride(1), v.stride(1), *out.stride()[:3],
             lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E), dict(
-            HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
-            BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, PAIR=pair, OVERLAP=overlap,
+            HQ=hq, GROUP=hq // hk, D=d, D1=d - 128, DV=v.shape[-1], IS_CAUSAL=causal,
+            WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+            PAIR=pair, OVERLAP=overlap,
             num_warps=4, maxnreg=MAXNREG))
         return
     grid = (cdiv(sq, block_m), b * hq)
     fast_launch.run(gluon_fwd_kernel, grid, (
         q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *out.stride()[:3], lse.stride(0), lse.stride(1), sq, sk, scale * LOG2E), dict(
-        HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
-        BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, WARPGROUPS=warpgroups,
+        HQ=hq, GROUP=hq // hk, D=d, D1=d - 128, DV=v.shape[-1], IS_CAUSAL=causal,
+        WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+        WARPGROUPS=warpgroups,
         num_warps=8 // warpgroups, maxnreg=MAXNREG))

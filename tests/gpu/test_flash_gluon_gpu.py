@@ -122,6 +122,30 @@ def test_window_matches_the_oracle(case, gluon_calls):
     assert gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
 
 
+MLA_CASES = {  # q and k 192 wide (two column tiles), v 128; the backward stays on Triton
+    "mla-300x256-causal": Case((2, 300, 256, 4, 4, 192, 128), causal=True),
+    "mla-gqa-333x500-full": Case((1, 333, 500, 4, 2, 192, 128)),
+    "mla-203x113-causal": Case((2, 203, 113, 4, 4, 192, 128), causal=True),  # one-tile kernel
+    "mla-1000x1000-left255": Case((1, 1000, 1000, 4, 4, 192, 128), causal=True,
+                                  window=(255, -1)),
+}
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlapped"])
+@pytest.mark.parametrize("case", MLA_CASES.values(), ids=MLA_CASES.keys())
+def test_mla_forward_matches_the_oracle(case, overlap, gluon_calls, monkeypatch):
+    """MLA's head dims in the Gluon forward (forced on: ``flash_fwd.GLUON_MLA`` is off until
+    measured), persistent and one-tile, with and without the overlapped schedule; the
+    backward on the Triton kernels."""
+    import functools
+
+    from attnkit.kernels import flash_fwd_gluon
+    monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
+        flash_fwd_gluon.gluon_fwd, overlap=overlap))
+    check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_calls["fwd"] and not gluon_calls["dkdv"], gluon_calls
+
+
 # whole key tiles in batches of 2: the persistent kernel takes them (``takes_persistent``)
 FLAT_CASES = {"113x256-causal": Case((2, 113, 256, 4, 4, 128, 128), causal=True),
               "gqa-300x128-full": Case((2, 300, 128, 8, 2, 128, 128))}
