@@ -1,7 +1,8 @@
-"""What the Gluon probes (``benchmarks/gluon_fwd.py``, ``benchmarks/gluon_dkdv.py``) share: the
-offline sm90 compile, the configs' names, the job runner and the command line.
+"""What the Gluon probes (``benchmarks/gluon_fwd.py``, ``gluon_dkdv.py``, ``gluon_dq.py``)
+share: the offline sm90 compile, the configs' names, the timing of the whole backward with
+each config, the job runner and the command line.
 
-Usage: imported by those two scripts (a Triton with Gluon, 3.6.0 on the lent H200).
+Usage: imported by those scripts (a Triton with Gluon, 3.6.0 on the lent H200).
 """
 
 from __future__ import annotations
@@ -62,6 +63,49 @@ def label(cfg: dict) -> str:
             f"{' pingpong' if cfg.get('pingpong') else ''}"
             f"{' persistent' if cfg.get('persistent') else ''}"
             f"{' overlapped' if cfg.get('overlap') else ''}")
+
+
+def time_backward_configs(name: str, configs: list[dict], serve, kernels: tuple[str, ...]) -> dict:
+    """The whole deterministic backward of the prefill case ``name`` (ms) and the device times
+    (us) of its kernels whose names hold one of ``kernels``: first with the Triton kernels,
+    then with each config, with the largest difference of dq, dk and dv from the first run
+    relative to its largest value.
+
+    ``serve(cfg)``: a context manager under which ``cfg`` serves (``None``: the Triton
+    kernels). A config that fails is reported and the others go on.
+    """
+    import functools
+
+    import torch
+    import triton.testing
+
+    from attnkit.kernels import flash_bwd, flash_fwd
+    from benchmarks.probe_step5 import _dense_case, kernels_us
+
+    q, k, v, opts = _dense_case(name)
+    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
+    do = torch.randn_like(out)
+    run = functools.partial(flash_bwd.flash_bwd, do, q, k, v, out, lse, deterministic=True,
+                            **opts)
+
+    def timed() -> dict:
+        return {"bwd_ms": triton.testing.do_bench(run, warmup=50, rep=200, return_mode="median"),
+                "kernels_us": kernels_us(run, kernels)}
+
+    with serve(None):
+        want = run()
+        shipped = timed()
+    row = {"triton_bwd_ms": shipped["bwd_ms"], "triton_kernels_us": shipped["kernels_us"]}
+    for cfg in configs:
+        try:
+            with serve(cfg):
+                got = run()
+                row[label(cfg)] = {**timed(), "max_rel_diff": {
+                    n: float((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-6))
+                    for n, a, b in zip(("dq", "dk", "dv"), got, want)}}
+        except Exception as exc:  # report and go on
+            row[label(cfg)] = f"failed: {type(exc).__name__}: {exc}"[:400]
+    return row
 
 
 def run_jobs(jobs, out_path: str) -> dict:

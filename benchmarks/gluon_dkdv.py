@@ -19,12 +19,14 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 from attnkit.kernels import flash_bwd_gluon as fbg
 from benchmarks.gluon_common import compile_sm90 as _compile
 from benchmarks.gluon_common import main as _main
-from benchmarks.gluon_common import run_jobs
+from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # the compute partitions: one of 8 warps; two of 4 warps; two taking turns
 CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, warpgroups=w, pingpong=p)
@@ -52,50 +54,26 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fbg.BLOCK
                     maxnreg=fbg.MAXNREG, dtype=dtype)
 
 
-def _time_case(name: str) -> dict:
-    """The whole deterministic backward (ms) and its kernels' device times (us) with the
-    Triton dK/dV kernel and with each configuration of the Gluon one (``CONFIGS``)."""
-    import functools
-
-    import torch
-    import triton.testing
-
-    from attnkit.kernels import flash_bwd, flash_fwd
-    from benchmarks.gluon_common import label
-    from benchmarks.probe_step5 import _dense_case, kernels_us
-
-    q, k, v, opts = _dense_case(name)
-    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
-    do = torch.randn_like(out)
-    run = functools.partial(flash_bwd.flash_bwd, do, q, k, v, out, lse, deterministic=True,
-                            **opts)
+@contextlib.contextmanager
+def _serving(cfg):
+    """The Gluon dK/dV kernel in configuration ``cfg`` (``ATTNKIT_FLASH_GLUON=1``), or the
+    Triton one for ``None`` (``0``)."""
     real = fbg.gluon_dkdv
-    row = {}
-    os.environ["ATTNKIT_FLASH_GLUON"] = "0"
-    want = run()
-    row["triton_bwd_ms"] = triton.testing.do_bench(run, warmup=50, rep=200,
-                                                   return_mode="median")
-    row["triton_kernels_us"] = kernels_us(run, ("dkdv", "_bwd_dq"))
-    os.environ["ATTNKIT_FLASH_GLUON"] = "1"
+    os.environ["ATTNKIT_FLASH_GLUON"] = "0" if cfg is None else "1"
+    if cfg is not None:
+        fbg.gluon_dkdv = functools.partial(real, warpgroups=cfg["warpgroups"],
+                                           pingpong=cfg["pingpong"])
     try:
-        for cfg in CONFIGS[128]:
-            fbg.gluon_dkdv = functools.partial(real, warpgroups=cfg["warpgroups"],
-                                               pingpong=cfg["pingpong"])
-            try:
-                got = run()
-                row[label(cfg)] = {
-                    "bwd_ms": triton.testing.do_bench(run, warmup=50, rep=200,
-                                                      return_mode="median"),
-                    "kernels_us": kernels_us(run, ("dkdv", "_bwd_dq")),
-                    "max_rel_diff": {n: float((a.float() - b.float()).abs().max()
-                                              / (b.float().abs().max() + 1e-6))
-                                     for n, a, b in zip(("dq", "dk", "dv"), got, want)}}
-            except Exception as exc:  # report and go on
-                row[label(cfg)] = f"failed: {type(exc).__name__}: {exc}"[:400]
+        yield
     finally:
         fbg.gluon_dkdv = real
         os.environ.pop("ATTNKIT_FLASH_GLUON")
-    return row
+
+
+def _time_case(name: str) -> dict:
+    """The whole deterministic backward and its kernels with the Triton dK/dV kernel and with
+    each configuration of the Gluon one (``time_backward_configs``)."""
+    return time_backward_configs(name, CONFIGS[128], _serving, ("dkdv", "_bwd_dq"))
 
 
 def check(out_path: str) -> dict:

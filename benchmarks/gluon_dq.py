@@ -4,7 +4,8 @@
 with Gluon: 3.6.0, as on the lent H200) and prints the register split, the spills and the
 shared memory. ``--check`` (CUDA, sm90) times the whole deterministic backward and its
 kernels with the Triton dQ kernel and with each configuration of the Gluon one
-(``flash_bwd.GLUON_DQ``) at the d 128 prefill shapes, with the largest difference of dq;
+(``flash_bwd.GLUON_DQ``) at the d 128 prefill shapes, with the largest difference of the
+gradients;
 correctness is held to the float64 oracle by ``tests/gpu/test_flash_gluon_gpu.py``. JSON to
 ``$OUT/gluon-dq.json``.
 
@@ -16,10 +17,13 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 from attnkit.kernels import flash_dq_gluon as fdg
 from benchmarks.gluon_common import compile_sm90 as _compile
 from benchmarks.gluon_common import main as _main
-from benchmarks.gluon_common import run_jobs
+from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # (key tile, slots)
 CONFIGS = {128: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st)
@@ -44,49 +48,26 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fdg.BLOCK
                     dtype=dtype)
 
 
-def _time_case(name: str) -> dict:
-    """The whole deterministic backward (ms) and its kernels' device times (us) with the
-    Triton dQ kernel and with each configuration of the Gluon one, with dq's largest
-    difference from the Triton one relative to its largest value."""
-    import functools
-
-    import torch
-    import triton.testing
-
-    from attnkit.kernels import flash_bwd, flash_fwd
-    from benchmarks.gluon_common import label
-    from benchmarks.probe_step5 import _dense_case, kernels_us
-
-    q, k, v, opts = _dense_case(name)
-    out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
-    do = torch.randn_like(out)
-    run = functools.partial(flash_bwd.flash_bwd, do, q, k, v, out, lse, deterministic=True,
-                            **opts)
-    names = ("dkdv", "_dq")
-    want = run()
-    row = {"triton_bwd_ms": triton.testing.do_bench(run, warmup=50, rep=200,
-                                                    return_mode="median"),
-           "triton_kernels_us": kernels_us(run, names)}
+@contextlib.contextmanager
+def _serving(cfg):
+    """The Gluon dQ kernel in configuration ``cfg`` (``flash_bwd.GLUON_DQ``), or the Triton
+    one for ``None``."""
+    from attnkit.kernels import flash_bwd
     real = fdg.gluon_dq
-    flash_bwd.GLUON_DQ = True
+    if cfg is not None:
+        flash_bwd.GLUON_DQ = True
+        fdg.gluon_dq = functools.partial(real, block_n=cfg["block_n"], stages=cfg["stages"])
     try:
-        for cfg in CONFIGS[128]:
-            fdg.gluon_dq = functools.partial(real, block_n=cfg["block_n"],
-                                             stages=cfg["stages"])
-            try:
-                got = run()
-                row[label(cfg)] = {
-                    "bwd_ms": triton.testing.do_bench(run, warmup=50, rep=200,
-                                                      return_mode="median"),
-                    "kernels_us": kernels_us(run, names),
-                    "dq_rel_diff": float((got[0].float() - want[0].float()).abs().max()
-                                         / (want[0].float().abs().max() + 1e-6))}
-            except Exception as exc:  # report and go on
-                row[label(cfg)] = f"failed: {type(exc).__name__}: {exc}"[:400]
+        yield
     finally:
         fdg.gluon_dq = real
         flash_bwd.GLUON_DQ = False
-    return row
+
+
+def _time_case(name: str) -> dict:
+    """The whole deterministic backward and its kernels with the Triton dQ kernel and with
+    each configuration of the Gluon one (``time_backward_configs``)."""
+    return time_backward_configs(name, CONFIGS[128], _serving, ("dkdv", "_dq"))
 
 
 def check(out_path: str) -> dict:
