@@ -374,3 +374,12 @@ def test_gluon_dq_choice(monkeypatch):
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "x")
     with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
         flash_bwd._gluon_dq(q, kv, kv, q, plain=True)
+
+
+def test_gluon_window_constexprs_drop_the_right_side_under_causal():
+    """``gluon_sm90.window_constexprs``: a window passes through as it is, and with causal
+    attention its right side (the diagonal bounds it) becomes unbounded."""
+    gluon_sm90 = pytest.importorskip("attnkit.kernels.gluon_sm90")
+    assert gluon_sm90.window_constexprs((64, 32), False) == (64, 32)
+    assert gluon_sm90.window_constexprs((1023, 0), True) == (1023, -1)
+    assert gluon_sm90.window_constexprs((-1, -1), True) == (-1, -1)

@@ -58,6 +58,7 @@ from attnkit.kernels.gluon_sm90 import (
     LOADER_WARPS,
     MAXNREG,
     mma_layout,
+    window_constexprs,
 )
 
 # The measured configuration (H200, d 128): 64 queries x 128 keys per tile pair, two slots of
@@ -358,9 +359,7 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
-    left, right = window
-    if causal:
-        right = -1  # the diagonal bounds it already
+    left, right = window_constexprs(window, causal)
     grid = (cdiv(sk, BLOCK_N), b * hk)
     fast_launch.run(gluon_dkdv_kernel, grid, (
         q, k, v, do, lse2, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],

@@ -45,6 +45,7 @@ from attnkit.kernels.gluon_sm90 import (
     LOADER_WARPS,
     MAXNREG,
     mma_layout,
+    window_constexprs,
 )
 
 # The configuration to measure first: 128 queries (two partitions of 64) x 64 keys per tile,
@@ -210,9 +211,7 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
-    left, right = window
-    if causal:
-        right = -1  # the diagonal bounds it already
+    left, right = window_constexprs(window, causal)
     grid = (cdiv(sq, BLOCK_M), b * hq)
     fast_launch.run(gluon_dq_kernel, grid, (
         q, k, v, do, lse2, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],

@@ -51,6 +51,7 @@ from attnkit.kernels.gluon_sm90 import (
     LOADER_WARPS,
     MAXNREG,
     mma_layout,
+    window_constexprs,
 )
 
 LN2 = gl.constexpr(0.6931471805599453)
@@ -696,9 +697,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
-    left, right = window
-    if causal:
-        right = -1  # the diagonal bounds it already
+    left, right = window_constexprs(window, causal)
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,
                      persistent and overlap)

@@ -4,7 +4,7 @@
 Their partitions: a TMA loader of one warp (rounded up to a warpgroup by the compiler) with
 the fewest registers a warp may have, and compute warpgroups that take what it leaves
 (``setmaxnreg``: 240 each beside a 24-register loader within a 168-register launch of three
-warpgroups); and the wgmma accumulator layout. Importing this module needs a Triton with
+warpgroups); the wgmma accumulator layout; and the window constexprs a launcher passes. Importing this module needs a Triton with
 Gluon; ``flash_common.gluon_fits`` says when the kernels may run.
 """
 
@@ -25,3 +25,16 @@ def mma_layout(cols, num_warps):
     warpgroups (``num_warps`` along the rows)."""
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                      instr_shape=[16, cols, 16])
+
+
+def window_constexprs(window: tuple[int, int], causal: bool) -> tuple[int, int]:
+    """``(WIN_LEFT, WIN_RIGHT)`` of a ``(left, right)`` window (-1: unbounded) for the Gluon
+    kernels: with causal attention the diagonal bounds the right side already, so it is
+    dropped (each value compiles its own kernel).
+
+    Example:
+        >>> window_constexprs((1023, 0), True), window_constexprs((64, 32), False)
+        ((1023, -1), (64, 32))
+    """
+    left, right = window
+    return left, -1 if causal else right
