@@ -226,10 +226,10 @@ def test_gluon_dkdv_choice(monkeypatch):
 
 
 def test_gluon_fwd_choice(monkeypatch):
-    """The Gluon forward serves plain dense inputs at head dim 128, 16-bit, from 1k tokens,
-    MHA or GQA, where ``flash_common.gluon_fits`` holds; the override drops the rule of
-    lengths and takes windows and MLA's 192/128 head dims (not yet measured:
-    ``flash_fwd.GLUON_WINDOWS``, ``GLUON_MLA``)."""
+    """The Gluon forward serves plain dense inputs at head dim 128 or MLA's 192/128, 16-bit,
+    MHA or GQA, where ``flash_common.gluon_fits`` holds: from 1k tokens where the persistent
+    kernel takes them, windows included; from 4k and without windows where only the one-tile
+    kernel does (``flash_fwd_gluon.takes_persistent``); the override drops the rules."""
     from attnkit.kernels import flash_common, flash_fwd
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
     kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
@@ -246,16 +246,24 @@ def test_gluon_fwd_choice(monkeypatch):
     monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
     assert choice(q, kv, kv) and choice(q, mha, mha) and choice(q, kv, kv, seq=1024)
     assert not choice(q, kv, kv, seq=1023)
-    assert not choice(q, kv, kv, window=(1023, -1)) and not choice(q, kv, kv, window=(-1, 0))
-    monkeypatch.setattr(flash_fwd, "GLUON_WINDOWS", True)
-    assert choice(q, kv, kv, window=(1023, -1))
+    assert choice(q, kv, kv, window=(1023, -1)) and choice(q, kv, kv, window=(-1, 0), seq=1024)
     monkeypatch.setattr(flash_fwd, "GLUON_WINDOWS", False)
+    assert not choice(q, kv, kv, window=(1023, -1))
+    monkeypatch.setattr(flash_fwd, "GLUON_WINDOWS", True)
+    # two batches of 8 keys (part of a key tile): only the one-tile kernel takes them
+    q2, kv2 = torch.zeros(2, 8, 4, 128, dtype=torch.bfloat16), torch.zeros(2, 8, 2, 128,
+                                                                              dtype=torch.bfloat16)
+    assert choice(q2, kv2, kv2, seq=4096) and not choice(q2, kv2, kv2, seq=4095)
+    assert not choice(q2, kv2, kv2, window=(1023, -1))
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
+    assert choice(q2, kv2, kv2, seq=8, window=(3, -1)) and choice(q, kv, kv, seq=8)
+    monkeypatch.delenv("ATTNKIT_FLASH_GLUON")
     mla_q, mla_v = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16), kv
     mla_k = torch.zeros(1, 8, 2, 192, dtype=torch.bfloat16)
-    assert not choice(mla_q, mla_k, mla_v)  # MLA: not yet measured
-    monkeypatch.setattr(flash_fwd, "GLUON_MLA", True)
     assert choice(mla_q, mla_k, mla_v) and not choice(mla_q, mla_k, mla_k)  # dv 192: no
     monkeypatch.setattr(flash_fwd, "GLUON_MLA", False)
+    assert not choice(mla_q, mla_k, mla_v)
+    monkeypatch.setattr(flash_fwd, "GLUON_MLA", True)
     assert not choice(q, kv, kv, plain=False)
     assert not choice(q.half(), kv, kv)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)

@@ -16,10 +16,10 @@ Visibility of key ``j`` to query ``i`` (``offset = seq_k - seq_q``, bottom-right
     window (l, r):    i + offset - l <= j <= i + offset + r   (-1: unbounded)
     key padding:      kpm[b, j]         bool attn_mask: mask[b, h, i, j]
 
-On sm90 with the Triton release it was measured with, dense d 128 attention with none of those
-masks (MHA or GQA, causal or not, from 1k tokens) runs in the warp-specialised Gluon forward
-instead (``flash_fwd_gluon``, persistent where the rows are flat; ``_gluon_fwd``): 8-17%
-faster than ``_flash_fwd_kernel`` on an H200.
+On sm90 with the Triton release it was measured with, dense attention at head dim 128 or MLA's
+192/128 with none of the masks but a window (MHA or GQA, causal or not, from 1k tokens) runs in
+the warp-specialised Gluon forward instead (``flash_fwd_gluon``, persistent where the rows are
+flat; ``_gluon_fwd``): 6-29% faster than ``_flash_fwd_kernel`` on an H200.
 """
 
 from __future__ import annotations
@@ -216,29 +216,40 @@ def _flash_fwd_kernel(
     tl.store(l_base + q_start + rows, lse, mask=rows < seqlen_q)
 
 
-# Whether ``auto`` sends sliding windows to the Gluon forward: not until they have been
-# measured on a GPU (benchmarks/NOTES-flash.md, step 10, "Next"); ``ATTNKIT_FLASH_GLUON=1``
-# sends them.
-GLUON_WINDOWS = False
-# The same for MLA's head dims (q and k 192, v 128: ``flash_fwd_gluon._qk_tiles``).
-GLUON_MLA = False
+# Whether ``auto`` sends sliding windows, and MLA's head dims (q and k 192, v 128:
+# ``flash_fwd_gluon._qk_tiles``), to the Gluon forward. Both were measured faster on an H200
+# where the persistent kernel takes them (step 11 of benchmarks/NOTES-flash.md,
+# ``results/gluon-fwd-h200-2026-12-01-step11.json``); ``False`` leaves them to Triton.
+GLUON_WINDOWS = True
+GLUON_MLA = True
+# The shortest sequence ``auto`` sends to the Gluon forward where the persistent kernel
+# takes the inputs (``flash_fwd_gluon.takes_persistent``), and where only the one-tile kernel
+# does (no windows there: measured slower).
+GLUON_MIN_SEQ, GLUON_ONE_TILE_MIN_SEQ = 1024, 4096
 
 
 def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1, -1)) -> bool:
     """Whether the forward runs in ``flash_fwd_gluon`` (the warp-specialised Gluon kernel,
-    persistent where the rows are flat) instead of ``_flash_fwd_kernel``.
+    persistent where ``flash_fwd_gluon.takes_persistent``) instead of ``_flash_fwd_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
-    ``window``, or MLA's head dims (192 for q and k, 128 for v), only with
-    ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``, ``GLUON_MLA``). Besides:
-    ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a measured Triton); and ``seq`` (the longer of the query and key lengths) at least 1024,
-    the shortest measured. Where it measured faster (H200, step 10 of
-    benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step10-walk.json``, the
-    persistent kernel against ``_flash_fwd_kernel``, ms): 1k full 0.292 against 0.352, 1k
-    causal 0.202 against 0.229, 4k full 1.00 against 1.17, 4k causal 0.586 against 0.698,
-    16k full 3.84 against 4.46, 16k causal 2.14 against 2.33, GQA 32:8 4k full 1.98 against
-    2.29, GQA 4k causal 1.16 against 1.27. ``ATTNKIT_FLASH_GLUON=1`` drops the rule of
-    lengths, ``0`` turns the kernel off (``flash_common.gluon_setting``).
+    ``window`` and MLA's head dims (192 for q and k, 128 for v) under ``GLUON_WINDOWS`` and
+    ``GLUON_MLA``. Besides ``flash_common.gluon_fits`` (head dims 128 or 192/128, 16-bit,
+    aligned, sm90, a measured Triton), ``seq`` (the longer of the query and key lengths)
+    decides, as measured on an H200 (step 11 of benchmarks/NOTES-flash.md,
+    ``results/gluon-fwd-h200-2026-12-01-step11.json``, ms against ``_flash_fwd_kernel``):
+
+    - where the persistent kernel takes the inputs, from ``GLUON_MIN_SEQ`` (1k): 1k full
+      0.298 against 0.352, 1k causal 0.208 against 0.230, 4k causal 0.601 against 0.717,
+      GQA 32:8 4k full 2.01 against 2.29, window 1024 at 16k 0.361 against 0.385, MLA 4k
+      full 1.22 against 1.57 (16k: step 10's walk, 3.84 against 4.46 full);
+    - where only the one-tile kernel does (batches past one with a key length of part
+      tiles), from ``GLUON_ONE_TILE_MIN_SEQ`` (4k) and without windows: 4k full 1.11 against
+      1.17, MLA 4k causal 0.768 against 0.871; at 1k causal (0.274 against 0.230) and with
+      a window (0.432 against 0.385) it is slower.
+
+    ``ATTNKIT_FLASH_GLUON=1`` drops these rules, ``0`` turns the kernel off
+    (``flash_common.gluon_setting``).
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
@@ -246,12 +257,18 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
     mode = gluon_setting()
     if mode == "0" or not plain:
         return False
+    if not gluon_fits(q, k, v, head_dims=((128, 128), (192, 128))):
+        return False
+    if mode == "1":
+        return True
     windowed = window[0] >= 0 or window[1] >= 0
     mla = (q.shape[-1], v.shape[-1]) == (192, 128)
-    if mode == "auto" and (seq < 1024 or (windowed and not GLUON_WINDOWS)
-                           or (mla and not GLUON_MLA)):
+    if (windowed and not GLUON_WINDOWS) or (mla and not GLUON_MLA):
         return False
-    return gluon_fits(q, k, v, head_dims=((128, 128), (192, 128)))
+    from attnkit.kernels import flash_fwd_gluon
+    if flash_fwd_gluon.PERSISTENT and flash_fwd_gluon.takes_persistent(q, k, v):
+        return seq >= GLUON_MIN_SEQ
+    return seq >= GLUON_ONE_TILE_MIN_SEQ and not windowed
 
 
 @on_input_device

@@ -263,8 +263,10 @@ def test_every_dq_tiling_matches_the_oracle(case, tiling, gluon_dq, monkeypatch)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_persistent_forward_on_views(causal, monkeypatch):
     """The persistent forward on q/k/v views of one merged ``[b, s, 3, h, d]`` tensor (flat
-    rows: it serves) and on ``[b, h, s, d]`` tensors seen as ``[b, s, h, d]`` (not flat: the
-    one-tile kernel serves), against the float64 oracle."""
+    rows and whole key tiles: it serves), on the same views with a key length of part tiles
+    (batches could reach each other: the one-tile kernel serves, ``takes_persistent``) and on
+    ``[b, h, s, d]`` tensors seen as ``[b, s, h, d]`` (not flat: the one-tile kernel serves),
+    against the float64 oracle."""
     import functools
 
     from attnkit.kernels import flash_fwd, flash_fwd_gluon
@@ -272,17 +274,21 @@ def test_persistent_forward_on_views(causal, monkeypatch):
         flash_fwd_gluon.gluon_fwd, persistent=True))
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
     gen = torch.Generator(device="cuda").manual_seed(5)
-    qkv = torch.randn(3, 333, 3, 4, 128, device="cuda", dtype=BF16, generator=gen)
+    whole = torch.randn(3, 384, 3, 4, 128, device="cuda", dtype=BF16, generator=gen)
+    part = torch.randn(3, 333, 3, 4, 128, device="cuda", dtype=BF16, generator=gen)
     heads_first = torch.randn(3, 3, 4, 333, 128, device="cuda", dtype=BF16,
                               generator=gen).transpose(2, 3)  # [3, b, s, h, d], heads apart
-    for (q, k, v), flat in ((qkv.unbind(2), True), (heads_first.unbind(0), False)):
+    for (q, k, v), flat, serves in ((whole.unbind(2), True, True),
+                                    (part.unbind(2), True, False),
+                                    (heads_first.unbind(0), False, False)):
         assert all(flash_fwd_gluon.flat_rows(t) == flat for t in (q, k, v))
+        seq = q.shape[1]
         opts = dict(causal=causal, window=(-1, -1), scale=128 ** -0.5, softcap=0.0,
                     key_padding_mask=None, attn_mask=None, cu_seqlens_q=None,
-                    cu_seqlens_k=None, max_seqlen_q=333, max_seqlen_k=333, dropout_p=0.0,
+                    cu_seqlens_k=None, max_seqlen_q=seq, max_seqlen_k=seq, dropout_p=0.0,
                     dropout_seed=0)
         out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
-        assert flash_fwd_gluon.tiling.endswith("persistent") == flat, flash_fwd_gluon.tiling
+        assert flash_fwd_gluon.tiling.endswith("persistent") == serves, flash_fwd_gluon.tiling
         truth = attention64(q.double(), k.double(), v.double(), causal=causal)
         base = attention64(q, k, v, causal=causal, dtype=BF16)
         assert_within_rule("out", out.float(), truth[0], base[0].float(), dtype=BF16)
@@ -339,12 +345,12 @@ def test_merged_qkv_views(causal, gluon_calls):
     (1024, 8, (-1, -1), dict(fwd=True, dkdv=True)),
     (512, 8, (-1, -1), dict(fwd=False, dkdv=False)),
     (4096, 2, (-1, -1), dict(fwd=True, dkdv=False)),
-    (4096, 8, (255, 0), dict(fwd=False, dkdv=False))],
+    (4096, 8, (255, 0), dict(fwd=True, dkdv=False))],
     ids=["mha-4k", "mha-1k", "mha-512", "gqa-4k", "window-4k"])
 def test_launcher_choice(seq, hk, window, expect, monkeypatch):
     """Without the override the dK/dV kernel runs for dense MHA from 1k tokens
-    (``flash_bwd._gluon_dkdv``), the forward for dense MHA and GQA from 1k tokens
-    (``flash_fwd._gluon_fwd``)."""
+    (``flash_bwd._gluon_dkdv``), the forward for dense MHA and GQA from 1k tokens, windows
+    included (``flash_fwd._gluon_fwd``)."""
     import attnkit
     calls = _count_launches(monkeypatch)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
