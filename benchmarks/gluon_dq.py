@@ -37,7 +37,7 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{
 
 
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fdg.BLOCK_M,
-                 block_n: int = fdg.BLOCK_N, stages: int = fdg.STAGES, dtype: str = "bf16",
+                 block_n: int = fdg.BLOCK_N_CAUSAL, stages: int = fdg.STAGES, dtype: str = "bf16",
                  window: tuple[int, int] = (-1, -1)) -> dict:
     """Compile the kernel for sm90 without a GPU (16 heads; ``window`` as
     ``flash_dq_gluon.gluon_dq`` passes it); the register split and cubin resources."""
@@ -50,18 +50,21 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fdg.BLOCK
 
 @contextlib.contextmanager
 def _serving(cfg):
-    """The Gluon dQ kernel in configuration ``cfg`` (``flash_bwd.GLUON_DQ``), or the Triton
-    one for ``None``."""
+    """The Gluon dQ kernel in configuration ``cfg`` wherever it applies (``flash_bwd._gluon_dq``
+    patched, its rule of lengths and windows left out), or the Triton one for ``None``."""
     from attnkit.kernels import flash_bwd
-    real = fdg.gluon_dq
+    real, rule = fdg.gluon_dq, flash_bwd._gluon_dq
+
+    def serves(q, k, v, do, *, plain, **rest):
+        return cfg is not None and plain
+
+    flash_bwd._gluon_dq = serves
     if cfg is not None:
-        flash_bwd.GLUON_DQ = True
         fdg.gluon_dq = functools.partial(real, block_n=cfg["block_n"], stages=cfg["stages"])
     try:
         yield
     finally:
-        fdg.gluon_dq = real
-        flash_bwd.GLUON_DQ = False
+        fdg.gluon_dq, flash_bwd._gluon_dq = real, rule
 
 
 def _time_case(name: str) -> dict:

@@ -359,29 +359,42 @@ def test_persistent_walk_balances_causal_tiles(n_m, heads):
 
 
 def test_gluon_dq_choice(monkeypatch):
-    """The Gluon dQ kernel serves only with ``flash_bwd.GLUON_DQ`` set (not yet measured),
-    for plain dense inputs (windows and GQA included) where ``flash_common.gluon_fits``
-    holds, and never with ``ATTNKIT_FLASH_GLUON=0``."""
+    """The Gluon dQ kernel serves plain dense inputs (GQA included) where
+    ``flash_common.gluon_fits`` holds: from 4k tokens without a causal mask, from 16k with
+    one, never with a window (``flash_bwd.GLUON_DQ_MIN_SEQ``); ``ATTNKIT_FLASH_GLUON=1``
+    drops those rules, ``0`` and ``GLUON_DQ`` unset turn it off."""
     from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
     kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
+
+    def choice(q, k, v, do, *, plain=True, seq=4096, causal=False, window=(-1, -1)):
+        return flash_bwd._gluon_dq(q, k, v, do, plain=plain, seq=seq, causal=causal,
+                                   window=window)
+
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
+    assert not choice(q, kv, kv, q)  # CPU tensors
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     monkeypatch.setattr(flash_common, "interpreting", lambda: False)
     monkeypatch.setattr(flash_common, "device_capability", lambda device: (9, 0))
     monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
-    assert not flash_bwd._gluon_dq(q, kv, kv, q, plain=True)  # off by default
-    monkeypatch.setattr(flash_bwd, "GLUON_DQ", True)
-    assert flash_bwd._gluon_dq(q, kv, kv, q, plain=True)
-    assert not flash_bwd._gluon_dq(q, kv, kv, q, plain=False)
-    assert not flash_bwd._gluon_dq(q.half(), kv, kv, q, plain=True)
+    assert choice(q, kv, kv, q) and choice(q, q, q, q) and not choice(q, kv, kv, q, seq=4095)
+    assert choice(q, kv, kv, q, seq=16384, causal=True)
+    assert not choice(q, kv, kv, q, seq=16383, causal=True)
+    assert not choice(q, kv, kv, q, seq=16384, window=(1023, -1))
+    assert not choice(q, kv, kv, q, plain=False)
+    assert not choice(q.half(), kv, kv, q)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
-    assert not flash_bwd._gluon_dq(d64, d64, d64, d64, plain=True)
+    assert not choice(d64, d64, d64, d64)
+    monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
+    assert choice(q, kv, kv, q, seq=8, causal=True, window=(3, 0))
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ", False)
+    assert not choice(q, kv, kv, q)
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ", True)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
-    assert not flash_bwd._gluon_dq(q, kv, kv, q, plain=True)
+    assert not choice(q, kv, kv, q)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "x")
     with pytest.raises(ValueError, match="ATTNKIT_FLASH_GLUON"):
-        flash_bwd._gluon_dq(q, kv, kv, q, plain=True)
+        choice(q, kv, kv, q)
 
 
 def test_gluon_window_constexprs_drop_the_right_side_under_causal():

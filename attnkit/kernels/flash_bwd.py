@@ -24,8 +24,9 @@ Three launches:
 On sm90 with the Triton release it was measured with, dense MHA at head dim 128 from 1k tokens
 has its dK/dV products computed by a warp-specialised Gluon kernel instead
 (``flash_bwd_gluon``, ``_gluon_dkdv``): 3-22% faster than ``_bwd_dkdv_kernel``. It takes
-GQA/MQA too, on request (``ATTNKIT_FLASH_GLUON=1``), where it measured even. A Gluon dQ kernel
-(``flash_dq_gluon``, ``_gluon_dq``) is ready but off (``GLUON_DQ``) until it has been measured.
+GQA/MQA too, on request (``ATTNKIT_FLASH_GLUON=1``), where it measured even. From 4k tokens
+(16k causal), without windows, dQ runs in a Gluon kernel too (``flash_dq_gluon``,
+``_gluon_dq``): 5-10% faster than ``_bwd_dq_kernel``, MHA and GQA.
 
 On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
 tokens (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma`` says when descriptors are
@@ -529,25 +530,36 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do)
 
 
-# Whether the Gluon dQ kernel (``flash_dq_gluon``) may serve: not until it has run and been
-# measured on a GPU (benchmarks/NOTES-flash.md, step 10, "Next"); tests and
-# ``benchmarks/gluon_dq.py`` set it.
-GLUON_DQ = False
+# Whether the Gluon dQ kernel (``flash_dq_gluon``) may serve, and from which length
+# (``_gluon_dq``: measured, step 11 of benchmarks/NOTES-flash.md).
+GLUON_DQ = True
+GLUON_DQ_MIN_SEQ = {False: 4096, True: 16384}  # by ``causal``
 
 
-def _gluon_dq(q, k, v, do, *, plain: bool) -> bool:
+def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
+              window: tuple[int, int] = (-1, -1)) -> bool:
     """Whether the two-launch backward's dQ runs in ``flash_dq_gluon`` instead of
     ``_bwd_dq_kernel``: ``GLUON_DQ`` set, ``plain`` (dense, no key padding, mask, softcap or
-    dropout; windows and GQA/MQA are fine), ``flash_common.gluon_fits`` (head dim 128,
-    16-bit, aligned, sm90, a measured Triton, dO included), and ``ATTNKIT_FLASH_GLUON`` not
-    ``0``.
+    dropout), ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a measured
+    Triton, dO included), and ``ATTNKIT_FLASH_GLUON`` not ``0``.
+
+    Under ``auto``, where it measured faster (H200, step 11 of benchmarks/NOTES-flash.md,
+    ``results/gluon-dq-h200-2026-12-01-step11.json``, the dQ kernel and the whole backward
+    against ``_bwd_dq_kernel``, with ``flash_dq_gluon``'s tiles): no window, and ``seq``
+    (the longer of the query and key lengths) at least ``GLUON_DQ_MIN_SEQ`` (4k full, 16k
+    causal). 4k full 1.31 against 1.38 ms (whole backward 3.17 against 3.47), 16k full 4.81
+    against 5.37, 16k causal 2.47 against 2.65, GQA 32:8 4k full 2.91 against 3.15; slower
+    at 1k causal (0.305 against 0.279) and with a window of 1024 at 16k (0.478 against
+    0.439). ``ATTNKIT_FLASH_GLUON=1`` drops these rules (windows and GQA/MQA are fine).
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
     """
-    if not GLUON_DQ or gluon_setting() == "0" or not plain:
+    mode = gluon_setting()
+    if not GLUON_DQ or mode == "0" or not plain or not gluon_fits(q, k, v, do):
         return False
-    return gluon_fits(q, k, v, do)
+    windowed = window[0] >= 0 or window[1] >= 0
+    return mode == "1" or (not windowed and seq >= GLUON_DQ_MIN_SEQ[causal])
 
 
 def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:
@@ -714,7 +726,8 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     plain = (not varlen and key_padding_mask is None and mask_kind == 0 and softcap == 0
              and dropout_p == 0)
     gluon = _gluon_dkdv(q, k, v, do, plain=plain, seq=max(sq, sk), window=window)
-    gluon_dq = _gluon_dq(q, k, v, do, plain=plain)
+    gluon_dq = _gluon_dq(q, k, v, do, plain=plain, seq=max(sq, sk), causal=causal,
+                         window=window)
 
     def run_dq():
         if gluon_dq:

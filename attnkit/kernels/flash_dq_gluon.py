@@ -1,8 +1,8 @@
 """The dQ kernel of the flash backward for Hopper, warp-specialised, written in Gluon.
 
-``flash_bwd`` launches it in place of ``_bwd_dq_kernel`` only where ``flash_bwd._gluon_dq``
-says so: it has not run on a GPU yet, so ``flash_bwd.GLUON_DQ`` is off and only tests and the
-probe (``benchmarks/gluon_dq.py``) turn it on. It takes what the Gluon forward takes (dense
+``flash_bwd`` launches it in place of ``_bwd_dq_kernel`` where ``flash_bwd._gluon_dq`` says so
+(where it measured faster on an H200: from 4k tokens, 16k causal, without windows; the probe
+is ``benchmarks/gluon_dq.py``). It takes what the Gluon forward takes (dense
 MHA or GQA/MQA, head dim 128, 16-bit, causal or not, sliding windows, no masks, softcap or
 dropout; sm90 and a Triton of ``flash_common.GLUON_TRITON``).
 
@@ -48,12 +48,22 @@ from attnkit.kernels.gluon_sm90 import (
     window_constexprs,
 )
 
-# The configuration to measure first: 128 queries (two partitions of 64) x 64 keys per tile,
-# two slots (S, dP and dQ then take 32 + 32 + 64 registers per thread of a partition).
-BLOCK_M, BLOCK_N, STAGES = 128, 64, 2
+# The shipped configuration: 128 queries (two partitions of 64) per tile, two slots, and keys
+# per tile by ``causal`` (``block_n_for``; with 64, S, dP and dQ take 32 + 32 + 64 registers
+# per thread of a partition).
+BLOCK_M, STAGES = 128, 2
+BLOCK_N_FULL, BLOCK_N_CAUSAL = 128, 64
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``).
 calls = 0
-tiling = f"{BLOCK_M}x{BLOCK_N} s{STAGES} wg2"
+tiling = f"{BLOCK_M}x{BLOCK_N_FULL} s{STAGES} wg2"
+
+
+def block_n_for(causal: bool) -> int:
+    """The key tile the dQ kernel ships with: measured on an H200 (step 11 of
+    benchmarks/NOTES-flash.md, ``results/gluon-dq-h200-2026-12-01-step11.json``, us of the
+    kernel), 128 keys without a causal mask (4k 1306 against 1356 with 64, 16k 4807 against
+    5043) and 64 with one (16k causal 2474 against 2543)."""
+    return BLOCK_N_CAUSAL if causal else BLOCK_N_FULL
 
 
 @gluon.jit
@@ -183,7 +193,7 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
 
 def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
              lse2: torch.Tensor, delta: torch.Tensor, dq: torch.Tensor, *, causal: bool,
-             scale: float, window: tuple[int, int] = (-1, -1), block_n: int = BLOCK_N,
+             scale: float, window: tuple[int, int] = (-1, -1), block_n: int | None = None,
              stages: int = STAGES) -> None:
     """Write dQ of dense MHA, GQA or MQA attention into ``dq`` (CUDA, sm90).
 
@@ -197,7 +207,8 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
         causal: bottom-right causal attention.
         scale: the softmax scale of the forward.
         window: ``(left, right)`` as ``flash_fwd_gluon.gluon_fwd`` takes it.
-        block_n, stages: the key tile and the ring's slots (``BLOCK_N``, ``STAGES``).
+        block_n, stages: the key tile (default ``block_n_for(causal)``) and the ring's slots
+            (``STAGES``).
 
     The caller checks ``flash_bwd._gluon_dq`` first; nothing is checked here.
 
@@ -207,6 +218,7 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
     """
     global calls, tiling
     calls += 1
+    block_n = block_n or block_n_for(causal)
     tiling = f"{BLOCK_M}x{block_n} s{stages} wg2"
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape

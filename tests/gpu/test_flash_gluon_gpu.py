@@ -222,8 +222,8 @@ DQ_CASES = ["113x203-causal", "203x113-causal", "333x129-full", "1000x1000-causa
 
 @pytest.fixture
 def gluon_dq(gluon_calls, monkeypatch):
-    """``gluon_calls`` with the Gluon dQ kernel turned on (``flash_bwd.GLUON_DQ``: off until
-    measured)."""
+    """``gluon_calls`` with the Gluon dQ kernel allowed (``flash_bwd.GLUON_DQ``; with
+    ``ATTNKIT_FLASH_GLUON=1`` it serves at every length, windows included)."""
     from attnkit.kernels import flash_bwd
     monkeypatch.setattr(flash_bwd, "GLUON_DQ", True)
     return gluon_calls
