@@ -490,9 +490,10 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
                                                        mask_kind=mask_kind)
 
 
-# Whether ``auto`` sends sliding windows to the Gluon dK/dV kernel: not until they have been
-# measured on a GPU (benchmarks/NOTES-flash.md, step 10, "Next"); ``ATTNKIT_FLASH_GLUON=1``
-# sends them.
+# Whether ``auto`` sends sliding windows to the Gluon dK/dV kernel: no, it measured slower
+# than ``_bwd_dkdv_kernel`` there (H200, window 1024 at 16k: 838 against 743 us; step 11 of
+# benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-12-01-step11.json``);
+# ``ATTNKIT_FLASH_GLUON=1`` sends them.
 GLUON_WINDOWS = False
 
 
