@@ -4,8 +4,8 @@
 with Gluon: 3.6.0, as on the lent H200) and prints the register split, the spills and the
 shared memory. ``--check`` (CUDA, sm90) times the whole deterministic backward and its
 kernels with the Triton dQ kernel and with each configuration of the Gluon one
-(``flash_bwd.GLUON_DQ``) at the d 128 prefill shapes, with the largest difference of the
-gradients;
+(``flash_bwd.GLUON_DQ``) at the prefill shapes of head dim 128 and MLA's 192/128, with the
+largest difference of the gradients;
 correctness is held to the float64 oracle by ``tests/gpu/test_flash_gluon_gpu.py``. JSON to
 ``$OUT/gluon-dq.json``.
 
@@ -27,7 +27,8 @@ from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # (key tile, slots)
 CONFIGS = {128: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st)
-                 for n, st in ((64, 2), (64, 3), (128, 2))]}
+                 for n, st in ((64, 2), (64, 3), (128, 2))],
+           192: [dict(block_m=fdg.BLOCK_M, block_n=64, stages=st) for st in (2, 3)]}
 
 SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{dt}",
              "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": "*{dt}",
@@ -39,9 +40,10 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fdg.BLOCK_M,
                  block_n: int = fdg.BLOCK_N_CAUSAL, stages: int = fdg.STAGES, dtype: str = "bf16",
                  window: tuple[int, int] = (-1, -1)) -> dict:
-    """Compile the kernel for sm90 without a GPU (16 heads; ``window`` as
-    ``flash_dq_gluon.gluon_dq`` passes it); the register split and cubin resources."""
-    const = dict(HQ=16, GROUP=1, D=d, IS_CAUSAL=causal, WIN_LEFT=window[0],
+    """Compile the kernel for sm90 without a GPU (16 heads; ``d`` 128, or 192 with v's 128
+    as MLA's; ``window`` as ``flash_dq_gluon.gluon_dq`` passes it); the register split and
+    cubin resources."""
+    const = dict(HQ=16, GROUP=1, D=d, D1=d - 128, DV=128, IS_CAUSAL=causal, WIN_LEFT=window[0],
                  WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                  num_warps=4)
     return _compile(fdg.gluon_dq_kernel, SIGNATURE, const, warps=4, maxnreg=fdg.MAXNREG,
@@ -69,13 +71,17 @@ def _serving(cfg):
 
 def _time_case(name: str) -> dict:
     """The whole deterministic backward and its kernels with the Triton dQ kernel and with
-    each configuration of the Gluon one (``time_backward_configs``)."""
-    return time_backward_configs(name, CONFIGS[128], _serving, ("dkdv", "_dq"))
+    each configuration of the Gluon one (``time_backward_configs``; MLA's with
+    ``CONFIGS[192]``)."""
+    return time_backward_configs(name, CONFIGS[192 if name.startswith("mla") else 128],
+                                 _serving, ("dkdv", "_dq"))
 
 
 def check(out_path: str) -> dict:
-    """``_time_case`` at the d 128 prefill shapes, written to ``out_path`` as it goes."""
+    """``_time_case`` at the prefill shapes of head dim 128 and MLA's (those not yet
+    measured first), written to ``out_path`` as it goes."""
     return run_jobs([(n, _time_case, (n,)) for n in (
+        "mla d192/128 s4k full", "mla d192/128 s4k causal", "mha d128 s4k causal",
         "mha d128 s4k full", "mha d128 s16k causal", "mha d128 s1k causal",
         "gqa 32:8 d128 s4k full", "window 1024 d128 s16k causal", "mha d128 s16k full")],
         out_path)

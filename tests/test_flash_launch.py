@@ -390,6 +390,15 @@ def test_gluon_dq_choice(monkeypatch):
     monkeypatch.setattr(flash_bwd, "GLUON_DQ", False)
     assert not choice(q, kv, kv, q)
     monkeypatch.setattr(flash_bwd, "GLUON_DQ", True)
+    # MLA (q and k 192, v and dO 128): with the override, or ``GLUON_DQ_MLA`` (not measured)
+    mla_q, mla_k = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16), torch.zeros(
+        1, 8, 2, 192, dtype=torch.bfloat16)
+    assert choice(mla_q, mla_k, kv, q) and not choice(mla_q, mla_k, mla_k, mla_q)  # dv 192
+    monkeypatch.delenv("ATTNKIT_FLASH_GLUON")
+    assert not choice(mla_q, mla_k, kv, q)
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ_MLA", True)
+    assert choice(mla_q, mla_k, kv, q) and not choice(mla_q, mla_k, kv, q, seq=4095)
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ_MLA", False)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
     assert not choice(q, kv, kv, q)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "x")

@@ -532,17 +532,21 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
 
 
 # Whether the Gluon dQ kernel (``flash_dq_gluon``) may serve, and from which length
-# (``_gluon_dq``: measured, step 11 of benchmarks/NOTES-flash.md).
+# (``_gluon_dq``: measured, step 11 of benchmarks/NOTES-flash.md); whether ``auto`` sends it
+# MLA's head dims (q and k 192, v 128: not yet measured, so not; ``ATTNKIT_FLASH_GLUON=1``
+# does).
 GLUON_DQ = True
 GLUON_DQ_MIN_SEQ = {False: 4096, True: 16384}  # by ``causal``
+GLUON_DQ_MLA = False
 
 
 def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
               window: tuple[int, int] = (-1, -1)) -> bool:
     """Whether the two-launch backward's dQ runs in ``flash_dq_gluon`` instead of
     ``_bwd_dq_kernel``: ``GLUON_DQ`` set, ``plain`` (dense, no key padding, mask, softcap or
-    dropout), ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a measured
-    Triton, dO included), and ``ATTNKIT_FLASH_GLUON`` not ``0``.
+    dropout), ``flash_common.gluon_fits`` (head dim 128, or MLA's 192 with v's 128 under
+    ``GLUON_DQ_MLA``; 16-bit, aligned, sm90, a measured Triton, dO included), and
+    ``ATTNKIT_FLASH_GLUON`` not ``0``.
 
     Under ``auto``, where it measured faster (H200, step 11 of benchmarks/NOTES-flash.md,
     ``results/gluon-dq-h200-2026-12-01-step11.json``, the dQ kernel and the whole backward
@@ -551,16 +555,22 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
     causal). 4k full 1.31 against 1.38 ms (whole backward 3.17 against 3.47), 16k full 4.81
     against 5.37, 16k causal 2.47 against 2.65, GQA 32:8 4k full 2.91 against 3.15; slower
     at 1k causal (0.305 against 0.279) and with a window of 1024 at 16k (0.478 against
-    0.439). ``ATTNKIT_FLASH_GLUON=1`` drops these rules (windows and GQA/MQA are fine).
+    0.439). ``ATTNKIT_FLASH_GLUON=1`` drops these rules (windows, GQA/MQA and MLA are fine).
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
     """
     mode = gluon_setting()
-    if not GLUON_DQ or mode == "0" or not plain or not gluon_fits(q, k, v, do):
+    if not GLUON_DQ or mode == "0" or not plain:
         return False
+    if not gluon_fits(q, k, v, do, head_dims=((128, 128), (192, 128))):
+        return False
+    if mode == "1":
+        return True
     windowed = window[0] >= 0 or window[1] >= 0
-    return mode == "1" or (not windowed and seq >= GLUON_DQ_MIN_SEQ[causal])
+    mla = q.shape[-1] == 192
+    return (not windowed and (GLUON_DQ_MLA or not mla)
+            and seq >= GLUON_DQ_MIN_SEQ[causal])
 
 
 def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:

@@ -3,8 +3,11 @@
 ``flash_bwd`` launches it in place of ``_bwd_dq_kernel`` where ``flash_bwd._gluon_dq`` says so
 (where it measured faster on an H200: from 4k tokens, 16k causal, without windows; the probe
 is ``benchmarks/gluon_dq.py``). It takes what the Gluon forward takes (dense
-MHA or GQA/MQA, head dim 128, 16-bit, causal or not, sliding windows, no masks, softcap or
-dropout; sm90 and a Triton of ``flash_common.GLUON_TRITON``).
+MHA or GQA/MQA, head dim 128 or MLA's 192 for q and k with 128 for v, 16-bit, causal or not,
+sliding windows, no masks, softcap or dropout; sm90 and a Triton of
+``flash_common.GLUON_TRITON``). MLA's 192 columns are read as two column tiles of 128 and 64
+(``flash_fwd_gluon._qk_tiles``: Gluon's block shapes are powers of two), its dQ as two
+accumulators.
 
 Grid ``(query tiles, batch x query heads)``, the forward's split: each program owns one
 ``[BLOCK_M, D]`` tile of Q and dO and walks the key tiles it sees (``_key_tiles``), in
@@ -38,7 +41,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from attnkit.kernels import fast_launch
 from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
-from attnkit.kernels.flash_fwd_gluon import _key_tiles, _load_kv, kv_ring_barriers, masked_scores
+from attnkit.kernels.flash_fwd_gluon import (
+    _key_tiles,
+    _load_kv,
+    _qk_tiles,
+    _scores,
+    kv_ring_barriers,
+    masked_scores,
+)
 from attnkit.kernels.gluon_sm90 import (
     COMPUTE_REGS,
     LOADER_REGS,
@@ -58,38 +68,64 @@ calls = 0
 tiling = f"{BLOCK_M}x{BLOCK_N_FULL} s{STAGES} wg2"
 
 
-def block_n_for(causal: bool) -> int:
+def block_n_for(causal: bool, head_dim: int = 128) -> int:
     """The key tile the dQ kernel ships with: measured on an H200 (step 11 of
     benchmarks/NOTES-flash.md, ``results/gluon-dq-h200-2026-12-01-step11.json``, us of the
     kernel), 128 keys without a causal mask (4k 1306 against 1356 with 64, 16k 4807 against
-    5043) and 64 with one (16k causal 2474 against 2543)."""
-    return BLOCK_N_CAUSAL if causal else BLOCK_N_FULL
+    5043) and 64 with one (16k causal 2474 against 2543). MLA's head dim (192) takes 64: its
+    two dQ accumulators (128 + 64 columns) leave no room for 128-key scores.
+
+    Example:
+        >>> block_n_for(False), block_n_for(True), block_n_for(False, 192)
+        (128, 64, 64)
+    """
+    return BLOCK_N_CAUSAL if causal or head_dim != 128 else BLOCK_N_FULL
 
 
 @gluon.jit
-def _loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready,
-            v_ready, empty, start_m, lo, hi, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    """The loader partition: the Q and dO tiles, then the K and V tiles of keys
+def _loader(q_desc, q1_desc, do_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, do_smem, q_bar,
+            k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, start_m, lo, hi,
+            D0: gl.constexpr, D1: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """The loader partition: the Q tile (``D0`` columns, and the next ``D1`` where
+    ``D1 > 0``) and the dO tile on one barrier, then the K and V tiles of keys
     ``[lo, hi)``."""
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    q_bytes: gl.constexpr = q_desc.block_type.nbytes + do_desc.block_type.nbytes + (
+        q1_desc.block_type.nbytes if D1 > 0 else 0)
+    mbarrier.expect(q_bar, q_bytes)
     tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem)
+    if D1 > 0:
+        tma.async_copy_global_to_shared(q1_desc, [start_m, D0], q_bar, q1_smem)
     tma.async_copy_global_to_shared(do_desc, [start_m, 0], q_bar, do_smem)
-    _load_kv(k_desc, k_desc, v_desc, k_bufs, k_bufs, v_bufs, k_ready, v_ready, empty,
-             gl.to_tensor(0), lo, hi, 0, 0, 0, 0, 0, BLOCK_N, STAGES)  # one column tile
+    _load_kv(k_desc, k1_desc, v_desc, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
+             gl.to_tensor(0), lo, hi, 0, 0, 0, D0, D1, BLOCK_N, STAGES)
 
 
 @gluon.jit
-def _compute(q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, lse_ptr,
-             delta_ptr, dq_ptr, stride_dqs, start_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
-             scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
-             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
-             WIN_RIGHT: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
+def _store_dq(dq, dq_ptr, stride_dqs, first, col, seqlen_q, scale, ROWS: gl.constexpr,
+              W: gl.constexpr):
+    """``scale * dq`` (``[ROWS, W]``) to rows ``first ..`` and columns ``col ..`` of
+    ``dq_ptr`` (rows past ``seqlen_q`` left out)."""
+    acc_layout: gl.constexpr = dq.type.layout
+    o_rows = first + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout))
+    o_cols = col + gl.arange(0, W, layout=gl.SliceLayout(0, acc_layout))
+    gl.store(dq_ptr + o_rows.to(gl.int64)[:, None] * stride_dqs + o_cols[None, :],
+             (dq * scale).to(dq_ptr.dtype.element_ty), mask=(o_rows < seqlen_q)[:, None])
+
+
+@gluon.jit
+def _compute(q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
+             lse_ptr, delta_ptr, dq_ptr, stride_dqs, start_m, lo, hi, seqlen_q, seqlen_k,
+             qk_scale, scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D0: gl.constexpr,
+             D1: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+             WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, WG: gl.constexpr,
+             num_warps: gl.constexpr):
     """One compute partition: dQ of the ``ROWS`` queries from ``start_m + WG * ROWS`` over
     the key tiles of ``[lo, hi)``, scaled and stored at the end (rows past ``seqlen_q`` left
-    out)."""
+    out); with ``D1 > 0`` (MLA's 192 = 128 + 64) the scores take both column tiles of Q and
+    K, and dQ is two accumulators, ``dS K`` over each."""
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
-    acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [ROWS, D] accumulator
+    acc_layout: gl.constexpr = mma_layout(D0, num_warps)  # [ROWS, D0] accumulator
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
@@ -99,9 +135,15 @@ def _compute(q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, ls
     lse = gl.load(lse_ptr + rows, mask=ok, other=float("inf"))  # base 2: zero probabilities
     delta = gl.load(delta_ptr + rows, mask=ok, other=0.0)
     offset = seqlen_k - seqlen_q
-    q_rows = q_smem.slice(WG * ROWS, ROWS)  # [ROWS, D]
-    do_rows = do_smem.slice(WG * ROWS, ROWS)  # [ROWS, D]
-    dq = gl.zeros([ROWS, D], gl.float32, acc_layout)
+    q_rows = q_smem.slice(WG * ROWS, ROWS)  # [ROWS, D0]
+    q1_rows = q1_smem.slice(WG * ROWS, ROWS)  # [ROWS, D1] (q_rows again where D1 == 0)
+    do_rows = do_smem.slice(WG * ROWS, ROWS)  # [ROWS, DV]
+    dq = gl.zeros([ROWS, D0], gl.float32, acc_layout)
+    if D1 > 0:
+        acc1_layout: gl.constexpr = mma_layout(D1, num_warps)  # [ROWS, D1] accumulator
+        a1_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc1_layout,
+                                                      k_width=2)
+        dq1 = gl.zeros([ROWS, D1], gl.float32, acc1_layout)
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
     mbarrier.wait(q_bar, 0)
     for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
@@ -109,8 +151,7 @@ def _compute(q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, ls
         slot = c % STAGES
         phase = (c // STAGES) & 1
         mbarrier.wait(k_ready.index(slot), phase)
-        s = warpgroup_mma(q_rows, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
-                          is_async=True)  # Q K^T: [ROWS, BLOCK_N]
+        s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)  # Q K^T
         mbarrier.wait(v_ready.index(slot), phase)
         dp = warpgroup_mma(do_rows, v_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
                            is_async=True)  # dO V^T: [ROWS, BLOCK_N]
@@ -119,14 +160,19 @@ def _compute(q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty, ls
         s = masked_scores(s, cols, rows, j * BLOCK_N, first, offset, seqlen_k, qk_scale,
                           IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
         p = gl.exp2(s - lse[:, None])
-        ds = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), a_layout)
-        dq = warpgroup_mma(ds, k_bufs.index(slot), dq, is_async=True)  # += dS K: [ROWS, D]
-        dq, ds = warpgroup_mma_wait(0, deps=(dq, ds))
+        ds_f = (p * (dp - delta[:, None])).to(dtype)  # dS: [ROWS, BLOCK_N]
+        ds = gl.convert_layout(ds_f, a_layout)
+        dq = warpgroup_mma(ds, k_bufs.index(slot), dq, is_async=True)  # += dS K: [ROWS, D0]
+        if D1 > 0:
+            ds1 = gl.convert_layout(ds_f, a1_layout)
+            dq1 = warpgroup_mma(ds1, k1_bufs.index(slot), dq1, is_async=True)  # [ROWS, D1]
+            dq, dq1, ds, ds1 = warpgroup_mma_wait(0, deps=(dq, dq1, ds, ds1))
+        else:
+            dq, ds = warpgroup_mma_wait(0, deps=(dq, ds))
         mbarrier.arrive(empty.index(slot))
-    o_rows = first + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout))
-    o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, acc_layout))
-    gl.store(dq_ptr + o_rows.to(gl.int64)[:, None] * stride_dqs + o_cols[None, :],
-             (dq * scale).to(dq_ptr.dtype.element_ty), mask=(o_rows < seqlen_q)[:, None])
+    _store_dq(dq, dq_ptr, stride_dqs, first, 0, seqlen_q, scale, ROWS, D0)
+    if D1 > 0:
+        _store_dq(dq1, dq_ptr, stride_dqs, first, D0, seqlen_q, scale, ROWS, D1)
 
 
 @gluon.jit
@@ -135,13 +181,15 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                     stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                     stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
                     seq_q, seq_k, qk_scale, scale,
-                    HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
-                    IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
-                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                    num_warps: gl.constexpr):
+                    HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr, D1: gl.constexpr,
+                    DV: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+                    WIN_RIGHT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr, num_warps: gl.constexpr):
     """dQ of one ``[BLOCK_M, D]`` query tile (grid axis 0) of one batch x query head (axis 1).
 
-    q, do, dq: ``[b, seq_q, HQ, D]``; k, v: ``[b, seq_k, HQ / GROUP, D]``, unit stride in D
+    q, dq: ``[b, seq_q, HQ, D]``; k: ``[b, seq_k, HQ / GROUP, D]`` (``D1``: the width of a
+    second column tile, ``flash_fwd_gluon._qk_tiles``; 64 for MLA's 192); do:
+    ``[b, seq_q, HQ, DV]``, v: ``[b, seq_k, HQ / GROUP, DV]``; unit stride in the head dim
     and 16-byte aligned rows; lse (base 2) and delta: float32 ``[b, HQ, seq_q]``;
     ``qk_scale = scale * log2(e)``; a window ``(WIN_LEFT, WIN_RIGHT)`` as ``_key_tiles`` has
     it.
@@ -155,20 +203,17 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     hk = h // GROUP
     start_m = pid_m * BLOCK_M
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
-    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
-    q_desc = tma.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh, [seq_q, D],
-                                        [stride_qs, 1], [BLOCK_M, D], q_layout)
-    do_desc = tma.make_tensor_descriptor(do_ptr + b * stride_dob + h * stride_doh, [seq_q, D],
-                                         [stride_dos, 1], [BLOCK_M, D], q_layout)
-    k_desc = tma.make_tensor_descriptor(k_ptr + b * stride_kb + hk * stride_kh, [seq_k, D],
-                                        [stride_ks, 1], [BLOCK_N, D], kv_layout)
-    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + hk * stride_vh, [seq_k, D],
-                                        [stride_vs, 1], [BLOCK_N, D], kv_layout)
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], q_layout)
-    do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], q_layout)
-    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
-    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], kv_layout)
+    q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs = _qk_tiles(
+        q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + hk * stride_kh, seq_q, D,
+        seq_k, D, stride_qs, stride_ks, BLOCK_M, BLOCK_N, D, D1, STAGES)
+    do_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, DV], dtype)
+    v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DV], dtype)
+    do_desc = tma.make_tensor_descriptor(do_ptr + b * stride_dob + h * stride_doh,
+                                         [seq_q, DV], [stride_dos, 1], [BLOCK_M, DV], do_layout)
+    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + hk * stride_vh, [seq_k, DV],
+                                        [stride_vs, 1], [BLOCK_N, DV], v_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, DV], do_layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DV], v_layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready, v_ready, empty = kv_ring_barriers(STAGES, 2)  # both compute partitions free
     mbarrier.init(q_bar, count=1)
@@ -178,16 +223,17 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     dq_base = dq_ptr + b * stride_dqb + h * stride_dqh
     ROWS: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([
-        (_compute, (q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty,
-                    lse_ptr + l_off, delta_ptr + l_off, dq_base, stride_dqs, start_m, lo, hi,
-                    seq_q, seq_k, qk_scale, scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL,
-                    WIN_LEFT, WIN_RIGHT, 0, num_warps)),
-        (_compute, (q_smem, do_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, empty,
-                    lse_ptr + l_off, delta_ptr + l_off, dq_base, stride_dqs, start_m, lo, hi,
-                    seq_q, seq_k, qk_scale, scale, ROWS, BLOCK_N, D, STAGES, IS_CAUSAL,
-                    WIN_LEFT, WIN_RIGHT, 1, num_warps)),
-        (_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, q_bar, k_bufs, v_bufs,
-                   k_ready, v_ready, empty, start_m, lo, hi, BLOCK_N, STAGES)),
+        (_compute, (q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready,
+                    v_ready, empty, lse_ptr + l_off, delta_ptr + l_off, dq_base, stride_dqs,
+                    start_m, lo, hi, seq_q, seq_k, qk_scale, scale, ROWS, BLOCK_N, D - D1, D1,
+                    STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0, num_warps)),
+        (_compute, (q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready,
+                    v_ready, empty, lse_ptr + l_off, delta_ptr + l_off, dq_base, stride_dqs,
+                    start_m, lo, hi, seq_q, seq_k, qk_scale, scale, ROWS, BLOCK_N, D - D1, D1,
+                    STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 1, num_warps)),
+        (_loader, (q_desc, q1_desc, do_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, do_smem,
+                   q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, start_m, lo, hi,
+                   D - D1, D1, BLOCK_N, STAGES)),
     ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
 
 
@@ -198,8 +244,9 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
     """Write dQ of dense MHA, GQA or MQA attention into ``dq`` (CUDA, sm90).
 
     Args:
-        q, do, dq: ``[b, seq_q, hq, 128]``; k, v: ``[b, seq_k, hk, 128]`` (``hq`` a multiple
-            of ``hk``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
+        q, dq: ``[b, seq_q, hq, d]``; k: ``[b, seq_k, hk, d]``; do: ``[b, seq_q, hq, 128]``;
+            v: ``[b, seq_k, hk, 128]`` (``d`` 128, or MLA's 192; ``hq`` a multiple of
+            ``hk``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
             (``flash_common.tma_aligned``).
         lse2, delta: float32 ``[b, hq, seq_q]`` (unit stride along the sequence): the base-2
             LSE with ``+inf`` on rows that saw no key, and ``sum(out * dO, -1)``, as
@@ -207,8 +254,8 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
         causal: bottom-right causal attention.
         scale: the softmax scale of the forward.
         window: ``(left, right)`` as ``flash_fwd_gluon.gluon_fwd`` takes it.
-        block_n, stages: the key tile (default ``block_n_for(causal)``) and the ring's slots
-            (``STAGES``).
+        block_n, stages: the key tile (default ``block_n_for(causal, d)``) and the ring's
+            slots (``STAGES``).
 
     The caller checks ``flash_bwd._gluon_dq`` first; nothing is checked here.
 
@@ -218,7 +265,7 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
     """
     global calls, tiling
     calls += 1
-    block_n = block_n or block_n_for(causal)
+    block_n = block_n or block_n_for(causal, q.shape[-1])
     tiling = f"{BLOCK_M}x{block_n} s{stages} wg2"
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
@@ -229,5 +276,6 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
         q, k, v, do, lse2, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dq.stride()[:3], lse2.stride(0), lse2.stride(1), sq, sk,
         scale * LOG2E, scale), dict(
-        HQ=hq, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages, num_warps=4, maxnreg=MAXNREG))
+        HQ=hq, GROUP=hq // hk, D=d, D1=d - 128, DV=v.shape[-1], IS_CAUSAL=causal,
+        WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages,
+        num_warps=4, maxnreg=MAXNREG))

@@ -122,7 +122,7 @@ def test_window_matches_the_oracle(case, gluon_calls):
     assert gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
 
 
-MLA_CASES = {  # q and k 192 wide (two column tiles), v 128; the backward stays on Triton
+MLA_CASES = {  # q and k 192 wide (two column tiles), v 128; dK/dV stays on Triton
     "mla-300x256-causal": Case((2, 300, 256, 4, 4, 192, 128), causal=True),
     "mla-gqa-333x500-full": Case((1, 333, 500, 4, 2, 192, 128)),
     "mla-203x113-causal": Case((2, 203, 113, 4, 4, 192, 128), causal=True),  # one-tile kernel
@@ -134,9 +134,8 @@ MLA_CASES = {  # q and k 192 wide (two column tiles), v 128; the backward stays 
 @pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlapped"])
 @pytest.mark.parametrize("case", MLA_CASES.values(), ids=MLA_CASES.keys())
 def test_mla_forward_matches_the_oracle(case, overlap, gluon_calls, monkeypatch):
-    """MLA's head dims in the Gluon forward (forced on: ``flash_fwd.GLUON_MLA`` is off until
-    measured), persistent and one-tile, with and without the overlapped schedule; the
-    backward on the Triton kernels."""
+    """MLA's head dims in the Gluon forward, persistent and one-tile, with and without the
+    overlapped schedule; dK/dV on the Triton kernel, dQ on the Gluon one (forced on)."""
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
@@ -144,6 +143,22 @@ def test_mla_forward_matches_the_oracle(case, overlap, gluon_calls, monkeypatch)
         flash_fwd_gluon.gluon_fwd, overlap=overlap))
     check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"] and not gluon_calls["dkdv"], gluon_calls
+
+
+@pytest.mark.parametrize("stages", [2, 3], ids=["s2", "s3"])
+@pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", MLA_CASES.values(), ids=MLA_CASES.keys())
+def test_mla_in_the_dq_kernel_matches_the_oracle(case, dtype, stages, gluon_calls, monkeypatch):
+    """MLA's head dims in the Gluon dQ kernel (forced on: ``flash_bwd.GLUON_DQ_MLA`` is off
+    until measured): Q and K as 128 + 64 column tiles, dQ as two accumulators, with rows
+    that see no key, GQA and a window, in both slot counts the probe times."""
+    import functools
+
+    from attnkit.kernels import flash_dq_gluon
+    monkeypatch.setattr(flash_dq_gluon, "gluon_dq", functools.partial(
+        flash_dq_gluon.gluon_dq, stages=stages))
+    check(case, dtype=dtype, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_calls["dq"] and gluon_calls["fwd"] and not gluon_calls["dkdv"], gluon_calls
 
 
 # whole key tiles in batches of 2: the persistent kernel takes them (``takes_persistent``)
