@@ -110,9 +110,21 @@ def time_backward_configs(name: str, configs: list[dict], serve, kernels: tuple[
 
 def run_jobs(jobs, out_path: str) -> dict:
     """Run ``(name, fn, args)`` jobs in order, each result (or its failure) printed and the
-    whole JSON rewritten to ``out_path`` after each, so that a call cut short keeps what ran."""
+    whole JSON rewritten to ``out_path`` after each, so that a call cut short keeps what ran.
+    ``PROBE_CASES`` (names joined by commas) keeps only those jobs.
+
+    Raises:
+        ValueError: where ``PROBE_CASES`` names a job that is not there.
+    """
+    only = [n for n in os.environ.get("PROBE_CASES", "").split(",") if n]
+    unknown = sorted(set(only) - {name for name, _, _ in jobs})
+    if unknown:
+        raise ValueError(f"PROBE_CASES: expected names of {[n for n, _, _ in jobs]}, "
+                         f"got {unknown}")
     result = {}
     for name, fn, args in jobs:
+        if only and name not in only:
+            continue
         try:
             result[name] = fn(*args)
         except Exception as exc:  # one case's failure must not lose the others

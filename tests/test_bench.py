@@ -561,3 +561,21 @@ def test_a_check_that_cannot_run_stops_attnkit_but_not_the_peers():
     assert mine["status"] == "error" and mine["fwd_ms"] is None
     assert mine["reason"] == "the check failed to run: truth out of memory"
     assert peer["status"] == "ok" and not peer["check"]["ok"] and peer["fwd_ms"] > 0
+
+
+def test_probe_jobs_keep_the_cases_named_in_probe_cases(tmp_path, monkeypatch):
+    """``benchmarks/gluon_common.run_jobs``: ``PROBE_CASES`` keeps only the jobs it names,
+    in their order, writes them to the JSON, and rejects a name that is not a job."""
+    import json
+
+    from benchmarks.gluon_common import run_jobs
+    jobs = [("a", lambda x: x + 1, (1,)), ("b", lambda x: x * 3, (2,)), ("c", lambda: 0, ())]
+    out = tmp_path / "probe.json"
+    monkeypatch.setenv("PROBE_CASES", "c,b")
+    assert list(run_jobs(jobs, str(out))) == ["b", "c"]
+    assert json.loads(out.read_text()) == {"b": 6, "c": 0}
+    monkeypatch.setenv("PROBE_CASES", "b,d")
+    with pytest.raises(ValueError, match="PROBE_CASES.*'d'"):
+        run_jobs(jobs, str(out))
+    monkeypatch.delenv("PROBE_CASES")
+    assert run_jobs(jobs, str(out)) == {"a": 2, "b": 6, "c": 0}
