@@ -359,10 +359,10 @@ def test_persistent_walk_balances_causal_tiles(n_m, heads):
 
 
 def test_gluon_dq_choice(monkeypatch):
-    """The Gluon dQ kernel serves plain dense inputs (GQA included) where
-    ``flash_common.gluon_fits`` holds: from 4k tokens without a causal mask, from 16k with
-    one, never with a window (``flash_bwd.GLUON_DQ_MIN_SEQ``); ``ATTNKIT_FLASH_GLUON=1``
-    drops those rules, ``0`` and ``GLUON_DQ`` unset turn it off."""
+    """The Gluon dQ kernel serves plain dense inputs (GQA and MLA's 192/128 included) where
+    ``flash_common.gluon_fits`` holds: from 4k tokens, causal or not, never with a window
+    (``flash_bwd.GLUON_DQ_MIN_SEQ``); ``ATTNKIT_FLASH_GLUON=1`` drops those rules, ``0`` and
+    ``GLUON_DQ`` unset turn it off, ``GLUON_DQ_MLA`` unset leaves MLA out."""
     from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
     kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
@@ -378,27 +378,25 @@ def test_gluon_dq_choice(monkeypatch):
     monkeypatch.setattr(flash_common, "device_capability", lambda device: (9, 0))
     monkeypatch.setattr(flash_common.triton, "__version__", flash_common.GLUON_TRITON[0] + "0")
     assert choice(q, kv, kv, q) and choice(q, q, q, q) and not choice(q, kv, kv, q, seq=4095)
-    assert choice(q, kv, kv, q, seq=16384, causal=True)
-    assert not choice(q, kv, kv, q, seq=16383, causal=True)
+    assert choice(q, kv, kv, q, causal=True) and not choice(q, kv, kv, q, seq=4095, causal=True)
     assert not choice(q, kv, kv, q, seq=16384, window=(1023, -1))
     assert not choice(q, kv, kv, q, plain=False)
     assert not choice(q.half(), kv, kv, q)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
     assert not choice(d64, d64, d64, d64)
+    # MLA: q and k 192 wide, v and dO 128 (not dv 192)
+    mla_q, mla_k = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16), torch.zeros(
+        1, 8, 2, 192, dtype=torch.bfloat16)
+    assert choice(mla_q, mla_k, kv, q, causal=True) and not choice(mla_q, mla_k, kv, q, seq=4095)
+    assert not choice(mla_q, mla_k, mla_k, mla_q)
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ_MLA", False)
+    assert not choice(mla_q, mla_k, kv, q) and choice(q, kv, kv, q)
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ_MLA", True)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
     assert choice(q, kv, kv, q, seq=8, causal=True, window=(3, 0))
     monkeypatch.setattr(flash_bwd, "GLUON_DQ", False)
     assert not choice(q, kv, kv, q)
     monkeypatch.setattr(flash_bwd, "GLUON_DQ", True)
-    # MLA (q and k 192, v and dO 128): with the override, or ``GLUON_DQ_MLA`` (not measured)
-    mla_q, mla_k = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16), torch.zeros(
-        1, 8, 2, 192, dtype=torch.bfloat16)
-    assert choice(mla_q, mla_k, kv, q) and not choice(mla_q, mla_k, mla_k, mla_q)  # dv 192
-    monkeypatch.delenv("ATTNKIT_FLASH_GLUON")
-    assert not choice(mla_q, mla_k, kv, q)
-    monkeypatch.setattr(flash_bwd, "GLUON_DQ_MLA", True)
-    assert choice(mla_q, mla_k, kv, q) and not choice(mla_q, mla_k, kv, q, seq=4095)
-    monkeypatch.setattr(flash_bwd, "GLUON_DQ_MLA", False)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "0")
     assert not choice(q, kv, kv, q)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "x")

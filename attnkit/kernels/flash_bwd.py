@@ -24,9 +24,9 @@ Three launches:
 On sm90 with the Triton release it was measured with, dense MHA at head dim 128 from 1k tokens
 has its dK/dV products computed by a warp-specialised Gluon kernel instead
 (``flash_bwd_gluon``, ``_gluon_dkdv``): 3-22% faster than ``_bwd_dkdv_kernel``. It takes
-GQA/MQA too, on request (``ATTNKIT_FLASH_GLUON=1``), where it measured even. From 4k tokens
-(16k causal), without windows, dQ runs in a Gluon kernel too (``flash_dq_gluon``,
-``_gluon_dq``): 5-10% faster than ``_bwd_dq_kernel``, MHA and GQA.
+GQA/MQA too, on request (``ATTNKIT_FLASH_GLUON=1``), where it measured even. From 4k tokens,
+without windows, dQ runs in a Gluon kernel too (``flash_dq_gluon``, ``_gluon_dq``): 5-10%
+faster than ``_bwd_dq_kernel`` at head dim 128 (MHA and GQA), 30% at MLA's 192/128.
 
 On sm90+ the dK/dV kernel reads its K/V, Q and dO tiles through TMA tensor descriptors at 4k+
 tokens (``_dkdv_tma``, ``ATTNKIT_FLASH_TMA``; ``flash_common.use_tma`` says when descriptors are
@@ -531,13 +531,11 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do)
 
 
-# Whether the Gluon dQ kernel (``flash_dq_gluon``) may serve, and from which length
-# (``_gluon_dq``: measured, step 11 of benchmarks/NOTES-flash.md); whether ``auto`` sends it
-# MLA's head dims (q and k 192, v 128: not yet measured, so not; ``ATTNKIT_FLASH_GLUON=1``
-# does).
+# Whether the Gluon dQ kernel (``flash_dq_gluon``) may serve, from which length, and whether
+# ``auto`` sends it MLA's head dims (q and k 192, v 128); measured: ``_gluon_dq``.
 GLUON_DQ = True
-GLUON_DQ_MIN_SEQ = {False: 4096, True: 16384}  # by ``causal``
-GLUON_DQ_MLA = False
+GLUON_DQ_MIN_SEQ = 4096
+GLUON_DQ_MLA = True
 
 
 def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
@@ -549,13 +547,15 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
     ``ATTNKIT_FLASH_GLUON`` not ``0``.
 
     Under ``auto``, where it measured faster (H200, step 11 of benchmarks/NOTES-flash.md,
-    ``results/gluon-dq-h200-2026-12-01-step11.json``, the dQ kernel and the whole backward
-    against ``_bwd_dq_kernel``, with ``flash_dq_gluon``'s tiles): no window, and ``seq``
-    (the longer of the query and key lengths) at least ``GLUON_DQ_MIN_SEQ`` (4k full, 16k
-    causal). 4k full 1.31 against 1.38 ms (whole backward 3.17 against 3.47), 16k full 4.81
-    against 5.37, 16k causal 2.47 against 2.65, GQA 32:8 4k full 2.91 against 3.15; slower
-    at 1k causal (0.305 against 0.279) and with a window of 1024 at 16k (0.478 against
-    0.439). ``ATTNKIT_FLASH_GLUON=1`` drops these rules (windows, GQA/MQA and MLA are fine).
+    ``results/gluon-dq-h200-2026-12-01-step11.json`` and ``-step11-mla.json``, the dQ kernel
+    and the whole backward against ``_bwd_dq_kernel``, with ``flash_dq_gluon``'s tiles): no
+    window, and ``seq`` (the longer of the query and key lengths) at least
+    ``GLUON_DQ_MIN_SEQ`` (4k), causal or not. Kernel us (whole backward ms): 4k full 1306
+    against 1381 (3.17 against 3.47), 4k causal 795 against 842 (1.89 against 1.95), 16k
+    full 4807 against 5366, 16k causal 2474 against 2654, GQA 32:8 4k full 2912 against
+    3153, MLA 4k full 1796 against 2601 (6.33 against 7.16), MLA 4k causal 1032 against 1455
+    (3.34 against 3.76); slower at 1k causal (305 against 279) and with a window of 1024 at
+    16k (478 against 439). ``ATTNKIT_FLASH_GLUON=1`` drops these rules.
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
@@ -569,8 +569,7 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
         return True
     windowed = window[0] >= 0 or window[1] >= 0
     mla = q.shape[-1] == 192
-    return (not windowed and (GLUON_DQ_MLA or not mla)
-            and seq >= GLUON_DQ_MIN_SEQ[causal])
+    return not windowed and (GLUON_DQ_MLA or not mla) and seq >= GLUON_DQ_MIN_SEQ
 
 
 def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:

@@ -1,8 +1,8 @@
 """The dQ kernel of the flash backward for Hopper, warp-specialised, written in Gluon.
 
 ``flash_bwd`` launches it in place of ``_bwd_dq_kernel`` where ``flash_bwd._gluon_dq`` says so
-(where it measured faster on an H200: from 4k tokens, 16k causal, without windows; the probe
-is ``benchmarks/gluon_dq.py``). It takes what the Gluon forward takes (dense
+(where it measured faster on an H200: from 4k tokens, without windows; the probe is
+``benchmarks/gluon_dq.py``). It takes what the Gluon forward takes (dense
 MHA or GQA/MQA, head dim 128 or MLA's 192 for q and k with 128 for v, 16-bit, causal or not,
 sliding windows, no masks, softcap or dropout; sm90 and a Triton of
 ``flash_common.GLUON_TRITON``). MLA's 192 columns are read as two column tiles of 128 and 64

@@ -149,9 +149,9 @@ def test_mla_forward_matches_the_oracle(case, overlap, gluon_calls, monkeypatch)
 @pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", MLA_CASES.values(), ids=MLA_CASES.keys())
 def test_mla_in_the_dq_kernel_matches_the_oracle(case, dtype, stages, gluon_calls, monkeypatch):
-    """MLA's head dims in the Gluon dQ kernel (forced on: ``flash_bwd.GLUON_DQ_MLA`` is off
-    until measured): Q and K as 128 + 64 column tiles, dQ as two accumulators, with rows
-    that see no key, GQA and a window, in both slot counts the probe times."""
+    """MLA's head dims in the Gluon dQ kernel (forced on at these lengths): Q and K as
+    128 + 64 column tiles, dQ as two accumulators, with rows that see no key, GQA and a
+    window, in both slot counts the probe times."""
     import functools
 
     from attnkit.kernels import flash_dq_gluon
