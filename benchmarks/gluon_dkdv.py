@@ -2,9 +2,9 @@
 
 ``--compile`` compiles it for sm90 without a GPU (a Triton with Gluon: 3.6.0, as on the lent
 H200) and prints the partitions' register split, the spills and the shared memory.
-``--check`` (CUDA, sm90) times the whole backward and its kernels with the Gluon kernel
-(``ATTNKIT_FLASH_GLUON=1``) and without it (``0``) at the MHA prefill shapes; its correctness
-is held to the float64 oracle by ``tests/gpu/test_flash_gpu.py``. JSON to
+``--check`` (CUDA, sm90) times the whole backward and its kernels with each configuration of
+the Gluon kernel and with the Triton one at the d 128 and MLA prefill shapes; its correctness
+is held to the float64 oracle by ``tests/gpu/test_flash_gluon_gpu.py``. JSON to
 ``$OUT/gluon-dkdv.json``.
 
 Step 8 of benchmarks/NOTES-flash.md tried a variant with two query tiles in flight (32x128,
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 from attnkit.kernels import flash_bwd_gluon as fbg
 from benchmarks.gluon_common import compile_sm90 as _compile
@@ -30,7 +29,9 @@ from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # the compute partitions: one of 8 warps; two of 4 warps; two taking turns
 CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, warpgroups=w, pingpong=p)
-                 for w, p in ((1, False), (2, False), (2, True))]}
+                 for w, p in ((1, False), (2, False), (2, True))],
+           192: [dict(block_m=m, stages=st, warpgroups=2, pingpong=False)
+                 for m, st in ((32, 2), (32, 3), (64, 2))]}
 
 SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{dt}",
              "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": "*{dt}", "dv_ptr": "*{dt}",
@@ -48,7 +49,8 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fbg.BLOCK
     ``window`` as ``flash_bwd_gluon.gluon_dkdv`` passes it); the register split and cubin
     resources."""
     warps = 8 // warpgroups
-    const = dict(HK=16 // group, GROUP=group, D=d, WIN_LEFT=window[0], WIN_RIGHT=window[1], IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=fbg.BLOCK_N,
+    const = dict(HK=16 // group, GROUP=group, D=d, D1=d - 128, DV=128, WIN_LEFT=window[0],
+                 WIN_RIGHT=window[1], IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=fbg.BLOCK_N,
                  STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=warps)
     return _compile(fbg.gluon_dkdv_kernel, SIGNATURE, const, warps=warps,
                     maxnreg=fbg.MAXNREG, dtype=dtype)
@@ -56,31 +58,41 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fbg.BLOCK
 
 @contextlib.contextmanager
 def _serving(cfg):
-    """The Gluon dK/dV kernel in configuration ``cfg`` (``ATTNKIT_FLASH_GLUON=1``), or the
-    Triton one for ``None`` (``0``)."""
-    real = fbg.gluon_dkdv
-    os.environ["ATTNKIT_FLASH_GLUON"] = "0" if cfg is None else "1"
+    """The Gluon dK/dV kernel in configuration ``cfg`` wherever it applies
+    (``flash_bwd._gluon_dkdv`` patched, its rules left out), or the Triton one for ``None``;
+    the dQ kernel as ``auto`` picks it either way."""
+    from attnkit.kernels import flash_bwd
+    real, rule = fbg.gluon_dkdv, flash_bwd._gluon_dkdv
+
+    def serves(q, k, v, do, *, plain, **rest):
+        return cfg is not None and plain
+
+    flash_bwd._gluon_dkdv = serves
     if cfg is not None:
         fbg.gluon_dkdv = functools.partial(real, warpgroups=cfg["warpgroups"],
-                                           pingpong=cfg["pingpong"])
+                                           pingpong=cfg["pingpong"], block_m=cfg["block_m"],
+                                           stages=cfg["stages"])
     try:
         yield
     finally:
-        fbg.gluon_dkdv = real
-        os.environ.pop("ATTNKIT_FLASH_GLUON")
+        fbg.gluon_dkdv, flash_bwd._gluon_dkdv = real, rule
 
 
 def _time_case(name: str) -> dict:
     """The whole deterministic backward and its kernels with the Triton dK/dV kernel and with
-    each configuration of the Gluon one (``time_backward_configs``)."""
-    return time_backward_configs(name, CONFIGS[128], _serving, ("dkdv", "_bwd_dq"))
+    each configuration of the Gluon one (``time_backward_configs``; MLA's with
+    ``CONFIGS[192]``)."""
+    return time_backward_configs(name, CONFIGS[192 if name.startswith("mla") else 128],
+                                 _serving, ("dkdv", "_dq"))
 
 
 def check(out_path: str) -> dict:
-    """``_time_case`` at the sliding window, GQA and MHA d 128 prefill shapes, written to
-    ``out_path`` as it goes."""
+    """``_time_case`` at MLA's, the sliding window's, GQA's and MHA's d 128 prefill shapes,
+    written to ``out_path`` as it goes."""
     return run_jobs([(n, _time_case, (n,)) for n in (
-        "window 1024 d128 s16k causal", "gqa 32:8 d128 s4k full", "gqa 32:8 d128 s4k causal", "mha d128 s1k full", "mha d128 s1k causal", "mha d128 s4k full", "mha d128 s4k causal",
+        "mla d192/128 s4k full", "mla d192/128 s4k causal", "window 1024 d128 s16k causal",
+        "gqa 32:8 d128 s4k full", "gqa 32:8 d128 s4k causal", "mha d128 s1k full",
+        "mha d128 s1k causal", "mha d128 s4k full", "mha d128 s4k causal",
         "mha d128 s16k full", "mha d128 s16k causal")], out_path)
 
 

@@ -170,9 +170,9 @@ def test_every_variant_flag_is_in_the_autotune_keys():
 def test_gluon_dkdv_choice(monkeypatch):
     """The Gluon dK/dV kernel serves plain MHA at head dim 128, 16-bit, from 1k tokens, on a
     9.x GPU with a measured Triton, when the dK/dV kernel may use descriptors; the override
-    drops the length rule and takes windows (not yet measured: ``flash_bwd.GLUON_WINDOWS``)
-    and GQA/MQA whose q and dO heads are adjacent, or turns it off, and a bad value is a
-    ValueError."""
+    drops the length rule and takes windows (measured slower: ``flash_bwd.GLUON_WINDOWS``),
+    MLA's 192/128 (not yet measured: ``GLUON_DKDV_MLA``) and GQA/MQA whose q and dO heads
+    are adjacent, or turns it off, and a bad value is a ValueError."""
     from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
@@ -200,7 +200,16 @@ def test_gluon_dkdv_choice(monkeypatch):
     assert flash_bwd._gluon_dkdv(gq, kv, kv, gq, plain=True, seq=16)  # heads adjacent
     assert not flash_bwd._gluon_dkdv(heads_first, kv, kv, gq, plain=True, seq=1024)
     assert not flash_bwd._gluon_dkdv(gq, kv, kv, heads_first, plain=True, seq=1024)
+    mla_q, mla_v = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16), gq
+    mla_kv = torch.zeros(1, 8, 1, 192, dtype=torch.bfloat16)
+    assert flash_bwd._gluon_dkdv(mla_q, mla_kv, kv, mla_v, plain=True, seq=16)  # MLA, MQA
+    assert not flash_bwd._gluon_dkdv(mla_q, mla_kv, mla_kv, mla_q, plain=True, seq=16)  # dv 192
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON")
+    mla_k = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16)
+    assert not flash_bwd._gluon_dkdv(mla_q, mla_k, gq, gq, plain=True, seq=4096)  # not measured
+    monkeypatch.setattr(flash_bwd, "GLUON_DKDV_MLA", True)
+    assert flash_bwd._gluon_dkdv(mla_q, mla_k, gq, gq, plain=True, seq=4096)
+    monkeypatch.setattr(flash_bwd, "GLUON_DKDV_MLA", False)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
     assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=4096)
     assert not flash_bwd._gluon_dkdv(q.float(), q.float(), q.float(), q.float(), plain=True,

@@ -495,6 +495,9 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
 # benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-12-01-step11.json``);
 # ``ATTNKIT_FLASH_GLUON=1`` sends them.
 GLUON_WINDOWS = False
+# The same for MLA's head dims (q and k 192, v 128: ``flash_bwd_gluon.block_m_for``): not
+# yet measured on a GPU; ``ATTNKIT_FLASH_GLUON=1`` sends them.
+GLUON_DKDV_MLA = False
 
 
 def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
@@ -503,13 +506,14 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     kernel) instead of ``_bwd_dkdv_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
-    ``window`` only with ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``). Besides: ``flash_common.gluon_fits`` (head dim 128, 16-bit, aligned, sm90, a
-    measured Triton, dO included); the dK/dV kernel allowed descriptors
-    (``flash_common.tma_kernels`` has ``dkdv``); and where it measured faster
-    (``flash_bwd_gluon``): MHA with ``seq`` (the longer of the query and key lengths) at
-    least 1024. ``ATTNKIT_FLASH_GLUON=1`` drops that rule, GQA/MQA included where q's and
-    dO's heads are adjacent (``stride(2) == 128``: the kernel reads a group's queries as one
-    matrix); at GQA 32:8 4k it measured even with the Triton kernel (H200, step 10 of
+    ``window`` and MLA's head dims (192 for q and k, 128 for v) only with
+    ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA``). Besides:
+    ``flash_common.gluon_fits`` (head dim 128 or 192/128, 16-bit, aligned, sm90, a measured
+    Triton, dO included); the dK/dV kernel allowed descriptors (``flash_common.tma_kernels``
+    has ``dkdv``); and where it measured faster (``flash_bwd_gluon``): MHA with ``seq`` (the
+    longer of the query and key lengths) at least 1024. ``ATTNKIT_FLASH_GLUON=1`` drops that
+    rule, GQA/MQA included where q's and dO's heads are adjacent (``stride(2)`` equal to the
+    head dim: the kernel reads a group's queries as one matrix); at GQA 32:8 4k it measured even with the Triton kernel (H200, step 10 of
     benchmarks/NOTES-flash.md: the kernel 4% slower full, 3% faster causal; the whole
     backward 2-3% faster), so ``auto`` leaves GQA on the Triton kernel. ``0`` turns it off
     (``flash_common.gluon_setting``).
@@ -523,12 +527,15 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     if mode == "auto" and (window[0] >= 0 or window[1] >= 0) and not GLUON_WINDOWS:
         return False
     d = q.shape[-1]
+    if mode == "auto" and d == 192 and not GLUON_DKDV_MLA:
+        return False
     if q.shape[2] != k.shape[2]:
-        if mode == "auto" or q.stride(2) != d or do.stride(2) != d:
+        if mode == "auto" or q.stride(2) != d or do.stride(2) != do.shape[-1]:
             return False
     elif mode == "auto" and seq < 1024:
         return False
-    return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do)
+    return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do,
+                                                  head_dims=((128, 128), (192, 128)))
 
 
 # Whether the Gluon dQ kernel (``flash_dq_gluon``) may serve, from which length, and whether

@@ -52,6 +52,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from attnkit.kernels import fast_launch
 from attnkit.kernels.flash_common import LOG2E, _ensure_allocator, cdiv
+from attnkit.kernels.flash_fwd_gluon import _qk_tiles
 from attnkit.kernels.gluon_sm90 import (
     COMPUTE_REGS,
     LOADER_REGS,
@@ -70,10 +71,25 @@ from attnkit.kernels.gluon_sm90 import (
 # 0.685 and 0.626).
 BLOCK_M, BLOCK_N, STAGES = 64, 128, 2
 WARPGROUPS, PINGPONG = 2, False
+# MLA's head dim (192 for q and k, 128 for v): 32 queries per tile (``block_m_for``).
+BLOCK_M_MLA = 32
 # Launches so far in this process, and the tiling of the last one as the benchmark reports it
 # (``attnkit.bench.subject`` names the kernels that served a case).
 calls = 0
 tiling = f"{BLOCK_M}x{BLOCK_N} s{STAGES} wg{WARPGROUPS}"
+
+
+def block_m_for(head_dim: int) -> int:
+    """The query tile of the dK/dV kernel: ``BLOCK_M`` (64) at head dim 128, and
+    ``BLOCK_M_MLA`` (32) at MLA's 192. There dK is two accumulators (128 + 64 columns) beside
+    dV's 128, 160 of a partition's 240 registers per thread, which leaves room for 32-query
+    scores and dP (16 + 16) but not for 64-query ones.
+
+    Example:
+        >>> block_m_for(128), block_m_for(192)
+        (64, 32)
+    """
+    return BLOCK_M_MLA if head_dim == 192 else BLOCK_M
 
 
 @gluon.jit
@@ -100,22 +116,28 @@ def _query_tiles(start_n, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl
 
 
 @gluon.jit
-def _loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP: gl.constexpr,
-            BLOCK_M: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+def _loader(q_desc, q1_desc, do_desc, q_bufs, q1_bufs, do_bufs, ready, empty, lo, hi,
+            GROUP: gl.constexpr, BLOCK_M: gl.constexpr, D: gl.constexpr, D1: gl.constexpr,
+            DV: gl.constexpr, STAGES: gl.constexpr):
     """The loader partition: for each query head of the group in turn, its Q and dO tiles
     ``lo, lo + BLOCK_M, ...`` into the ring (the descriptors' columns ``[g * D, (g + 1) * D)``
-    are head ``g`` of the group)."""
+    of Q and ``[g * DV, (g + 1) * DV)`` of dO are head ``g`` of the group; with ``D1 > 0``
+    Q's last ``D1`` columns go to ``q1_bufs``)."""
+    q_bytes: gl.constexpr = q_desc.block_type.nbytes + do_desc.block_type.nbytes + (
+        q1_desc.block_type.nbytes if D1 > 0 else 0)
     n = gl.cdiv(hi - lo, BLOCK_M)
     for j in range(GROUP * n):
         slot = j % STAGES
         mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)  # every slot starts free
-        mbarrier.expect(ready.index(slot),
-                        q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+        mbarrier.expect(ready.index(slot), q_bytes)
         start = lo + (j % n) * BLOCK_M
         col = (j // n) * D
         tma.async_copy_global_to_shared(q_desc, [start, col], ready.index(slot),
                                         q_bufs.index(slot))
-        tma.async_copy_global_to_shared(do_desc, [start, col], ready.index(slot),
+        if D1 > 0:
+            tma.async_copy_global_to_shared(q1_desc, [start, col + D - D1], ready.index(slot),
+                                            q1_bufs.index(slot))
+        tma.async_copy_global_to_shared(do_desc, [start, (j // n) * DV], ready.index(slot),
                                         do_bufs.index(slot))
 
 
@@ -176,27 +198,35 @@ def _take_turn(turns, k, WG: gl.constexpr):
 
 
 @gluon.jit
-def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr, delta_ptr,
-             stride_lh, dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n, seqlen_q,
-             seqlen_k, qk_scale, scale,
-             GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HALF: gl.constexpr, D: gl.constexpr,
-             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
-             WIN_RIGHT: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr,
-             num_warps: gl.constexpr):
+def _compute(k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, turns, lse_ptr,
+             delta_ptr, stride_lh, dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n,
+             seqlen_q, seqlen_k, qk_scale, scale,
+             GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HALF: gl.constexpr, D0: gl.constexpr,
+             D1: gl.constexpr, DV: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+             WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, WG: gl.constexpr,
+             PINGPONG: gl.constexpr, num_warps: gl.constexpr):
     """One compute partition (one warpgroup): dK and dV of rows ``[WG * HALF, (WG + 1) *
     HALF)`` of the program's key tile over query tiles ``[lo, hi)`` of each query head of the
-    group (LSE and delta rows ``stride_lh`` apart per head), stored at the end."""
+    group (LSE and delta rows ``stride_lh`` apart per head), stored at the end (``D0 ==
+    DV``: 128). With ``D1 > 0`` (MLA's 192 = 128 + 64) the scores take both column tiles of
+    K and Q, and dK is two accumulators, ``dS^T Q0`` and ``dS^T Q1``."""
     dtype: gl.constexpr = k_smem.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [HALF, BLOCK_M] scores
-    acc_layout: gl.constexpr = mma_layout(D, num_warps)  # [HALF, D] accumulators
+    acc_layout: gl.constexpr = mma_layout(D0, num_warps)  # [HALF, D0 == DV] accumulators
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     query_layout: gl.constexpr = gl.SliceLayout(0, s_layout)  # along the queries
     key_layout: gl.constexpr = gl.SliceLayout(1, s_layout)  # along the keys
-    k_rows = k_smem.slice(WG * HALF, HALF)  # [HALF, D]
-    v_rows = v_smem.slice(WG * HALF, HALF)  # [HALF, D]
+    k_rows = k_smem.slice(WG * HALF, HALF)  # [HALF, D0]
+    k1_rows = k1_smem.slice(WG * HALF, HALF)  # [HALF, D1] (k_rows again where D1 == 0)
+    v_rows = v_smem.slice(WG * HALF, HALF)  # [HALF, DV]
     first = start_n + WG * HALF  # the partition's first key
-    dk = gl.zeros([HALF, D], gl.float32, acc_layout)
-    dv = gl.zeros([HALF, D], gl.float32, acc_layout)
+    dk = gl.zeros([HALF, D0], gl.float32, acc_layout)
+    dv = gl.zeros([HALF, DV], gl.float32, acc_layout)
+    if D1 > 0:
+        acc1_layout: gl.constexpr = mma_layout(D1, num_warps)  # [HALF, D1] dK accumulator
+        a1_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc1_layout,
+                                                      k_width=2)
+        dk1 = gl.zeros([HALF, D1], gl.float32, acc1_layout)
     zero_s = gl.zeros([HALF, BLOCK_M], gl.float32, s_layout)
     cols = first + gl.arange(0, HALF, layout=key_layout)  # the partition's keys
     offset = seqlen_k - seqlen_q
@@ -208,12 +238,15 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr, delt
         head = (i // n).to(gl.int64) * stride_lh
         lse, delta = _row_stats(lse_ptr + head, delta_ptr + head, rows, seqlen_q)
         mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
-        q_s = q_bufs.index(slot)  # [BLOCK_M, D]
-        do_s = do_bufs.index(slot)  # [BLOCK_M, D]
+        q_s = q_bufs.index(slot)  # [BLOCK_M, D0]
+        q1_s = q1_bufs.index(slot)  # [BLOCK_M, D1]
+        do_s = do_bufs.index(slot)  # [BLOCK_M, DV]
         if PINGPONG:
             _take_turn(turns, 2 * i, WG)
         s_t = warpgroup_mma(k_rows, q_s.permute((1, 0)), zero_s, use_acc=False,
                             is_async=True)  # K Q^T: [HALF, BLOCK_M]
+        if D1 > 0:
+            s_t = warpgroup_mma(k1_rows, q1_s.permute((1, 0)), s_t, is_async=True)
         dp_t = warpgroup_mma(v_rows, do_s.permute((1, 0)), zero_s, use_acc=False,
                              is_async=True)  # V dO^T: [HALF, BLOCK_M]
         if PINGPONG:
@@ -224,14 +257,22 @@ def _compute(k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr, delt
                                    HALF)
         if PINGPONG:
             _take_turn(turns, 2 * i + 1, WG)
-        dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO: [HALF, D]
-        dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q: [HALF, D]
+        dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO: [HALF, DV]
+        dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q: [HALF, D0]
+        if D1 > 0:
+            ds_a1 = gl.convert_layout(ds_a, a1_layout)
+            dk1 = warpgroup_mma(ds_a1, q1_s, dk1, is_async=True)  # [HALF, D1]
         if PINGPONG:
             mbarrier.arrive(turns.index(1 - WG))
-        dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))
-        mbarrier.arrive(empty.index(slot))  # both products done with the slot
-    _store_rows(dk * scale, dk_ptr, stride_dks, first, seqlen_k, HALF, D)
-    _store_rows(dv, dv_ptr, stride_dvs, first, seqlen_k, HALF, D)
+        if D1 > 0:
+            dv, dk, dk1, _, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, dk1, p_a, ds_a, ds_a1))
+        else:
+            dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))
+        mbarrier.arrive(empty.index(slot))  # every product done with the slot
+    _store_rows(dk * scale, dk_ptr, stride_dks, first, seqlen_k, HALF, D0)
+    if D1 > 0:
+        _store_rows(dk1 * scale, dk_ptr + D0, stride_dks, first, seqlen_k, HALF, D1)
+    _store_rows(dv, dv_ptr, stride_dvs, first, seqlen_k, HALF, DV)
 
 
 @gluon.jit
@@ -241,6 +282,7 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
                       stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
                       stride_lb, stride_lh, seq_q, seq_k, qk_scale, scale,
                       HK: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
+                      D1: gl.constexpr, DV: gl.constexpr,
                       IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                       STAGES: gl.constexpr, WARPGROUPS: gl.constexpr, PINGPONG: gl.constexpr,
@@ -249,10 +291,13 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     1), summed over the ``GROUP`` query heads that share it; a window ``(WIN_LEFT,
     WIN_RIGHT)`` (-1: unbounded) as ``_query_tiles`` has it.
 
-    q, do: ``[b, seq_q, HK * GROUP, D]``, with adjacent heads (``stride_qh == D``) when
-    ``GROUP > 1``: a group's Q and dO are read as one ``[seq_q, GROUP * D]`` matrix. k, v,
-    dk, dv: ``[b, seq_k, HK, D]``. All with unit stride in D and 16-byte aligned rows; lse
-    (base 2) and delta: float32 ``[b, HK * GROUP, seq_q]``; ``qk_scale = scale * log2(e)``.
+    q: ``[b, seq_q, HK * GROUP, D]``, do: ``[b, seq_q, HK * GROUP, DV]``, with adjacent
+    heads (``stride_qh == D``, ``stride_doh == DV``) when ``GROUP > 1``: a group's Q and dO
+    are read as one ``[seq_q, GROUP * D]`` and ``[seq_q, GROUP * DV]`` matrix. k, dk:
+    ``[b, seq_k, HK, D]``; v, dv: ``[b, seq_k, HK, DV]``. ``D`` 128, or MLA's 192 read as
+    column tiles of 128 and ``D1`` = 64 (``flash_fwd_gluon._qk_tiles``); ``DV`` 128. All with
+    unit stride in the head dim and 16-byte aligned rows; lse (base 2) and delta: float32
+    ``[b, HK * GROUP, seq_q]``; ``qk_scale = scale * log2(e)``.
     """
     pid_n = gl.program_id(0)
     pid_bh = gl.program_id(1)
@@ -261,22 +306,20 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     hq = h * GROUP  # the group's first query head
     start_n = pid_n * BLOCK_N
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], dtype)
-    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
-    q_desc = tma.make_tensor_descriptor(q_ptr + b * stride_qb + hq * stride_qh,
-                                        [seq_q, GROUP * D], [stride_qs, 1], [BLOCK_M, D],
-                                        q_layout)
+    # K's and Q's column tiles (the forward's helper, roles swapped: one [BLOCK_N, ...] K
+    # tile, a ring of [BLOCK_M, ...] Q slots), D - D1 wide and, where D1 > 0, D1 wide
+    k_desc, k1_desc, q_desc, q1_desc, k_smem, k1_smem, q_bufs, q1_bufs = _qk_tiles(
+        k_ptr + b * stride_kb + h * stride_kh, q_ptr + b * stride_qb + hq * stride_qh, seq_k,
+        D, seq_q, GROUP * D, stride_ks, stride_qs, BLOCK_N, BLOCK_M, D, D1, STAGES)
+    do_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, DV], dtype)
+    v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DV], dtype)
     do_desc = tma.make_tensor_descriptor(do_ptr + b * stride_dob + hq * stride_doh,
-                                         [seq_q, GROUP * D], [stride_dos, 1], [BLOCK_M, D],
-                                         q_layout)
-    k_desc = tma.make_tensor_descriptor(k_ptr + b * stride_kb + h * stride_kh, [seq_k, D],
-                                        [stride_ks, 1], [BLOCK_N, D], kv_layout)
-    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + h * stride_vh, [seq_k, D],
-                                        [stride_vs, 1], [BLOCK_N, D], kv_layout)
-    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D], kv_layout)
-    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D], kv_layout)
-    q_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], q_layout)
-    do_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], q_layout)
+                                         [seq_q, GROUP * DV], [stride_dos, 1], [BLOCK_M, DV],
+                                         do_layout)
+    v_desc = tma.make_tensor_descriptor(v_ptr + b * stride_vb + h * stride_vh, [seq_k, DV],
+                                        [stride_vs, 1], [BLOCK_N, DV], v_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, DV], v_layout)
+    do_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, DV], do_layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -288,8 +331,12 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     mbarrier.init(turns.index(0), count=1)
     mbarrier.init(turns.index(1), count=1)
     fence_async_shared()
-    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    kv_bytes: gl.constexpr = k_desc.block_type.nbytes + v_desc.block_type.nbytes + (
+        k1_desc.block_type.nbytes if D1 > 0 else 0)
+    mbarrier.expect(kv_bar, kv_bytes)
     tma.async_copy_global_to_shared(k_desc, [start_n, 0], kv_bar, k_smem)
+    if D1 > 0:
+        tma.async_copy_global_to_shared(k1_desc, [start_n, D - D1], kv_bar, k1_smem)
     tma.async_copy_global_to_shared(v_desc, [start_n, 0], kv_bar, v_smem)
     mbarrier.wait(kv_bar, 0)
     lo, hi = _query_tiles(start_n, seq_q, seq_k, BLOCK_M, BLOCK_N, IS_CAUSAL, WIN_LEFT,
@@ -300,44 +347,45 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     if WARPGROUPS == 2:  # a partition per half of the key tile, 4 warps each
         HALF: gl.constexpr = BLOCK_N // 2
         gl.warp_specialize([
-            (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
-                        delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
-                        stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
-                        BLOCK_M, HALF, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0,
-                        PINGPONG, num_warps)),
-            (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
-                        delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
-                        stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
-                        BLOCK_M, HALF, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 1,
-                        PINGPONG, num_warps)),
-            (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP,
-                       BLOCK_M, D, STAGES)),
+            (_compute, (k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, turns,
+                        lse_ptr + l_off, delta_ptr + l_off, stride_lh, dk_base, dv_base,
+                        stride_dks, stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale,
+                        GROUP, BLOCK_M, HALF, D - D1, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
+                        WIN_RIGHT, 0, PINGPONG, num_warps)),
+            (_compute, (k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, turns,
+                        lse_ptr + l_off, delta_ptr + l_off, stride_lh, dk_base, dv_base,
+                        stride_dks, stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale,
+                        GROUP, BLOCK_M, HALF, D - D1, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
+                        WIN_RIGHT, 1, PINGPONG, num_warps)),
+            (_loader, (q_desc, q1_desc, do_desc, q_bufs, q1_bufs, do_bufs, ready, empty, lo,
+                       hi, GROUP, BLOCK_M, D, D1, DV, STAGES)),
         ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
     else:  # one partition of num_warps warps for the whole key tile
         gl.warp_specialize([
-            (_compute, (k_smem, v_smem, q_bufs, do_bufs, ready, empty, turns, lse_ptr + l_off,
-                        delta_ptr + l_off, stride_lh, dk_base, dv_base, stride_dks,
-                        stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale, GROUP,
-                        BLOCK_M, BLOCK_N, D, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0,
-                        False, num_warps)),
-            (_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, lo, hi, GROUP,
-                       BLOCK_M, D, STAGES)),
+            (_compute, (k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, turns,
+                        lse_ptr + l_off, delta_ptr + l_off, stride_lh, dk_base, dv_base,
+                        stride_dks, stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale,
+                        GROUP, BLOCK_M, BLOCK_N, D - D1, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
+                        WIN_RIGHT, 0, False, num_warps)),
+            (_loader, (q_desc, q1_desc, do_desc, q_bufs, q1_bufs, do_bufs, ready, empty, lo,
+                       hi, GROUP, BLOCK_M, D, D1, DV, STAGES)),
         ], [LOADER_WARPS], [LOADER_REGS])
 
 
 def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
                lse2: torch.Tensor, delta: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *,
                causal: bool, scale: float, window: tuple[int, int] = (-1, -1),
-               warpgroups: int = WARPGROUPS,
-               pingpong: bool = PINGPONG) -> None:
+               warpgroups: int = WARPGROUPS, pingpong: bool = PINGPONG,
+               block_m: int | None = None, stages: int = STAGES) -> None:
     """Write dK and dV of dense MHA, GQA or MQA attention into ``dk`` and ``dv`` (CUDA,
     sm90), each K/V head's summed over the query heads that share it.
 
     Args:
-        q, do: ``[b, seq_q, hq, 128]``; k, v, dk, dv: ``[b, seq_k, hk, 128]`` (``hq`` a
-            multiple of ``hk``; past one query head per K/V head, q's and do's heads adjacent:
-            ``stride(2) == 128``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
-            (``flash_common.tma_aligned``).
+        q: ``[b, seq_q, hq, d]``; k, dk: ``[b, seq_k, hk, d]``; do: ``[b, seq_q, hq, 128]``;
+            v, dv: ``[b, seq_k, hk, 128]`` (``d`` 128, or MLA's 192; ``hq`` a multiple of
+            ``hk``; past one query head per K/V head, q's and do's heads adjacent:
+            ``stride(2)`` equal to the head dim); all bf16 or all fp16, last dim contiguous,
+            16-byte aligned (``flash_common.tma_aligned``).
         lse2, delta: float32 ``[b, hq, seq_q]`` (unit stride along the sequence): the base-2
             LSE with ``+inf`` on rows that saw no key, and ``sum(out * dO, -1)``, as
             ``flash_bwd._bwd_preprocess`` writes them.
@@ -346,6 +394,7 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
         window: ``(left, right)`` as ``flash_fwd_gluon.gluon_fwd`` takes it (-1: unbounded;
             with ``causal`` as well where both are given).
         warpgroups, pingpong: the compute partitions (``WARPGROUPS``, ``PINGPONG``).
+        block_m, stages: the query tile (default ``block_m_for(d)``) and the ring's slots.
 
     The caller checks ``flash_bwd._gluon_dkdv`` first; nothing is checked here.
 
@@ -355,9 +404,10 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
     """
     global calls, tiling
     calls += 1
-    tiling = f"{BLOCK_M}x{BLOCK_N} s{STAGES} wg{warpgroups}" + (" pingpong" if pingpong else "")
-    _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
+    block_m = block_m or block_m_for(d)
+    tiling = f"{block_m}x{BLOCK_N} s{stages} wg{warpgroups}" + (" pingpong" if pingpong else "")
+    _ensure_allocator()  # device-side descriptors live in global scratch
     sk, hk = k.shape[1], k.shape[2]
     left, right = window_constexprs(window, causal)
     grid = (cdiv(sk, BLOCK_N), b * hk)
@@ -365,7 +415,7 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
         q, k, v, do, lse2, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], lse2.stride(0), lse2.stride(1),
         sq, sk, scale * LOG2E, scale), dict(
-        HK=hk, GROUP=hq // hk, D=d, IS_CAUSAL=causal, WIN_LEFT=left, WIN_RIGHT=right,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        STAGES=STAGES, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
+        HK=hk, GROUP=hq // hk, D=d, D1=d - 128, DV=v.shape[-1], IS_CAUSAL=causal,
+        WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+        STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
         maxnreg=MAXNREG))

@@ -122,7 +122,7 @@ def test_window_matches_the_oracle(case, gluon_calls):
     assert gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
 
 
-MLA_CASES = {  # q and k 192 wide (two column tiles), v 128; dK/dV stays on Triton
+MLA_CASES = {  # q and k 192 wide (two column tiles), v 128
     "mla-300x256-causal": Case((2, 300, 256, 4, 4, 192, 128), causal=True),
     "mla-gqa-333x500-full": Case((1, 333, 500, 4, 2, 192, 128)),
     "mla-203x113-causal": Case((2, 203, 113, 4, 4, 192, 128), causal=True),  # one-tile kernel
@@ -135,30 +135,34 @@ MLA_CASES = {  # q and k 192 wide (two column tiles), v 128; dK/dV stays on Trit
 @pytest.mark.parametrize("case", MLA_CASES.values(), ids=MLA_CASES.keys())
 def test_mla_forward_matches_the_oracle(case, overlap, gluon_calls, monkeypatch):
     """MLA's head dims in the Gluon forward, persistent and one-tile, with and without the
-    overlapped schedule; dK/dV on the Triton kernel, dQ on the Gluon one (forced on)."""
+    overlapped schedule, and in the Gluon dK/dV and dQ kernels (forced on)."""
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
         flash_fwd_gluon.gluon_fwd, overlap=overlap))
     check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
-    assert gluon_calls["fwd"] and not gluon_calls["dkdv"], gluon_calls
+    assert gluon_calls["fwd"] and gluon_calls["dkdv"] and gluon_calls["dq"], gluon_calls
 
 
+@pytest.mark.parametrize("kernel", ["dq", "dkdv"])
 @pytest.mark.parametrize("stages", [2, 3], ids=["s2", "s3"])
 @pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", MLA_CASES.values(), ids=MLA_CASES.keys())
-def test_mla_in_the_dq_kernel_matches_the_oracle(case, dtype, stages, gluon_calls, monkeypatch):
-    """MLA's head dims in the Gluon dQ kernel (forced on at these lengths): Q and K as
-    128 + 64 column tiles, dQ as two accumulators, with rows that see no key, GQA and a
-    window, in both slot counts the probe times."""
+def test_mla_backward_kernels_match_the_oracle(case, dtype, stages, kernel, gluon_calls,
+                                               monkeypatch):
+    """MLA's head dims in the Gluon dQ and dK/dV kernels (forced on: ``flash_bwd``'s
+    ``GLUON_DKDV_MLA`` is off until measured): Q and K as 128 + 64 column tiles, dQ and dK
+    as two accumulators each, with rows that see no key, GQA and a window, in both slot
+    counts the probes time (``kernel``'s slots; the other kernel as it ships)."""
     import functools
 
-    from attnkit.kernels import flash_dq_gluon
-    monkeypatch.setattr(flash_dq_gluon, "gluon_dq", functools.partial(
-        flash_dq_gluon.gluon_dq, stages=stages))
+    from attnkit.kernels import flash_bwd_gluon, flash_dq_gluon
+    module, name = ((flash_dq_gluon, "gluon_dq") if kernel == "dq"
+                    else (flash_bwd_gluon, "gluon_dkdv"))
+    monkeypatch.setattr(module, name, functools.partial(getattr(module, name), stages=stages))
     check(case, dtype=dtype, device="cuda", deterministic=True, dq_mode="kernel")
-    assert gluon_calls["dq"] and gluon_calls["fwd"] and not gluon_calls["dkdv"], gluon_calls
+    assert gluon_calls["dq"] and gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
 
 
 # whole key tiles in batches of 2: the persistent kernel takes them (``takes_persistent``)
