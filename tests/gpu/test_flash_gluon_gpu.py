@@ -360,16 +360,17 @@ def test_merged_qkv_views(causal, gluon_calls):
 
 
 @pytest.mark.parametrize("seq,hk,window,expect", [
-    (4096, 8, (-1, -1), dict(fwd=True, dkdv=True)),
-    (1024, 8, (-1, -1), dict(fwd=True, dkdv=True)),
-    (512, 8, (-1, -1), dict(fwd=False, dkdv=False)),
-    (4096, 2, (-1, -1), dict(fwd=True, dkdv=False)),
-    (4096, 8, (255, 0), dict(fwd=True, dkdv=False))],
+    (4096, 8, (-1, -1), dict(fwd=True, dkdv=True, dq=True)),
+    (1024, 8, (-1, -1), dict(fwd=True, dkdv=True, dq=False)),
+    (512, 8, (-1, -1), dict(fwd=False, dkdv=False, dq=False)),
+    (4096, 2, (-1, -1), dict(fwd=True, dkdv=False, dq=True)),
+    (4096, 8, (255, 0), dict(fwd=True, dkdv=False, dq=False))],
     ids=["mha-4k", "mha-1k", "mha-512", "gqa-4k", "window-4k"])
 def test_launcher_choice(seq, hk, window, expect, monkeypatch):
     """Without the override the dK/dV kernel runs for dense MHA from 1k tokens
-    (``flash_bwd._gluon_dkdv``), the forward for dense MHA and GQA from 1k tokens, windows
-    included (``flash_fwd._gluon_fwd``)."""
+    (``flash_bwd._gluon_dkdv``), the dQ kernel for MHA and GQA from 4k tokens without a
+    window (``flash_bwd._gluon_dq``), the forward for dense MHA and GQA from 1k tokens,
+    windows included (``flash_fwd._gluon_fwd``); all causal here."""
     import attnkit
     calls = _count_launches(monkeypatch)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
@@ -377,7 +378,7 @@ def test_launcher_choice(seq, hk, window, expect, monkeypatch):
     k, v = (torch.randn(1, seq, hk, 128, device="cuda", dtype=BF16, requires_grad=True)
             for _ in range(2))
     attnkit.attention(q, k, v, causal=True, window=window, backend="triton").sum().backward()
-    assert bool(calls["dkdv"]) == expect["dkdv"] and bool(calls["fwd"]) == expect["fwd"]
+    assert {name: bool(calls[name]) for name in expect} == expect, calls
 
 
 def test_backward_is_bitwise_reproducible(gluon_calls):
