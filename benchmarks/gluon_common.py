@@ -108,6 +108,16 @@ def time_backward_configs(name: str, configs: list[dict], serve, kernels: tuple[
     return row
 
 
+def head_dim(case: str) -> int:
+    """The q/k head dim of a prefill case's name: 192 for MLA's, else its ``d`` field.
+
+    Example:
+        >>> head_dim("mla d192/128 s4k full"), head_dim("mha d64 s1k causal")
+        (192, 64)
+    """
+    return int(re.search(r"\bd(\d+)", case).group(1))
+
+
 def run_jobs(jobs, out_path: str) -> dict:
     """Run ``(name, fn, args)`` jobs in order, each result (or its failure) printed and the
     whole JSON rewritten to ``out_path`` after each, so that a call cut short keeps what ran.

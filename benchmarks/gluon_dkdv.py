@@ -23,7 +23,9 @@ import contextlib
 import functools
 
 from attnkit.kernels import flash_bwd_gluon as fbg
+from attnkit.kernels.gluon_sm90 import column_split
 from benchmarks.gluon_common import compile_sm90 as _compile
+from benchmarks.gluon_common import head_dim as _head_dim
 from benchmarks.gluon_common import main as _main
 from benchmarks.gluon_common import run_jobs, time_backward_configs
 
@@ -31,7 +33,8 @@ from benchmarks.gluon_common import run_jobs, time_backward_configs
 CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, warpgroups=w, pingpong=p)
                  for w, p in ((1, False), (2, False), (2, True))],
            192: [dict(block_m=m, stages=st, warpgroups=2, pingpong=False)
-                 for m, st in ((32, 2), (32, 3), (64, 2))]}
+                 for m, st in ((32, 2), (32, 3), (64, 2))],
+           64: [dict(block_m=64, stages=st, warpgroups=2, pingpong=False) for st in (2, 3)]}
 
 SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{dt}",
              "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": "*{dt}", "dv_ptr": "*{dt}",
@@ -49,8 +52,8 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fbg.BLOCK
     ``window`` as ``flash_bwd_gluon.gluon_dkdv`` passes it); the register split and cubin
     resources."""
     warps = 8 // warpgroups
-    const = dict(HK=16 // group, GROUP=group, D=d, D1=d - 128, DV=128, WIN_LEFT=window[0],
-                 WIN_RIGHT=window[1], IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=fbg.BLOCK_N,
+    const = dict(HK=16 // group, GROUP=group, D=d, D1=column_split(d), DV=min(d, 128),
+                 WIN_LEFT=window[0], WIN_RIGHT=window[1], IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=fbg.BLOCK_N,
                  STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=warps)
     return _compile(fbg.gluon_dkdv_kernel, SIGNATURE, const, warps=warps,
                     maxnreg=fbg.MAXNREG, dtype=dtype)
@@ -80,16 +83,18 @@ def _serving(cfg):
 
 def _time_case(name: str) -> dict:
     """The whole deterministic backward and its kernels with the Triton dK/dV kernel and with
-    each configuration of the Gluon one (``time_backward_configs``; MLA's with
-    ``CONFIGS[192]``)."""
-    return time_backward_configs(name, CONFIGS[192 if name.startswith("mla") else 128],
-                                 _serving, ("dkdv", "_dq"))
+    each configuration of the Gluon one (``time_backward_configs``; the configurations of
+    the case's head dim, ``_head_dim``)."""
+    return time_backward_configs(name, CONFIGS[_head_dim(name)], _serving, ("dkdv", "_dq"))
 
 
 def check(out_path: str) -> dict:
-    """``_time_case`` at MLA's, the sliding window's, GQA's and MHA's d 128 prefill shapes,
-    written to ``out_path`` as it goes."""
+    """``_time_case`` at the prefill shapes of head dim 64 (first: not yet measured), MLA's,
+    the sliding window's, GQA's and MHA's d 128, written to ``out_path`` as it goes
+    (``PROBE_CASES`` picks some)."""
     return run_jobs([(n, _time_case, (n,)) for n in (
+        "mha d64 s1k full", "mha d64 s1k causal", "mha d64 s4k full", "mha d64 s4k causal",
+        "mha d64 s16k full", "mha d64 s16k causal",
         "mla d192/128 s4k full", "mla d192/128 s4k causal", "window 1024 d128 s16k causal",
         "gqa 32:8 d128 s4k full", "gqa 32:8 d128 s4k causal", "mha d128 s1k full",
         "mha d128 s1k causal", "mha d128 s4k full", "mha d128 s4k causal",

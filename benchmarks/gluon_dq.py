@@ -21,14 +21,18 @@ import contextlib
 import functools
 
 from attnkit.kernels import flash_dq_gluon as fdg
+from attnkit.kernels.gluon_sm90 import column_split
 from benchmarks.gluon_common import compile_sm90 as _compile
+from benchmarks.gluon_common import head_dim as _head_dim
 from benchmarks.gluon_common import main as _main
 from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # (key tile, slots)
 CONFIGS = {128: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st)
                  for n, st in ((64, 2), (64, 3), (128, 2))],
-           192: [dict(block_m=fdg.BLOCK_M, block_n=64, stages=st) for st in (2, 3)]}
+           192: [dict(block_m=fdg.BLOCK_M, block_n=64, stages=st) for st in (2, 3)],
+           64: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st)
+                for n, st in ((64, 2), (64, 3), (128, 2), (128, 3))]}
 
 SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{dt}",
              "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": "*{dt}",
@@ -43,7 +47,7 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fdg.BLOCK
     """Compile the kernel for sm90 without a GPU (16 heads; ``d`` 128, or 192 with v's 128
     as MLA's; ``window`` as ``flash_dq_gluon.gluon_dq`` passes it); the register split and
     cubin resources."""
-    const = dict(HQ=16, GROUP=1, D=d, D1=d - 128, DV=128, IS_CAUSAL=causal, WIN_LEFT=window[0],
+    const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=min(d, 128), IS_CAUSAL=causal, WIN_LEFT=window[0],
                  WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                  num_warps=4)
     return _compile(fdg.gluon_dq_kernel, SIGNATURE, const, warps=4, maxnreg=fdg.MAXNREG,
@@ -71,16 +75,17 @@ def _serving(cfg):
 
 def _time_case(name: str) -> dict:
     """The whole deterministic backward and its kernels with the Triton dQ kernel and with
-    each configuration of the Gluon one (``time_backward_configs``; MLA's with
-    ``CONFIGS[192]``)."""
-    return time_backward_configs(name, CONFIGS[192 if name.startswith("mla") else 128],
-                                 _serving, ("dkdv", "_dq"))
+    each configuration of the Gluon one (``time_backward_configs``; the configurations of
+    the case's head dim, ``_head_dim``)."""
+    return time_backward_configs(name, CONFIGS[_head_dim(name)], _serving, ("dkdv", "_dq"))
 
 
 def check(out_path: str) -> dict:
-    """``_time_case`` at the prefill shapes of head dim 128 and MLA's (those not yet
-    measured first), written to ``out_path`` as it goes."""
+    """``_time_case`` at the prefill shapes of head dims 64 (first: not yet measured), 128
+    and MLA's, written to ``out_path`` as it goes (``PROBE_CASES`` picks some)."""
     return run_jobs([(n, _time_case, (n,)) for n in (
+        "mha d64 s1k full", "mha d64 s1k causal", "mha d64 s4k full", "mha d64 s4k causal",
+        "mha d64 s16k full", "mha d64 s16k causal",
         "mla d192/128 s4k full", "mla d192/128 s4k causal", "mha d128 s4k causal",
         "mha d128 s4k full", "mha d128 s16k causal", "mha d128 s1k causal",
         "gqa 32:8 d128 s4k full", "window 1024 d128 s16k causal", "mha d128 s16k full")],

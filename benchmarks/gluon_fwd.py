@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 
 from attnkit.kernels import flash_fwd_gluon as ffg
+from attnkit.kernels.gluon_sm90 import column_split
 from benchmarks.gluon_common import compile_sm90 as _compile
+from benchmarks.gluon_common import head_dim, run_jobs
 from benchmarks.gluon_common import main as _main
-from benchmarks.gluon_common import run_jobs
 
 # (query tile, key tile, slots, compute partitions, persistent, softmax overlapping P V)
 CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w, persistent=p, overlap=o)
@@ -32,6 +33,9 @@ CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w, persisten
                                         (64, 3, 2, False, False), (128, 2, 2, True, False),
                                         (128, 3, 2, True, False), (128, 2, 2, True, True),
                                         (128, 3, 2, True, True))]}
+# head dim 64 (half the shared memory per slot): the persistent kernel with 2 to 4 slots too
+CONFIGS[64] = CONFIGS[128] + [dict(block_m=128, block_n=128, stages=4, warpgroups=2,
+                                   persistent=True, overlap=o) for o in (False, True)]
 
 PERSISTENT_SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}",
                         "out_ptr": "*{dt}", "lse_ptr": "*fp32",
@@ -58,13 +62,13 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
     and cubin resources."""
     warps = 8 // warpgroups
     if persistent:
-        const = dict(HQ=16, GROUP=1, D=d, D1=d - 128, DV=dv or d, IS_CAUSAL=causal,
+        const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=dv or d, IS_CAUSAL=causal,
                      WIN_LEFT=window[0],
                      WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
                      STAGES=stages, PAIR=2, OVERLAP=overlap, num_warps=4)
         return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
                         maxnreg=ffg.MAXNREG, dtype=dtype)
-    const = dict(HQ=16, GROUP=1, D=d, D1=d - 128, DV=dv or d, IS_CAUSAL=causal,
+    const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=dv or d, IS_CAUSAL=causal,
                  WIN_LEFT=window[0],
                  WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
                  STAGES=stages, WARPGROUPS=warpgroups, num_warps=warps)
@@ -95,7 +99,7 @@ def _time_case(name: str) -> dict:
         os.environ.pop("ATTNKIT_FLASH_GLUON")
     out, lse = torch.empty_like(want), torch.empty(q.shape[0], q.shape[2], q.shape[1],
                                                    device=q.device, dtype=torch.float32)
-    for cfg in CONFIGS[128]:
+    for cfg in CONFIGS.get(head_dim(name), CONFIGS[128]):  # MLA's 192: d 128's tiles
         run = functools.partial(ffg.gluon_fwd, q, k, v, out, lse, causal=opts["causal"],
                                 scale=opts["scale"], window=opts["window"], **cfg)
         try:
@@ -111,10 +115,12 @@ def _time_case(name: str) -> dict:
 
 
 def check(out_path: str) -> dict:
-    """``_time_case`` at the d 128 prefill shapes (the sliding window and MLA's d 192/128
-    first, where the Gluon forward is not yet measured), written to ``out_path`` as it
-    goes."""
+    """``_time_case`` at the prefill shapes of head dims 64, 128 and MLA's 192/128 (d 64
+    first: not yet measured), written to ``out_path`` as it goes (``PROBE_CASES`` picks
+    some)."""
     return run_jobs([(n, _time_case, (n,)) for n in (
+        "mha d64 s1k full", "mha d64 s1k causal", "mha d64 s4k full", "mha d64 s4k causal",
+        "mha d64 s16k full", "mha d64 s16k causal",
         "window 1024 d128 s16k causal", "mla d192/128 s4k full", "mla d192/128 s4k causal",
         "mha d128 s1k full", "gqa 32:8 d128 s4k full", "mha d128 s1k causal",
         "mha d128 s4k full", "mha d128 s4k causal", "mha d128 s16k full",

@@ -490,6 +490,8 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
                                                        mask_kind=mask_kind)
 
 
+# The ``(q and k, v)`` head dims the Gluon backward kernels take (``flash_common.gluon_fits``).
+GLUON_HEAD_DIMS = ((128, 128), (192, 128), (64, 64))
 # Whether ``auto`` sends sliding windows to the Gluon dK/dV kernel: no, it measured slower
 # than ``_bwd_dkdv_kernel`` there (H200, window 1024 at 16k: 838 against 743 us; step 11 of
 # benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-12-01-step11.json``);
@@ -498,6 +500,9 @@ GLUON_WINDOWS = False
 # The same for MLA's head dims (q and k 192, v 128: ``flash_bwd_gluon.block_m_for``): not
 # yet measured on a GPU; ``ATTNKIT_FLASH_GLUON=1`` sends them.
 GLUON_DKDV_MLA = False
+# Whether ``auto`` sends head dim 64 to the Gluon dK/dV and dQ kernels: not yet measured on a
+# GPU (both compiled for sm90 with no spills); ``ATTNKIT_FLASH_GLUON=1`` does.
+GLUON_D64 = False
 
 
 def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
@@ -506,9 +511,9 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     kernel) instead of ``_bwd_dkdv_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
-    ``window`` and MLA's head dims (192 for q and k, 128 for v) only with
-    ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA``). Besides:
-    ``flash_common.gluon_fits`` (head dim 128 or 192/128, 16-bit, aligned, sm90, a measured
+    ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 only with
+    ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA``, ``GLUON_D64``).
+    Besides: ``flash_common.gluon_fits`` (head dim 128, 192/128 or 64, 16-bit, aligned, sm90, a measured
     Triton, dO included); the dK/dV kernel allowed descriptors (``flash_common.tma_kernels``
     has ``dkdv``); and where it measured faster (``flash_bwd_gluon``): MHA with ``seq`` (the
     longer of the query and key lengths) at least 1024. ``ATTNKIT_FLASH_GLUON=1`` drops that
@@ -527,15 +532,14 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     if mode == "auto" and (window[0] >= 0 or window[1] >= 0) and not GLUON_WINDOWS:
         return False
     d = q.shape[-1]
-    if mode == "auto" and d == 192 and not GLUON_DKDV_MLA:
+    if mode == "auto" and ((d == 192 and not GLUON_DKDV_MLA) or (d == 64 and not GLUON_D64)):
         return False
     if q.shape[2] != k.shape[2]:
         if mode == "auto" or q.stride(2) != d or do.stride(2) != do.shape[-1]:
             return False
     elif mode == "auto" and seq < 1024:
         return False
-    return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do,
-                                                  head_dims=((128, 128), (192, 128)))
+    return "dkdv" in tma_kernels() and gluon_fits(q, k, v, do, head_dims=GLUON_HEAD_DIMS)
 
 
 # Whether the Gluon dQ kernel (``flash_dq_gluon``) may serve, from which length, and whether
@@ -549,8 +553,8 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
               window: tuple[int, int] = (-1, -1)) -> bool:
     """Whether the two-launch backward's dQ runs in ``flash_dq_gluon`` instead of
     ``_bwd_dq_kernel``: ``GLUON_DQ`` set, ``plain`` (dense, no key padding, mask, softcap or
-    dropout), ``flash_common.gluon_fits`` (head dim 128, or MLA's 192 with v's 128 under
-    ``GLUON_DQ_MLA``; 16-bit, aligned, sm90, a measured Triton, dO included), and
+    dropout), ``flash_common.gluon_fits`` (head dim 128, MLA's 192 with v's 128 under
+    ``GLUON_DQ_MLA``, 64 under ``GLUON_D64``; 16-bit, aligned, sm90, a measured Triton, dO included), and
     ``ATTNKIT_FLASH_GLUON`` not ``0``.
 
     Under ``auto``, where it measured faster (H200, step 11 of benchmarks/NOTES-flash.md,
@@ -570,13 +574,14 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
     mode = gluon_setting()
     if not GLUON_DQ or mode == "0" or not plain:
         return False
-    if not gluon_fits(q, k, v, do, head_dims=((128, 128), (192, 128))):
+    if not gluon_fits(q, k, v, do, head_dims=GLUON_HEAD_DIMS):
         return False
     if mode == "1":
         return True
     windowed = window[0] >= 0 or window[1] >= 0
-    mla = q.shape[-1] == 192
-    return not windowed and (GLUON_DQ_MLA or not mla) and seq >= GLUON_DQ_MIN_SEQ
+    d = q.shape[-1]
+    return (not windowed and (GLUON_DQ_MLA or d != 192) and (GLUON_D64 or d != 64)
+            and seq >= GLUON_DQ_MIN_SEQ)
 
 
 def _overlap(q: torch.Tensor, *, seq: int, window: bool) -> bool:

@@ -58,6 +58,7 @@ from attnkit.kernels.gluon_sm90 import (
     LOADER_REGS,
     LOADER_WARPS,
     MAXNREG,
+    column_split,
     mma_layout,
     window_constexprs,
 )
@@ -208,7 +209,7 @@ def _compute(k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, tu
     """One compute partition (one warpgroup): dK and dV of rows ``[WG * HALF, (WG + 1) *
     HALF)`` of the program's key tile over query tiles ``[lo, hi)`` of each query head of the
     group (LSE and delta rows ``stride_lh`` apart per head), stored at the end (``D0 ==
-    DV``: 128). With ``D1 > 0`` (MLA's 192 = 128 + 64) the scores take both column tiles of
+    DV``). With ``D1 > 0`` (MLA's 192 = 128 + 64) the scores take both column tiles of
     K and Q, and dK is two accumulators, ``dS^T Q0`` and ``dS^T Q1``."""
     dtype: gl.constexpr = k_smem.dtype
     s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [HALF, BLOCK_M] scores
@@ -294,8 +295,9 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
     q: ``[b, seq_q, HK * GROUP, D]``, do: ``[b, seq_q, HK * GROUP, DV]``, with adjacent
     heads (``stride_qh == D``, ``stride_doh == DV``) when ``GROUP > 1``: a group's Q and dO
     are read as one ``[seq_q, GROUP * D]`` and ``[seq_q, GROUP * DV]`` matrix. k, dk:
-    ``[b, seq_k, HK, D]``; v, dv: ``[b, seq_k, HK, DV]``. ``D`` 128, or MLA's 192 read as
-    column tiles of 128 and ``D1`` = 64 (``flash_fwd_gluon._qk_tiles``); ``DV`` 128. All with
+    ``[b, seq_k, HK, D]``; v, dv: ``[b, seq_k, HK, DV]``. ``D`` 128 or 64 with ``DV == D``,
+    or MLA's 192 read as column tiles of 128 and ``D1`` = 64 (``flash_fwd_gluon._qk_tiles``)
+    with ``DV`` 128. All with
     unit stride in the head dim and 16-byte aligned rows; lse (base 2) and delta: float32
     ``[b, HK * GROUP, seq_q]``; ``qk_scale = scale * log2(e)``.
     """
@@ -381,8 +383,9 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
     sm90), each K/V head's summed over the query heads that share it.
 
     Args:
-        q: ``[b, seq_q, hq, d]``; k, dk: ``[b, seq_k, hk, d]``; do: ``[b, seq_q, hq, 128]``;
-            v, dv: ``[b, seq_k, hk, 128]`` (``d`` 128, or MLA's 192; ``hq`` a multiple of
+        q: ``[b, seq_q, hq, d]``; k, dk: ``[b, seq_k, hk, d]``; do: ``[b, seq_q, hq, dv]``;
+            v, dv: ``[b, seq_k, hk, dv]`` (``(d, dv)`` ``(128, 128)``, ``(64, 64)`` or MLA's
+            ``(192, 128)``; ``hq`` a multiple of
             ``hk``; past one query head per K/V head, q's and do's heads adjacent:
             ``stride(2)`` equal to the head dim); all bf16 or all fp16, last dim contiguous,
             16-byte aligned (``flash_common.tma_aligned``).
@@ -415,7 +418,7 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
         q, k, v, do, lse2, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], lse2.stride(0), lse2.stride(1),
         sq, sk, scale * LOG2E, scale), dict(
-        HK=hk, GROUP=hq // hk, D=d, D1=d - 128, DV=v.shape[-1], IS_CAUSAL=causal,
+        HK=hk, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
         WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
         STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
         maxnreg=MAXNREG))

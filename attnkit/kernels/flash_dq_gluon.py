@@ -54,6 +54,7 @@ from attnkit.kernels.gluon_sm90 import (
     LOADER_REGS,
     LOADER_WARPS,
     MAXNREG,
+    column_split,
     mma_layout,
     window_constexprs,
 )
@@ -73,13 +74,14 @@ def block_n_for(causal: bool, head_dim: int = 128) -> int:
     benchmarks/NOTES-flash.md, ``results/gluon-dq-h200-2026-12-01-step11.json``, us of the
     kernel), 128 keys without a causal mask (4k 1306 against 1356 with 64, 16k 4807 against
     5043) and 64 with one (16k causal 2474 against 2543). MLA's head dim (192) takes 64: its
-    two dQ accumulators (128 + 64 columns) leave no room for 128-key scores.
+    two dQ accumulators (128 + 64 columns) leave no room for 128-key scores. Head dim 64
+    (not yet measured) follows 128.
 
     Example:
         >>> block_n_for(False), block_n_for(True), block_n_for(False, 192)
         (128, 64, 64)
     """
-    return BLOCK_N_CAUSAL if causal or head_dim != 128 else BLOCK_N_FULL
+    return BLOCK_N_CAUSAL if causal or head_dim == 192 else BLOCK_N_FULL
 
 
 @gluon.jit
@@ -244,9 +246,9 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
     """Write dQ of dense MHA, GQA or MQA attention into ``dq`` (CUDA, sm90).
 
     Args:
-        q, dq: ``[b, seq_q, hq, d]``; k: ``[b, seq_k, hk, d]``; do: ``[b, seq_q, hq, 128]``;
-            v: ``[b, seq_k, hk, 128]`` (``d`` 128, or MLA's 192; ``hq`` a multiple of
-            ``hk``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
+        q, dq: ``[b, seq_q, hq, d]``; k: ``[b, seq_k, hk, d]``; do: ``[b, seq_q, hq, dv]``;
+            v: ``[b, seq_k, hk, dv]`` (``(d, dv)`` ``(128, 128)``, ``(64, 64)`` or MLA's
+            ``(192, 128)``; ``hq`` a multiple of ``hk``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
             (``flash_common.tma_aligned``).
         lse2, delta: float32 ``[b, hq, seq_q]`` (unit stride along the sequence): the base-2
             LSE with ``+inf`` on rows that saw no key, and ``sum(out * dO, -1)``, as
@@ -276,6 +278,6 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
         q, k, v, do, lse2, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dq.stride()[:3], lse2.stride(0), lse2.stride(1), sq, sk,
         scale * LOG2E, scale), dict(
-        HQ=hq, GROUP=hq // hk, D=d, D1=d - 128, DV=v.shape[-1], IS_CAUSAL=causal,
+        HQ=hq, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
         WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages,
         num_warps=4, maxnreg=MAXNREG))

@@ -222,6 +222,9 @@ def _flash_fwd_kernel(
 # ``results/gluon-fwd-h200-2026-12-01-step11.json``); ``False`` leaves them to Triton.
 GLUON_WINDOWS = True
 GLUON_MLA = True
+# Whether ``auto`` sends head dim 64 to it: not yet measured on a GPU (compiled for sm90 with
+# no spills); ``ATTNKIT_FLASH_GLUON=1`` does.
+GLUON_D64 = False
 # The shortest sequence ``auto`` sends to the Gluon forward where the persistent kernel
 # takes the inputs (``flash_fwd_gluon.takes_persistent``), and where only the one-tile kernel
 # does (no windows there: measured slower).
@@ -233,9 +236,9 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
     persistent where ``flash_fwd_gluon.takes_persistent``) instead of ``_flash_fwd_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
-    ``window`` and MLA's head dims (192 for q and k, 128 for v) under ``GLUON_WINDOWS`` and
-    ``GLUON_MLA``. Besides ``flash_common.gluon_fits`` (head dims 128 or 192/128, 16-bit,
-    aligned, sm90, a measured Triton), ``seq`` (the longer of the query and key lengths)
+    ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 under
+    ``GLUON_WINDOWS``, ``GLUON_MLA`` and ``GLUON_D64``. Besides ``flash_common.gluon_fits``
+    (head dims 128, 192/128 or 64, 16-bit, aligned, sm90, a measured Triton), ``seq`` (the longer of the query and key lengths)
     decides, as measured on an H200 (step 11 of benchmarks/NOTES-flash.md,
     ``results/gluon-fwd-h200-2026-12-01-step11.json``, ms against ``_flash_fwd_kernel``):
 
@@ -257,13 +260,14 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
     mode = gluon_setting()
     if mode == "0" or not plain:
         return False
-    if not gluon_fits(q, k, v, head_dims=((128, 128), (192, 128))):
+    if not gluon_fits(q, k, v, head_dims=((128, 128), (192, 128), (64, 64))):
         return False
     if mode == "1":
         return True
     windowed = window[0] >= 0 or window[1] >= 0
     mla = (q.shape[-1], v.shape[-1]) == (192, 128)
-    if (windowed and not GLUON_WINDOWS) or (mla and not GLUON_MLA):
+    if ((windowed and not GLUON_WINDOWS) or (mla and not GLUON_MLA)
+            or (q.shape[-1] == 64 and not GLUON_D64)):
         return False
     from attnkit.kernels import flash_fwd_gluon
     if flash_fwd_gluon.PERSISTENT and flash_fwd_gluon.takes_persistent(q, k, v):

@@ -2,10 +2,10 @@
 
 ``flash_fwd`` launches it in place of ``_flash_fwd_kernel`` where ``flash_fwd._gluon_fwd``
 says so (dense MHA or GQA/MQA, head dim 128, 16-bit inputs, causal or not, no masks,
-softcap or dropout, an sm90 GPU and a Triton of ``flash_common.GLUON_TRITON``). It also takes
-sliding windows (``_key_tiles``: each query tile walks only the key tiles its band touches)
-and MLA's head dims (q and k 192 wide, read as column tiles of 128 and 64: ``_qk_tiles``; v
-128), which the launcher sends it only on request until they have been measured on a GPU.
+softcap or dropout, an sm90 GPU and a Triton of ``flash_common.GLUON_TRITON``), sliding
+windows (``_key_tiles``: each query tile walks only the key tiles its band touches) and MLA's
+head dims (q and k 192 wide, read as column tiles of 128 and 64: ``_qk_tiles``; v 128). It
+also takes head dim 64, which the launcher sends it only on request until measured.
 
 Grid ``(query tiles, batch x query heads)``; each program owns one ``[BLOCK_M, D]`` query
 tile, split into partitions:
@@ -50,6 +50,7 @@ from attnkit.kernels.gluon_sm90 import (
     LOADER_REGS,
     LOADER_WARPS,
     MAXNREG,
+    column_split,
     mma_layout,
     window_constexprs,
 )
@@ -669,7 +670,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     Args:
         q: ``[b, seq_q, hq, d]``; k: ``[b, seq_k, hk, d]``; v: ``[b, seq_k, hk, dv]``;
             out: ``[b, seq_q, hq, dv]`` (``hq`` a multiple of ``hk``; ``(d, dv)`` ``(128,
-            128)`` or MLA's ``(192, 128)``); all bf16 or all fp16, last dim contiguous,
+            128)``, ``(64, 64)`` or MLA's ``(192, 128)``); all bf16 or all fp16, last dim contiguous,
             16-byte aligned (``flash_common.tma_aligned``).
         lse: float32 ``[b, hq, seq_q]`` with unit stride along the sequence.
         causal: bottom-right causal attention.
@@ -707,7 +708,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         fast_launch.run(gluon_fwd_persistent_kernel, (grid,), (
             q, k, v, out, lse, q.stride(1), k.stride(1), v.stride(1), *out.stride()[:3],
             lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E), dict(
-            HQ=hq, GROUP=hq // hk, D=d, D1=d - 128, DV=v.shape[-1], IS_CAUSAL=causal,
+            HQ=hq, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
             WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
             PAIR=pair, OVERLAP=overlap,
             num_warps=4, maxnreg=MAXNREG))
@@ -716,7 +717,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     fast_launch.run(gluon_fwd_kernel, grid, (
         q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *out.stride()[:3], lse.stride(0), lse.stride(1), sq, sk, scale * LOG2E), dict(
-        HQ=hq, GROUP=hq // hk, D=d, D1=d - 128, DV=v.shape[-1], IS_CAUSAL=causal,
+        HQ=hq, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
         WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
         WARPGROUPS=warpgroups,
         num_warps=8 // warpgroups, maxnreg=MAXNREG))

@@ -38,3 +38,15 @@ def window_constexprs(window: tuple[int, int], causal: bool) -> tuple[int, int]:
     """
     left, right = window
     return left, -1 if causal else right
+
+
+def column_split(head_dim: int) -> int:
+    """The width ``D1`` of a head dim's second column tile in the Gluon kernels (Gluon's
+    block shapes are powers of two): 64 for MLA's 192 (read as 128 + 64,
+    ``flash_fwd_gluon._qk_tiles``), 0 (one tile) for a power of two.
+
+    Example:
+        >>> column_split(192), column_split(128), column_split(64)
+        (64, 0, 0)
+    """
+    return head_dim - 128 if head_dim == 192 else 0

@@ -165,6 +165,25 @@ def test_mla_backward_kernels_match_the_oracle(case, dtype, stages, kernel, gluo
     assert gluon_calls["dq"] and gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
 
 
+D64_CASES = {  # head dim 64 in all three kernels
+    "d64-300x256-causal": Case((2, 300, 256, 4, 4, 64, 64), causal=True),  # persistent
+    "d64-gqa-333x500-full": Case((1, 333, 500, 4, 2, 64, 64)),
+    "d64-203x113-causal": Case((2, 203, 113, 4, 4, 64, 64), causal=True),  # one-tile
+    "d64-1000x1000-left255": Case((1, 1000, 1000, 4, 4, 64, 64), causal=True,
+                                  window=(255, -1)),
+}
+
+
+@pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", D64_CASES.values(), ids=D64_CASES.keys())
+def test_d64_matches_the_oracle(case, dtype, gluon_calls):
+    """Head dim 64 in the Gluon forward, dK/dV and dQ kernels (forced on: ``GLUON_D64`` of
+    ``flash_fwd`` and ``flash_bwd`` is off until measured), persistent and one-tile, with
+    rows that see no key, GQA and a window."""
+    check(case, dtype=dtype, device="cuda", deterministic=True, dq_mode="kernel")
+    assert gluon_calls["fwd"] and gluon_calls["dkdv"] and gluon_calls["dq"], gluon_calls
+
+
 # whole key tiles in batches of 2: the persistent kernel takes them (``takes_persistent``)
 FLAT_CASES = {"113x256-causal": Case((2, 113, 256, 4, 4, 128, 128), causal=True),
               "gqa-300x128-full": Case((2, 300, 128, 8, 2, 128, 128))}
