@@ -62,7 +62,8 @@ def label(cfg: dict) -> str:
             f"{' wg' + str(cfg['warpgroups']) if 'warpgroups' in cfg else ''}"
             f"{' pingpong' if cfg.get('pingpong') else ''}"
             f"{' persistent' if cfg.get('persistent') else ''}"
-            f"{' overlapped' if cfg.get('overlap') else ''}")
+            f"{' overlapped' if cfg.get('overlap') else ''}"
+            f"{' q' + str(cfg['q_slots']) if cfg.get('q_slots', 1) > 1 else ''}")
 
 
 def time_backward_configs(name: str, configs: list[dict], serve, kernels: tuple[str, ...]) -> dict:

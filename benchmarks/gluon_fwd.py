@@ -33,9 +33,13 @@ CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w, persisten
                                         (64, 3, 2, False, False), (128, 2, 2, True, False),
                                         (128, 3, 2, True, False), (128, 2, 2, True, True),
                                         (128, 3, 2, True, True))]}
-# head dim 64 (half the shared memory per slot): the persistent kernel with 2 to 4 slots too
+# two Q slots (the next tile's Q loads while this one runs), 2 K/V slots (d 128: 196 KB)
+CONFIGS[128] += [dict(block_m=128, block_n=128, stages=2, warpgroups=2, persistent=True,
+                      overlap=o, q_slots=2) for o in (False, True)]
+# head dim 64 (half the shared memory per slot): the persistent kernel with 4 slots too
 CONFIGS[64] = CONFIGS[128] + [dict(block_m=128, block_n=128, stages=4, warpgroups=2,
-                                   persistent=True, overlap=o) for o in (False, True)]
+                                   persistent=True, overlap=o, q_slots=q)
+                              for o in (False, True) for q in (1, 2)]
 
 PERSISTENT_SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}",
                         "out_ptr": "*{dt}", "lse_ptr": "*fp32",
@@ -56,7 +60,7 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
                  block_n: int = ffg.BLOCK_N, stages: int = ffg.STAGES,
                  warpgroups: int = ffg.WARPGROUPS, persistent: bool = False,
                  dtype: str = "bf16", window: tuple[int, int] = (-1, -1),
-                 overlap: bool = False, dv: int | None = None) -> dict:
+                 overlap: bool = False, dv: int | None = None, q_slots: int = 1) -> dict:
     """Compile the kernel for sm90 without a GPU (``window`` as ``flash_fwd_gluon.gluon_fwd``
     passes it; V's head dim ``dv``, default ``d``; ``d`` 128 or 192); the register split
     and cubin resources."""
@@ -65,7 +69,7 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
         const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=dv or d, IS_CAUSAL=causal,
                      WIN_LEFT=window[0],
                      WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
-                     STAGES=stages, PAIR=2, OVERLAP=overlap, num_warps=4)
+                     STAGES=stages, PAIR=2, OVERLAP=overlap, Q_SLOTS=q_slots, num_warps=4)
         return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
                         maxnreg=ffg.MAXNREG, dtype=dtype)
     const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=dv or d, IS_CAUSAL=causal,

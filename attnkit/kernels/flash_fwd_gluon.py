@@ -62,19 +62,24 @@ LN2 = gl.constexpr(0.6931471805599453)
 BLOCK_M, BLOCK_N, STAGES, WARPGROUPS = 128, 128, 2, 2
 PERSISTENT = True
 OVERLAP = False
+# The persistent kernel's Q slots: with 2 the next tile's Q tile loads while this one runs
+# instead of after it (short tiles: 1k tokens, windows); not yet measured, so 1.
+Q_SLOTS = 1
 
 
 def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent: bool,
-            overlap: bool = False) -> str:
-    """A launch's tiling as the benchmark reports it, e.g. ``128x128 s2 wg2 persistent``."""
+            overlap: bool = False, q_slots: int = 1) -> str:
+    """A launch's tiling as the benchmark reports it, e.g. ``128x128 s2 wg2 persistent``
+    (``gluon_common.label``'s names)."""
     return (f"{block_m}x{block_n} s{stages} wg{warpgroups}" + (" persistent" if persistent else "")
-            + (" overlapped" if overlap else ""))
+            + (" overlapped" if overlap else "") + (f" q{q_slots}" if q_slots > 1 else ""))
 
 
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``
 # names the kernels that served a case).
 calls = 0
-tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT, PERSISTENT and OVERLAP)
+tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT, PERSISTENT and OVERLAP,
+                 Q_SLOTS if PERSISTENT else 1)
 
 
 @gluon.jit
@@ -366,10 +371,11 @@ def _compute(q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, 
 @gluon.jit
 def _column_tile(q_base, k_base, q_rows, q_cols, k_rows, k_cols, stride_qs, stride_ks,
                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
-                 STAGES: gl.constexpr):
+                 STAGES: gl.constexpr, Q_SLOTS: gl.constexpr = 0):
     """``(q_desc, k_desc, q_smem, k_bufs)`` of ``W`` columns of Q and K (``[q_rows, q_cols]``
     and ``[k_rows, k_cols]`` matrices from ``q_base``/``k_base``): a ``[BLOCK_M, W]`` Q tile
-    and a ring of ``STAGES`` ``[BLOCK_N, W]`` K tiles."""
+    (with ``Q_SLOTS > 0``, a ring of that many) and a ring of ``STAGES`` ``[BLOCK_N, W]`` K
+    tiles."""
     dtype: gl.constexpr = q_base.dtype.element_ty
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, W], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, W], dtype)
@@ -377,25 +383,30 @@ def _column_tile(q_base, k_base, q_rows, q_cols, k_rows, k_cols, stride_qs, stri
                                         q_layout)
     k_desc = tma.make_tensor_descriptor(k_base, [k_rows, k_cols], [stride_ks, 1], [BLOCK_N, W],
                                         kv_layout)
-    return (q_desc, k_desc, gl.allocate_shared_memory(dtype, [BLOCK_M, W], q_layout),
+    if Q_SLOTS > 0:
+        q_smem = gl.allocate_shared_memory(dtype, [Q_SLOTS, BLOCK_M, W], q_layout)
+    else:
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, W], q_layout)
+    return (q_desc, k_desc, q_smem,
             gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, W], kv_layout))
 
 
 @gluon.jit
 def _qk_tiles(q_base, k_base, q_rows, q_cols, k_rows, k_cols, stride_qs, stride_ks,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, D1: gl.constexpr,
-              STAGES: gl.constexpr):
-    """Descriptors and shared memory of Q and K (``_column_tile``), tiles of head dim ``D``:
-    ``(q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs)``. A head dim that
-    is not a power of two (192: MLA) is read as two column tiles of ``D - D1`` and ``D1``;
-    with ``D1 == 0`` the second ones are the first ones again (and never used)."""
+              STAGES: gl.constexpr, Q_SLOTS: gl.constexpr = 0):
+    """Descriptors and shared memory of Q and K (``_column_tile``; ``Q_SLOTS > 0``: a ring of
+    Q tiles), tiles of head dim ``D``: ``(q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem,
+    k_bufs, k1_bufs)``. A head dim that is not a power of two (192: MLA) is read as two column
+    tiles of ``D - D1`` and ``D1``; with ``D1 == 0`` the second ones are the first ones again
+    (and never used)."""
     q_desc, k_desc, q_smem, k_bufs = _column_tile(q_base, k_base, q_rows, q_cols, k_rows,
                                                   k_cols, stride_qs, stride_ks, BLOCK_M,
-                                                  BLOCK_N, D - D1, STAGES)
+                                                  BLOCK_N, D - D1, STAGES, Q_SLOTS)
     if D1 > 0:
         q1_desc, k1_desc, q1_smem, k1_bufs = _column_tile(q_base, k_base, q_rows, q_cols,
                                                           k_rows, k_cols, stride_qs, stride_ks,
-                                                          BLOCK_M, BLOCK_N, D1, STAGES)
+                                                          BLOCK_M, BLOCK_N, D1, STAGES, Q_SLOTS)
     else:
         q1_desc, k1_desc, q1_smem, k1_bufs = q_desc, k_desc, q_smem, k_bufs
     return q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs
@@ -507,18 +518,21 @@ def _loader_persistent(q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem
                        n_m, n_tiles, HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr,
                        D1: gl.constexpr, DV: gl.constexpr, BLOCK_M: gl.constexpr,
                        BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                       WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr):
-    """The loader of the persistent kernel: per tile of the program, its Q tile once the
-    compute partitions are done with the last one (``q_empty``), then its K and V tiles,
-    the ring's count running on across tiles, so that the next tile's loads overlap this
-    tile's last products and its epilogue."""
+                       WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr,
+                       Q_SLOTS: gl.constexpr):
+    """The loader of the persistent kernel: per tile of the program, its Q tile into the
+    next of ``Q_SLOTS`` slots once the compute partitions are done with that slot's last
+    tile (``q_empty``), then its K and V tiles, the ring's count running on across tiles, so
+    that the next tile's loads overlap this tile's last products and its epilogue (with two
+    Q slots, the next Q tile too)."""
     c = gl.to_tensor(0)
     for it in range(_program_tiles(n_tiles, PAIR)):
         b, h, start_m, lo, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, BLOCK_N,
                                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)
-        mbarrier.wait(q_empty, (it & 1) ^ 1)  # free at the first tile
-        _load_q(q_desc, q1_desc, q_smem, q1_smem, q_bar, b * seq_q + start_m, h * D, D - D1,
-                D1)
+        qs = it % Q_SLOTS
+        mbarrier.wait(q_empty.index(qs), ((it // Q_SLOTS) & 1) ^ 1)  # free at first
+        _load_q(q_desc, q1_desc, q_smem.index(qs), q1_smem.index(qs), q_bar.index(qs),
+                b * seq_q + start_m, h * D, D - D1, D1)
         c = _load_kv(k_desc, k1_desc, v_desc, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
                      c, lo, hi, b * seq_k, (h // GROUP) * D, (h // GROUP) * DV, D - D1, D1,
                      BLOCK_N, STAGES)
@@ -533,17 +547,19 @@ def _compute_persistent(q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs
                         STAGES: gl.constexpr,
                         IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
                         WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr, OVERLAP: gl.constexpr,
-                        WG: gl.constexpr, num_warps: gl.constexpr):
+                        Q_SLOTS: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
     """A compute partition of the persistent kernel: ``_compute`` for each tile of the
-    program (``_attend_overlapped`` with ``OVERLAP``), handing the Q tile back (``q_empty``)
-    before its epilogue."""
+    program (``_attend_overlapped`` with ``OVERLAP``), its Q tile in slot ``it % Q_SLOTS``,
+    handing the slot back (``q_empty``) before its epilogue."""
     c = gl.to_tensor(0)
     for it in range(_program_tiles(n_tiles, PAIR)):
         b, h, start_m, lo, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, BLOCK_N,
                                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)
         first = start_m + WG * ROWS
-        q_rows, q1_rows = q_smem.slice(WG * ROWS, ROWS), q1_smem.slice(WG * ROWS, ROWS)
-        mbarrier.wait(q_bar, it & 1)
+        qs = it % Q_SLOTS
+        q_rows = q_smem.index(qs).slice(WG * ROWS, ROWS)
+        q1_rows = q1_smem.index(qs).slice(WG * ROWS, ROWS)
+        mbarrier.wait(q_bar.index(qs), (it // Q_SLOTS) & 1)
         if OVERLAP:
             m_i, l_i, acc, c = _attend_overlapped(
                 q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
@@ -554,7 +570,7 @@ def _compute_persistent(q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs
                 q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
                 first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
                 WIN_LEFT, WIN_RIGHT, num_warps)
-        mbarrier.arrive(q_empty)  # every product of this tile that reads Q is done
+        mbarrier.arrive(q_empty.index(qs))  # every product of this tile that reads Q is done
         b64 = b.to(gl.int64)
         _store(m_i, l_i, acc, out_ptr + b64 * stride_ob + h * stride_oh,
                lse_ptr + b64 * stride_lb + h.to(gl.int64) * stride_lh, stride_os, first,
@@ -571,10 +587,12 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                 WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
                                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                                 STAGES: gl.constexpr, PAIR: gl.constexpr,
-                                OVERLAP: gl.constexpr, num_warps: gl.constexpr):
+                                OVERLAP: gl.constexpr, Q_SLOTS: gl.constexpr,
+                                num_warps: gl.constexpr):
     """``gluon_fwd_kernel`` as a persistent kernel: a grid of at most one program per SM,
     each taking units ``pid, pid + programs, ...`` of ``PAIR`` tiles of
-    ``(query tiles) x batch x heads`` in ``_tile_of``'s order, two compute partitions.
+    ``(query tiles) x batch x heads`` in ``_tile_of``'s order, two compute partitions, the
+    Q tiles in ``Q_SLOTS`` slots (2: the next tile's Q loads while this one runs).
 
     q, k, v are read as ``[batch * seq, heads * head dim]`` matrices (rows ``stride_*s``
     apart; q and k of head dim ``D``, in column tiles as ``_qk_tiles`` has it; v and out of
@@ -590,16 +608,17 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     HK: gl.constexpr = HQ // GROUP
     q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs = _qk_tiles(
         q_ptr, k_ptr, batch * seq_q, HQ * D, batch * seq_k, HK * D, stride_qs, stride_ks,
-        BLOCK_M, BLOCK_N, D, D1, STAGES)
+        BLOCK_M, BLOCK_N, D, D1, STAGES, Q_SLOTS)
     v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DV], dtype)
     v_desc = tma.make_tensor_descriptor(v_ptr, [batch * seq_k, HK * DV], [stride_vs, 1],
                                         [BLOCK_N, DV], v_layout)
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, DV], v_layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_bar = gl.allocate_shared_memory(gl.int64, [Q_SLOTS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [Q_SLOTS, 1], mbarrier.MBarrierLayout())
     k_ready, v_ready, empty = kv_ring_barriers(STAGES, 2)  # both compute partitions free
-    mbarrier.init(q_bar, count=1)
-    mbarrier.init(q_empty, count=2)  # both compute partitions
+    for i in gl.static_range(Q_SLOTS):
+        mbarrier.init(q_bar.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=2)  # both compute partitions
     fence_async_shared()
     n_m = gl.cdiv(seq_q, BLOCK_M)
     n_tiles = n_m * batch * HQ
@@ -609,16 +628,16 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                k_ready, v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os,
                                stride_oh, stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m,
                                n_tiles, HQ, ROWS, BLOCK_M, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, 0, num_warps)),
+                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, 0, num_warps)),
         (_compute_persistent, (q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs,
                                k_ready, v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os,
                                stride_oh, stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m,
                                n_tiles, HQ, ROWS, BLOCK_M, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, 1, num_warps)),
+                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, 1, num_warps)),
         (_loader_persistent, (q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
                               q_empty, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, seq_q,
                               seq_k, n_m, n_tiles, HQ, GROUP, D, D1, DV, BLOCK_M, BLOCK_N,
-                              STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR)),
+                              STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, PAIR, Q_SLOTS)),
     ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
 
 
@@ -664,7 +683,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
               window: tuple[int, int] = (-1, -1), block_m: int = BLOCK_M,
               block_n: int = BLOCK_N, stages: int = STAGES,
               warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT,
-              overlap: bool = OVERLAP, programs: int | None = None) -> None:
+              overlap: bool = OVERLAP, q_slots: int = Q_SLOTS,
+              programs: int | None = None) -> None:
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
     Args:
@@ -684,6 +704,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             ``takes_persistent``; else the one-tile-per-program kernel.
         overlap: the persistent kernel's softmax overlapping the last tile's ``P V``
             (``_attend_overlapped``).
+        q_slots: the persistent kernel's Q slots (2: the next tile's Q loads while this
+            one runs; 32 KB more shared memory at head dim 128).
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
 
@@ -701,7 +723,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     left, right = window_constexprs(window, causal)
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,
-                     persistent and overlap)
+                     persistent and overlap, q_slots if persistent else 1)
     if persistent:
         grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
                                      programs or sm_count(q.device))
@@ -710,7 +732,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E), dict(
             HQ=hq, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
             WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
-            PAIR=pair, OVERLAP=overlap,
+            PAIR=pair, OVERLAP=overlap, Q_SLOTS=q_slots,
             num_warps=4, maxnreg=MAXNREG))
         return
     grid = (cdiv(sq, block_m), b * hq)

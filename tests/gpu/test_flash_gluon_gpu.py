@@ -99,7 +99,9 @@ TILINGS = {"n128-s2-wg1": (128, 2, 1, False, False), "n128-s2-wg2": (128, 2, 2, 
            "n128-s2-persistent": (128, 2, 2, True, False),
            "n128-s3-persistent": (128, 3, 2, True, False),
            "n128-s2-overlapped": (128, 2, 2, True, True),
-           "n128-s3-overlapped": (128, 3, 2, True, True)}
+           "n128-s3-overlapped": (128, 3, 2, True, True),
+           "n128-s2-q2": (128, 2, 2, True, False, 2),
+           "n128-s2-overlapped-q2": (128, 2, 2, True, True, 2)}
 
 
 WINDOW_CASES = {  # the persistent kernel: whole key tiles, or one batch; else the one-tile
@@ -201,10 +203,10 @@ def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monk
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
-    block_n, stages, warpgroups, persistent, overlap = tiling
+    block_n, stages, warpgroups, persistent, overlap, q_slots = (*tiling, 1)[:6]
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
         flash_fwd_gluon.gluon_fwd, block_n=block_n, stages=stages, warpgroups=warpgroups,
-        persistent=persistent, overlap=overlap))
+        persistent=persistent, overlap=overlap, q_slots=q_slots))
     check({**CASES, **GQA_CASES, **FLAT_CASES, **WINDOW_CASES}[case], dtype=BF16,
           device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"]
@@ -216,11 +218,13 @@ WALKS = {"one-program": (Case((1, 600, 600, 3, 3, 128, 128), causal=True), 1),
          "units-of-one": (Case((2, 700, 512, 4, 4, 128, 128)), 40)}
 
 
+@pytest.mark.parametrize("q_slots", [1, 2], ids=["q1", "q2"])
 @pytest.mark.parametrize("case,programs", WALKS.values(), ids=WALKS.keys())
-def test_persistent_walk_covers_every_tile(case, programs, gluon_calls, monkeypatch):
+def test_persistent_walk_covers_every_tile(case, programs, q_slots, gluon_calls, monkeypatch):
     """The persistent forward on few SMs (``programs``), so that each walks many tiles:
     units of two tiles (``persistent_grid``), a short last unit (15 tiles over 7 programs),
-    odd tiles per head (600 rows: 5), one program for all, against the float64 oracle."""
+    odd tiles per head (600 rows: 5), one program for all, against the float64 oracle; with
+    one Q slot and with two (``q_slots``: each program's tiles take them in turn)."""
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
@@ -228,7 +232,7 @@ def test_persistent_walk_covers_every_tile(case, programs, gluon_calls, monkeypa
     assert flash_fwd_gluon.takes_persistent(torch.empty(b, sq, hq, d), *(
         torch.empty(b, sk, hk, d),) * 2)
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
-        flash_fwd_gluon.gluon_fwd, persistent=True, programs=programs))
+        flash_fwd_gluon.gluon_fwd, persistent=True, programs=programs, q_slots=q_slots))
     check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"]
 
