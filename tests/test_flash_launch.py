@@ -4,6 +4,7 @@ The flash kernels' autotuners hold one config under the interpreter, so the skip
 on a small two-config kernel whose timing function prefers the second config.
 """
 
+import functools
 import os
 
 import pytest
@@ -438,3 +439,14 @@ def test_gluon_window_constexprs_drop_the_right_side_under_causal():
     assert gluon_sm90.window_constexprs((64, 32), False) == (64, 32)
     assert gluon_sm90.window_constexprs((1023, 0), True) == (1023, -1)
     assert gluon_sm90.window_constexprs((-1, -1), True) == (-1, -1)
+
+
+def test_q_slots_fall_back_to_one_where_two_do_not_fit():
+    """``flash_fwd_gluon.q_slots_that_fit``: two Q slots beside two K/V slots at head dim 128
+    (197 KB) and four at 64, but not beside three at 128 or at MLA's 192/128 (256 KB), where
+    the persistent kernel keeps one."""
+    flash_fwd_gluon = pytest.importorskip("attnkit.kernels.flash_fwd_gluon")
+    fit = functools.partial(flash_fwd_gluon.q_slots_that_fit, block_m=128, block_n=128)
+    assert fit(2, d=128, dv=128, stages=2) == 2 and fit(2, d=64, dv=64, stages=4) == 2
+    assert fit(2, d=128, dv=128, stages=3) == 1 and fit(2, d=192, dv=128, stages=2) == 1
+    assert fit(1, d=192, dv=128, stages=3) == 1

@@ -663,6 +663,28 @@ def flat_rows(t: torch.Tensor) -> bool:
     return (b == 1 or t.stride(0) == s * t.stride(1)) and (h == 1 or t.stride(2) == d)
 
 
+# Shared memory a program of the persistent kernel may take on sm90 (227 KB), less room for
+# its barriers.
+SHARED_BYTES = 232448 - 1024
+
+
+def q_slots_that_fit(q_slots: int, *, block_m: int, block_n: int, d: int, dv: int,
+                     stages: int) -> int:
+    """``q_slots`` where the persistent kernel's shared memory then fits (``SHARED_BYTES``:
+    ``q_slots`` 16-bit ``[block_m, d]`` Q tiles and ``stages`` ``[block_n, d]`` K and
+    ``[block_n, dv]`` V tiles), else 1.
+
+    Example:
+        >>> kw = dict(block_m=128, block_n=128, dv=128)
+        >>> [q_slots_that_fit(2, d=128, stages=s, **kw) for s in (2, 3)]
+        [2, 1]
+        >>> q_slots_that_fit(2, d=192, stages=2, **kw)  # MLA
+        1
+    """
+    need = 2 * (q_slots * block_m * d + stages * block_n * (d + dv))
+    return q_slots if need <= SHARED_BYTES else 1
+
+
 def takes_persistent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                      block_n: int = BLOCK_N) -> bool:
     """Whether ``gluon_fwd_persistent_kernel`` can take ``[b, s, h, d]`` q, k and v: each
@@ -705,7 +727,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         overlap: the persistent kernel's softmax overlapping the last tile's ``P V``
             (``_attend_overlapped``).
         q_slots: the persistent kernel's Q slots (2: the next tile's Q loads while this
-            one runs; 32 KB more shared memory at head dim 128).
+            one runs; 32 KB more shared memory at head dim 128); 1 where 2 would not fit
+            (``q_slots_that_fit``).
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
 
@@ -722,8 +745,10 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     sk, hk = k.shape[1], k.shape[2]
     left, right = window_constexprs(window, causal)
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
+    q_slots = q_slots_that_fit(q_slots, block_m=block_m, block_n=block_n, d=d,
+                               dv=v.shape[-1], stages=stages) if persistent else 1
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,
-                     persistent and overlap, q_slots if persistent else 1)
+                     persistent and overlap, q_slots)
     if persistent:
         grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
                                      programs or sm_count(q.device))
