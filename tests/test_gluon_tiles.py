@@ -2,9 +2,9 @@
 
 The forward (``attnkit/kernels/flash_fwd_gluon.py``) and the dQ kernel (``flash_dq_gluon.py``,
 the same key ranges and masks): the key range of a query tile
-(``_key_tiles``), the walk over its key tiles from ``lo``, and the conditions under which
-``_softmax_step`` masks a tile (past the keys, across the causal diagonal, across a window's
-edges). The dK/dV kernel (``flash_bwd_gluon.py``): the query range of a key tile
+(``_key_tiles``), the walk over its key tiles from ``lo``, the tiles it walks without masks
+(``_unmasked_tiles``), and the conditions under which ``_softmax_step`` masks a tile (past the
+keys, across the causal diagonal, across a window's edges). The dK/dV kernel (``flash_bwd_gluon.py``): the query range of a key tile
 (``_query_tiles``) and the conditions under which ``_probabilities`` masks a tile pair, per
 partition of the key tile. A condition that left out a tile needing its mask, or a range that
 dropped a visible pair, changes the output or the gradients.
@@ -63,20 +63,45 @@ def _masked_scores(s, rows, cols, *, sq, sk, causal, left, right):
     return s
 
 
+def _unmasked_tiles(first, rows_n, lo, hi, *, sq, sk, causal, left, right, block_n):
+    """``flash_fwd_gluon._unmasked_tiles`` in Python: ``(j0, j1, j2, j3)``."""
+    offset = sk - sq
+    j0, j3 = lo // block_n, -(-hi // block_n)
+    a, b = j0, min(j3, sk // block_n)
+    if causal:
+        b = min(b, max(first + offset + 1, 0) // block_n)
+    if right >= 0:
+        b = min(b, max(first + offset + right + 1, 0) // block_n)
+    if left >= 0:
+        a = max(a, -(-max(first + rows_n - 1 + offset - left, 0) // block_n))
+    j1 = min(a, j3)
+    return j0, j1, max(min(b, j3), j1), j3
+
+
 def _partition(q, k, v, first, rows_n, lo, hi, *, sq, sk, causal, left, right, block_n):
     """``_attend`` and ``_store`` for the ``rows_n`` queries from ``first`` of one head:
-    (out, lse) in float64, masks applied only where ``_softmax_step`` applies them."""
+    (out, lse) in float64, masks applied only where ``_softmax_step`` applies them: on the
+    tiles outside ``_unmasked_tiles``'s ``[j1, j2)``, and there only where
+    ``masked_scores``'s conditions hold. Inside ``[j1, j2)`` the masks must change nothing."""
     rows = torch.arange(first, first + rows_n)
     m = torch.full((rows_n,), -math.inf, dtype=torch.float64)
     s_sum = torch.zeros(rows_n, dtype=torch.float64)
     acc = torch.zeros(rows_n, v.shape[-1], dtype=torch.float64)
     qr, valid = _rows(q, rows), rows < sq
-    for j in range(lo // block_n, -(-hi // block_n)):
+    j0, j1, j2, j3 = _unmasked_tiles(first, rows_n, lo, hi, sq=sq, sk=sk, causal=causal,
+                                     left=left, right=right, block_n=block_n)
+    assert j0 <= j1 <= j2 <= j3 == -(-hi // block_n)
+    for j in range(j0, j3):
         start_n = j * block_n
         cols = torch.arange(start_n, start_n + block_n)
         kt, vt = _rows(k, cols), _rows(v, cols)
-        s = _masked_scores(qr @ kt.T / math.sqrt(q.shape[-1]), rows, cols, sq=sq, sk=sk,
-                           causal=causal, left=left, right=right)
+        s = qr @ kt.T / math.sqrt(q.shape[-1])
+        masked = _masked_scores(s, rows, cols, sq=sq, sk=sk, causal=causal, left=left,
+                                right=right)
+        if j1 <= j < j2:
+            assert torch.equal(masked, s), (first, j)  # the walk skips its masks
+        else:
+            s = masked
         m_new = torch.maximum(m, s.max(1).values)
         m_safe = torch.where(m_new == -math.inf, 0.0, m_new)
         alpha = torch.exp(m - m_safe)

@@ -195,14 +195,41 @@ def masked_scores(s, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
 
 
 @gluon.jit
+def _unmasked_tiles(first, lo, hi, offset, seqlen_k, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
+                    IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr):
+    """``(j0, j1, j2, j3)``: the key tiles ``[j0, j3)`` of keys ``[lo, hi)``, of which the
+    ``ROWS`` rows from ``first`` need no mask in ``[j1, j2)`` (none of ``masked_scores``'s
+    conditions holds there: inside the keys, left of the causal diagonal and of a right
+    window edge, right of a left one), so that a walk masks only ``[j0, j1)`` and
+    ``[j2, j3)`` and its other tiles pay no element-wise compare."""
+    j0 = lo // BLOCK_N
+    j3 = gl.cdiv(hi, BLOCK_N)
+    a = j0
+    b = gl.minimum(j3, seqlen_k // BLOCK_N)  # whole tiles inside the keys
+    if IS_CAUSAL:  # the tile's last key at most the first row's diagonal
+        b = gl.minimum(b, gl.maximum(first + offset + 1, 0) // BLOCK_N)
+    if WIN_RIGHT >= 0:
+        b = gl.minimum(b, gl.maximum(first + offset + WIN_RIGHT + 1, 0) // BLOCK_N)
+    if WIN_LEFT >= 0:  # the tile's first key at least the last row's left edge
+        a = gl.maximum(a, gl.cdiv(gl.maximum(first + ROWS - 1 + offset - WIN_LEFT, 0),
+                                  BLOCK_N))
+    j1 = gl.minimum(a, j3)
+    return j0, j1, gl.maximum(gl.minimum(b, j3), j1), j3
+
+
+@gluon.jit
 def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
                   p_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                  WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr):
+                  WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, MASK: gl.constexpr = True):
     """One key tile of the online softmax (base 2) for rows from ``first``: the new running
     max and sum, the accumulator rescaled, and ``P`` as the register A operand of ``P V``
-    (``masked_scores`` masks the tile)."""
-    s = masked_scores(s, cols, rows, start_n, first, offset, seqlen_k, qk_scale, IS_CAUSAL,
-                      WIN_LEFT, WIN_RIGHT)
+    (``masked_scores`` masks the tile; without ``MASK``, a tile of ``_unmasked_tiles``, only
+    the scale)."""
+    if MASK:
+        s = masked_scores(s, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
+                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    else:
+        s = s * qk_scale
     m_new = gl.maximum(m_i, gl.max(s, 1))
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
     alpha = gl.exp2(m_i - m_safe)
@@ -239,33 +266,63 @@ def _attend_start(first, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, DV: gl.const
 
 
 @gluon.jit
+def _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, j, m_i,
+                 l_i, acc, rows, zero_s, first, offset, seqlen_k, qk_scale,
+                 p_layout: gl.constexpr, col_layout: gl.constexpr, BLOCK_N: gl.constexpr,
+                 D1: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                 WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, MASK: gl.constexpr):
+    """Key tile ``j``, the ring's ``c``-th, of ``_attend``: its scores, the softmax step
+    (``MASK``: with ``masked_scores``), ``P V``, and the slot freed."""
+    slot = c % STAGES
+    phase = (c // STAGES) & 1
+    mbarrier.wait(k_ready.index(slot), phase)
+    s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)
+    s = warpgroup_mma_wait(0, deps=(s,))
+    cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+    m_i, l_i, acc, p = _softmax_step(s, m_i, l_i, acc, cols, rows, j * BLOCK_N, first, offset,
+                                     seqlen_k, qk_scale, p_layout, q_rows.dtype, IS_CAUSAL,
+                                     WIN_LEFT, WIN_RIGHT, MASK)
+    mbarrier.wait(v_ready.index(slot), phase)
+    acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)  # += P V: [ROWS, DV]
+    acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+    mbarrier.arrive(empty.index(slot))
+    return m_i, l_i, acc
+
+
+@gluon.jit
 def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
             first, seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
             D1: gl.constexpr, DV: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
             WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, num_warps: gl.constexpr):
     """The ``ROWS`` queries from ``first`` (``q_rows`` in shared memory, and ``q1_rows``
     where the head dim has a second column tile of ``D1``) over the key tiles of ``[lo, hi)``,
-    the ``c``-th of the ring first: ``(m, l, acc, c after them)``."""
-    dtype: gl.constexpr = q_rows.dtype
+    the ``c``-th of the ring first: ``(m, l, acc, c after them)``. The tiles that need masks
+    (``_unmasked_tiles``: the first ones and the last ones) run apart from the others, which
+    skip the masks' compares."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0,
                                                  parent=mma_layout(DV, num_warps), k_width=2)
     col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout(BLOCK_N, num_warps))
     rows, m_i, l_i, acc, zero_s = _attend_start(first, ROWS, BLOCK_N, DV, num_warps)
     offset = seqlen_k - seqlen_q
-    for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
-        slot = c % STAGES
-        phase = (c // STAGES) & 1
-        mbarrier.wait(k_ready.index(slot), phase)
-        s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)
-        s = warpgroup_mma_wait(0, deps=(s,))
-        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
-        m_i, l_i, acc, p = _softmax_step(s, m_i, l_i, acc, cols, rows, j * BLOCK_N, first,
-                                         offset, seqlen_k, qk_scale, p_layout, dtype,
-                                         IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
-        mbarrier.wait(v_ready.index(slot), phase)
-        acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)  # += P V: [ROWS, DV]
-        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
-        mbarrier.arrive(empty.index(slot))
+    j0, j1, j2, j3 = _unmasked_tiles(first, lo, hi, offset, seqlen_k, ROWS, BLOCK_N,
+                                     IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    for j in range(j0, j1):  # masked: the left window edge
+        m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
+                                     v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s, first,
+                                     offset, seqlen_k, qk_scale, p_layout, col_layout, BLOCK_N,
+                                     D1, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True)
+        c += 1
+    for j in range(j1, j2):  # no mask
+        m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
+                                     v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s, first,
+                                     offset, seqlen_k, qk_scale, p_layout, col_layout, BLOCK_N,
+                                     D1, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False)
+        c += 1
+    for j in range(j2, j3):  # masked: the diagonal, a right window edge, the keys' end
+        m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
+                                     v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s, first,
+                                     offset, seqlen_k, qk_scale, p_layout, col_layout, BLOCK_N,
+                                     D1, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True)
         c += 1
     return m_i, l_i, acc, c
 
