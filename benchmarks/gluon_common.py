@@ -63,7 +63,8 @@ def label(cfg: dict) -> str:
             f"{' pingpong' if cfg.get('pingpong') else ''}"
             f"{' persistent' if cfg.get('persistent') else ''}"
             f"{' overlapped' if cfg.get('overlap') else ''}"
-            f"{' q' + str(cfg['q_slots']) if cfg.get('q_slots', 1) > 1 else ''}")
+            f"{' q' + str(cfg['q_slots']) if cfg.get('q_slots', 1) > 1 else ''}"
+            f"{' split' if cfg.get('split_masks') else ''}")
 
 
 def time_backward_configs(name: str, configs: list[dict], serve, kernels: tuple[str, ...]) -> dict:

@@ -36,6 +36,9 @@ CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w, persisten
 # two Q slots (the next tile's Q loads while this one runs), 2 K/V slots (d 128: 196 KB)
 CONFIGS[128] += [dict(block_m=128, block_n=128, stages=2, warpgroups=2, persistent=True,
                       overlap=o, q_slots=2) for o in (False, True)]
+# the key tiles that need no mask in a walk of their own (``_unmasked_tiles``)
+CONFIGS[128] += [dict(block_m=128, block_n=128, stages=2, warpgroups=2, persistent=True,
+                      overlap=False, q_slots=q, split_masks=True) for q in (1, 2)]
 # head dim 64 (half the shared memory per slot): the persistent kernel with 4 slots too
 CONFIGS[64] = CONFIGS[128] + [dict(block_m=128, block_n=128, stages=4, warpgroups=2,
                                    persistent=True, overlap=o, q_slots=q)
@@ -60,7 +63,8 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
                  block_n: int = ffg.BLOCK_N, stages: int = ffg.STAGES,
                  warpgroups: int = ffg.WARPGROUPS, persistent: bool = False,
                  dtype: str = "bf16", window: tuple[int, int] = (-1, -1),
-                 overlap: bool = False, dv: int | None = None, q_slots: int = 1) -> dict:
+                 overlap: bool = False, dv: int | None = None, q_slots: int = 1,
+                 split_masks: bool = False) -> dict:
     """Compile the kernel for sm90 without a GPU (``window`` as ``flash_fwd_gluon.gluon_fwd``
     passes it; V's head dim ``dv``, default ``d``; ``d`` 128 or 192); the register split
     and cubin resources."""
@@ -69,13 +73,15 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
         const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=dv or d, IS_CAUSAL=causal,
                      WIN_LEFT=window[0],
                      WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
-                     STAGES=stages, PAIR=2, OVERLAP=overlap, Q_SLOTS=q_slots, num_warps=4)
+                     STAGES=stages, PAIR=2, OVERLAP=overlap, Q_SLOTS=q_slots,
+                     SPLIT_MASKS=split_masks, num_warps=4)
         return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
                         maxnreg=ffg.MAXNREG, dtype=dtype)
     const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=dv or d, IS_CAUSAL=causal,
                  WIN_LEFT=window[0],
                  WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
-                 STAGES=stages, WARPGROUPS=warpgroups, num_warps=warps)
+                 STAGES=stages, WARPGROUPS=warpgroups, SPLIT_MASKS=split_masks,
+                 num_warps=warps)
     return _compile(ffg.gluon_fwd_kernel, SIGNATURE, const, warps=warps,
                     maxnreg=ffg.MAXNREG, dtype=dtype)
 

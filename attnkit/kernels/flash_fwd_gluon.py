@@ -65,21 +65,26 @@ OVERLAP = False
 # The persistent kernel's Q slots: with 2 the next tile's Q tile loads while this one runs
 # instead of after it (short tiles: 1k tokens, windows); not yet measured, so 1.
 Q_SLOTS = 1
+# Whether ``_attend`` walks the key tiles that need no mask apart from the others, which
+# then skip the masks' compares (``_unmasked_tiles``; SASS: 510 instructions per tile
+# against 596 full, 748 causal, 906 with a window); not yet run on a GPU, so off.
+SPLIT_MASKS = False
 
 
 def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent: bool,
-            overlap: bool = False, q_slots: int = 1) -> str:
+            overlap: bool = False, q_slots: int = 1, split_masks: bool = False) -> str:
     """A launch's tiling as the benchmark reports it, e.g. ``128x128 s2 wg2 persistent``
     (``gluon_common.label``'s names)."""
     return (f"{block_m}x{block_n} s{stages} wg{warpgroups}" + (" persistent" if persistent else "")
-            + (" overlapped" if overlap else "") + (f" q{q_slots}" if q_slots > 1 else ""))
+            + (" overlapped" if overlap else "") + (f" q{q_slots}" if q_slots > 1 else "")
+            + (" split" if split_masks else ""))
 
 
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``
 # names the kernels that served a case).
 calls = 0
 tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT, PERSISTENT and OVERLAP,
-                 Q_SLOTS if PERSISTENT else 1)
+                 Q_SLOTS if PERSISTENT else 1, SPLIT_MASKS and not (PERSISTENT and OVERLAP))
 
 
 @gluon.jit
@@ -293,12 +298,14 @@ def _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, emp
 def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
             first, seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
             D1: gl.constexpr, DV: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-            WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, num_warps: gl.constexpr):
+            WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, SPLIT_MASKS: gl.constexpr,
+            num_warps: gl.constexpr):
     """The ``ROWS`` queries from ``first`` (``q_rows`` in shared memory, and ``q1_rows``
     where the head dim has a second column tile of ``D1``) over the key tiles of ``[lo, hi)``,
-    the ``c``-th of the ring first: ``(m, l, acc, c after them)``. The tiles that need masks
-    (``_unmasked_tiles``: the first ones and the last ones) run apart from the others, which
-    skip the masks' compares."""
+    the ``c``-th of the ring first: ``(m, l, acc, c after them)``. With ``SPLIT_MASKS`` the
+    tiles that need masks (``_unmasked_tiles``: the first ones and the last ones) run apart
+    from the others, which skip the masks' compares; else every tile takes
+    ``masked_scores``."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0,
                                                  parent=mma_layout(DV, num_warps), k_width=2)
     col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout(BLOCK_N, num_warps))
@@ -306,6 +313,9 @@ def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c
     offset = seqlen_k - seqlen_q
     j0, j1, j2, j3 = _unmasked_tiles(first, lo, hi, offset, seqlen_k, ROWS, BLOCK_N,
                                      IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    if not SPLIT_MASKS:  # one walk, every tile through masked_scores
+        j1 = j3
+        j2 = j3
     for j in range(j0, j1):  # masked: the left window edge
         m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
                                      v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s, first,
@@ -412,7 +422,8 @@ def _compute(q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, 
              out_ptr, lse_ptr, stride_os, start_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
              ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D1: gl.constexpr, DV: gl.constexpr,
              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
-             WIN_RIGHT: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
+             WIN_RIGHT: gl.constexpr, SPLIT_MASKS: gl.constexpr, WG: gl.constexpr,
+             num_warps: gl.constexpr):
     """One compute partition: the ``ROWS`` queries from ``start_m + WG * ROWS`` over the key
     tiles of ``[lo, hi)``, then their output and LSE."""
     first = start_m + WG * ROWS
@@ -421,7 +432,7 @@ def _compute(q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, 
                                k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
                                gl.to_tensor(0), lo, hi, first, seqlen_q, seqlen_k, qk_scale,
                                ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                               num_warps)
+                               SPLIT_MASKS, num_warps)
     _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q, ROWS, DV)
 
 
@@ -478,7 +489,7 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                      D1: gl.constexpr, DV: gl.constexpr, IS_CAUSAL: gl.constexpr,
                      WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, BLOCK_M: gl.constexpr,
                      BLOCK_N: gl.constexpr, STAGES: gl.constexpr, WARPGROUPS: gl.constexpr,
-                     num_warps: gl.constexpr):
+                     SPLIT_MASKS: gl.constexpr, num_warps: gl.constexpr):
     """One ``[BLOCK_M, D]`` query tile (grid axis 0) of one batch x query head (axis 1); a
     window ``(WIN_LEFT, WIN_RIGHT)`` (-1: unbounded) as ``_key_tiles`` has it.
 
@@ -516,11 +527,11 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
             (_compute, (q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
                         empty, o_ptr, l_ptr, stride_os, start_m, lo, hi, seq_q, seq_k,
                         qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
-                        WIN_RIGHT, 0, num_warps)),
+                        WIN_RIGHT, SPLIT_MASKS, 0, num_warps)),
             (_compute, (q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
                         empty, o_ptr, l_ptr, stride_os, start_m, lo, hi, seq_q, seq_k,
                         qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
-                        WIN_RIGHT, 1, num_warps)),
+                        WIN_RIGHT, SPLIT_MASKS, 1, num_warps)),
             (_loader, (q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
                        k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, start_m, lo, hi,
                        D - D1, D1, BLOCK_N, STAGES)),
@@ -530,7 +541,7 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
             (_compute, (q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
                         empty, o_ptr, l_ptr, stride_os, start_m, lo, hi, seq_q, seq_k,
                         qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
-                        WIN_RIGHT, 0, num_warps)),
+                        WIN_RIGHT, SPLIT_MASKS, 0, num_warps)),
             (_loader, (q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
                        k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, start_m, lo, hi,
                        D - D1, D1, BLOCK_N, STAGES)),
@@ -604,7 +615,8 @@ def _compute_persistent(q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs
                         STAGES: gl.constexpr,
                         IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
                         WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr, OVERLAP: gl.constexpr,
-                        Q_SLOTS: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
+                        Q_SLOTS: gl.constexpr, SPLIT_MASKS: gl.constexpr, WG: gl.constexpr,
+                        num_warps: gl.constexpr):
     """A compute partition of the persistent kernel: ``_compute`` for each tile of the
     program (``_attend_overlapped`` with ``OVERLAP``), its Q tile in slot ``it % Q_SLOTS``,
     handing the slot back (``q_empty``) before its epilogue."""
@@ -626,7 +638,7 @@ def _compute_persistent(q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs
             m_i, l_i, acc, c = _attend(
                 q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
                 first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                WIN_LEFT, WIN_RIGHT, num_warps)
+                WIN_LEFT, WIN_RIGHT, SPLIT_MASKS, num_warps)
         mbarrier.arrive(q_empty.index(qs))  # every product of this tile that reads Q is done
         b64 = b.to(gl.int64)
         _store(m_i, l_i, acc, out_ptr + b64 * stride_ob + h * stride_oh,
@@ -645,7 +657,7 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                                 STAGES: gl.constexpr, PAIR: gl.constexpr,
                                 OVERLAP: gl.constexpr, Q_SLOTS: gl.constexpr,
-                                num_warps: gl.constexpr):
+                                SPLIT_MASKS: gl.constexpr, num_warps: gl.constexpr):
     """``gluon_fwd_kernel`` as a persistent kernel: a grid of at most one program per SM,
     each taking units ``pid, pid + programs, ...`` of ``PAIR`` tiles of
     ``(query tiles) x batch x heads`` in ``_tile_of``'s order, two compute partitions, the
@@ -685,12 +697,14 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                k_ready, v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os,
                                stride_oh, stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m,
                                n_tiles, HQ, ROWS, BLOCK_M, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, 0, num_warps)),
+                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, SPLIT_MASKS, 0,
+                               num_warps)),
         (_compute_persistent, (q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs,
                                k_ready, v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os,
                                stride_oh, stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m,
                                n_tiles, HQ, ROWS, BLOCK_M, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, 1, num_warps)),
+                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, SPLIT_MASKS, 1,
+                               num_warps)),
         (_loader_persistent, (q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
                               q_empty, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, seq_q,
                               seq_k, n_m, n_tiles, HQ, GROUP, D, D1, DV, BLOCK_M, BLOCK_N,
@@ -763,7 +777,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
               block_n: int = BLOCK_N, stages: int = STAGES,
               warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT,
               overlap: bool = OVERLAP, q_slots: int = Q_SLOTS,
-              programs: int | None = None) -> None:
+              split_masks: bool = SPLIT_MASKS, programs: int | None = None) -> None:
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
     Args:
@@ -786,6 +800,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         q_slots: the persistent kernel's Q slots (2: the next tile's Q loads while this
             one runs; 32 KB more shared memory at head dim 128); 1 where 2 would not fit
             (``q_slots_that_fit``).
+        split_masks: the key tiles that need no mask in a walk of their own
+            (``_unmasked_tiles``; not the overlapped schedule's).
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
 
@@ -804,8 +820,9 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
     q_slots = q_slots_that_fit(q_slots, block_m=block_m, block_n=block_n, d=d,
                                dv=v.shape[-1], stages=stages) if persistent else 1
+    split_masks = split_masks and not (persistent and overlap)  # _attend's walk only
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,
-                     persistent and overlap, q_slots)
+                     persistent and overlap, q_slots, split_masks)
     if persistent:
         grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
                                      programs or sm_count(q.device))
@@ -814,7 +831,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             lse.stride(0), lse.stride(1), b, sq, sk, scale * LOG2E), dict(
             HQ=hq, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
             WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
-            PAIR=pair, OVERLAP=overlap, Q_SLOTS=q_slots,
+            PAIR=pair, OVERLAP=overlap, Q_SLOTS=q_slots, SPLIT_MASKS=split_masks,
             num_warps=4, maxnreg=MAXNREG))
         return
     grid = (cdiv(sq, block_m), b * hq)
@@ -823,5 +840,5 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         *out.stride()[:3], lse.stride(0), lse.stride(1), sq, sk, scale * LOG2E), dict(
         HQ=hq, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
         WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
-        WARPGROUPS=warpgroups,
+        WARPGROUPS=warpgroups, SPLIT_MASKS=split_masks,
         num_warps=8 // warpgroups, maxnreg=MAXNREG))

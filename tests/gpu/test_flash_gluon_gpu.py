@@ -101,7 +101,10 @@ TILINGS = {"n128-s2-wg1": (128, 2, 1, False, False), "n128-s2-wg2": (128, 2, 2, 
            "n128-s2-overlapped": (128, 2, 2, True, True),
            "n128-s3-overlapped": (128, 3, 2, True, True),
            "n128-s2-q2": (128, 2, 2, True, False, 2),
-           "n128-s2-overlapped-q2": (128, 2, 2, True, True, 2)}
+           "n128-s2-overlapped-q2": (128, 2, 2, True, True, 2),
+           "n128-s2-split": (128, 2, 2, True, False, 1, True),
+           "n128-s2-q2-split": (128, 2, 2, True, False, 2, True),
+           "n128-s2-wg2-split": (128, 2, 2, False, False, 1, True)}
 
 
 WINDOW_CASES = {  # the persistent kernel: whole key tiles, or one batch; else the one-tile
@@ -203,10 +206,10 @@ def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monk
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
-    block_n, stages, warpgroups, persistent, overlap, q_slots = (*tiling, 1)[:6]
+    block_n, stages, warpgroups, persistent, overlap, q_slots, split = (*tiling, 1, False)[:7]
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
         flash_fwd_gluon.gluon_fwd, block_n=block_n, stages=stages, warpgroups=warpgroups,
-        persistent=persistent, overlap=overlap, q_slots=q_slots))
+        persistent=persistent, overlap=overlap, q_slots=q_slots, split_masks=split))
     check({**CASES, **GQA_CASES, **FLAT_CASES, **WINDOW_CASES}[case], dtype=BF16,
           device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"]
