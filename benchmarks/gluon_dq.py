@@ -28,8 +28,9 @@ from benchmarks.gluon_common import main as _main
 from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # (key tile, slots)
-CONFIGS = {128: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st)
-                 for n, st in ((64, 2), (64, 3), (128, 2))],
+CONFIGS = {128: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st, split_masks=sp)
+                 for n, st, sp in ((64, 2, False), (64, 3, False), (128, 2, False),
+                                   (64, 2, True), (128, 2, True))],
            192: [dict(block_m=fdg.BLOCK_M, block_n=64, stages=st) for st in (2, 3)],
            64: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st)
                 for n, st in ((64, 2), (64, 3), (128, 2), (128, 3))]}
@@ -43,13 +44,13 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{
 
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fdg.BLOCK_M,
                  block_n: int = fdg.BLOCK_N_CAUSAL, stages: int = fdg.STAGES, dtype: str = "bf16",
-                 window: tuple[int, int] = (-1, -1)) -> dict:
+                 window: tuple[int, int] = (-1, -1), split_masks: bool = False) -> dict:
     """Compile the kernel for sm90 without a GPU (16 heads; ``d`` 128, or 192 with v's 128
     as MLA's; ``window`` as ``flash_dq_gluon.gluon_dq`` passes it); the register split and
     cubin resources."""
     const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=min(d, 128), IS_CAUSAL=causal, WIN_LEFT=window[0],
                  WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
-                 num_warps=4)
+                 SPLIT_MASKS=split_masks, num_warps=4)
     return _compile(fdg.gluon_dq_kernel, SIGNATURE, const, warps=4, maxnreg=fdg.MAXNREG,
                     dtype=dtype)
 
@@ -66,7 +67,8 @@ def _serving(cfg):
 
     flash_bwd._gluon_dq = serves
     if cfg is not None:
-        fdg.gluon_dq = functools.partial(real, block_n=cfg["block_n"], stages=cfg["stages"])
+        fdg.gluon_dq = functools.partial(real, block_n=cfg["block_n"], stages=cfg["stages"],
+                                         split_masks=cfg.get("split_masks", False))
     try:
         yield
     finally:

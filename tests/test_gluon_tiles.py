@@ -249,7 +249,8 @@ def test_dkdv_tile_logic_matches_the_oracle(sq, sk, causal, window, block_m, blo
 
 def _dq_mirror(q, k, v, do, lse, delta, *, causal, window, block_m, block_n):
     """dQ of single-head ``[s, d]`` inputs, query tile by tile and partition by partition, as
-    ``flash_dq_gluon.gluon_dq_kernel`` walks them (the forward's key ranges and masks)."""
+    ``flash_dq_gluon.gluon_dq_kernel`` walks them (the forward's key ranges and masks; inside
+    ``_unmasked_tiles``'s ``[j1, j2)`` the masks must change nothing)."""
     sq, sk = q.shape[0], k.shape[0]
     left, right = window
     if causal:
@@ -265,12 +266,17 @@ def _dq_mirror(q, k, v, do, lse, delta, *, causal, window, block_m, block_n):
             qr, dor, delta_r = _rows(q, rows), _rows(do, rows), _rows(delta, rows)
             lse_r = _rows(lse, rows, math.inf)
             acc = torch.zeros(rows_n, q.shape[-1], dtype=torch.float64)
+            _, j1, j2, _ = _unmasked_tiles(first, rows_n, lo, hi, sq=sq, sk=sk, causal=causal,
+                                           left=left, right=right, block_n=block_n)
             for start_n in range(lo, hi, block_n):
                 cols = torch.arange(start_n, start_n + block_n)
                 kt, vt = _rows(k, cols), _rows(v, cols)
-                s = _masked_scores(qr @ kt.T * scale, rows, cols, sq=sq, sk=sk, causal=causal,
-                                   left=left, right=right)
-                p = torch.exp(s - lse_r[:, None])
+                s = qr @ kt.T * scale
+                masked = _masked_scores(s, rows, cols, sq=sq, sk=sk, causal=causal, left=left,
+                                        right=right)
+                if j1 <= start_n // block_n < j2:
+                    assert torch.equal(masked, s)  # the split walk skips its masks
+                p = torch.exp(masked - lse_r[:, None])
                 acc += (p * (dor @ vt.T - delta_r[:, None])) @ kt
             dq[rows[ok]] = (acc * scale)[ok]
     return dq

@@ -46,6 +46,7 @@ from attnkit.kernels.flash_fwd_gluon import (
     _load_kv,
     _qk_tiles,
     _scores,
+    _unmasked_tiles,
     kv_ring_barriers,
     masked_scores,
 )
@@ -64,6 +65,9 @@ from attnkit.kernels.gluon_sm90 import (
 # per thread of a partition).
 BLOCK_M, STAGES = 128, 2
 BLOCK_N_FULL, BLOCK_N_CAUSAL = 128, 64
+# Whether the key tiles that need no mask skip ``masked_scores`` (the forward's
+# ``SPLIT_MASKS``); not yet run on a GPU, so off.
+SPLIT_MASKS = False
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``).
 calls = 0
 tiling = f"{BLOCK_M}x{BLOCK_N_FULL} s{STAGES} wg2"
@@ -115,20 +119,62 @@ def _store_dq(dq, dq_ptr, stride_dqs, first, col, seqlen_q, scale, ROWS: gl.cons
 
 
 @gluon.jit
+def _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, j,
+             dq, dq1, rows, lse, delta, zero_s, first, offset, seqlen_k, qk_scale,
+             a_layout: gl.constexpr, a1_layout: gl.constexpr, col_layout: gl.constexpr,
+             BLOCK_N: gl.constexpr, D1: gl.constexpr, STAGES: gl.constexpr,
+             IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
+             MASK: gl.constexpr):
+    """Key tile ``j``, the ring's ``c``-th, of ``_compute``: ``S = Q K^T`` and ``dP = dO
+    V^T`` (``MASK``: ``S`` through ``masked_scores``), ``dS``, ``dQ += dS K`` (and ``dq1 +=
+    dS K1`` where ``D1 > 0``), and the slot freed: ``(dq, dq1)``."""
+    dtype: gl.constexpr = q_rows.dtype
+    slot = c % STAGES
+    phase = (c // STAGES) & 1
+    mbarrier.wait(k_ready.index(slot), phase)
+    s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)  # Q K^T
+    mbarrier.wait(v_ready.index(slot), phase)
+    dp = warpgroup_mma(do_rows, v_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                       is_async=True)  # dO V^T: [ROWS, BLOCK_N]
+    s, dp = warpgroup_mma_wait(0, deps=(s, dp))
+    if MASK:
+        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+        s = masked_scores(s, cols, rows, j * BLOCK_N, first, offset, seqlen_k, qk_scale,
+                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    else:
+        s = s * qk_scale
+    p = gl.exp2(s - lse[:, None])
+    ds_f = (p * (dp - delta[:, None])).to(dtype)  # dS: [ROWS, BLOCK_N]
+    ds = gl.convert_layout(ds_f, a_layout)
+    dq = warpgroup_mma(ds, k_bufs.index(slot), dq, is_async=True)  # += dS K: [ROWS, D0]
+    if D1 > 0:
+        ds1 = gl.convert_layout(ds_f, a1_layout)
+        dq1 = warpgroup_mma(ds1, k1_bufs.index(slot), dq1, is_async=True)  # [ROWS, D1]
+        dq, dq1, ds, ds1 = warpgroup_mma_wait(0, deps=(dq, dq1, ds, ds1))
+    else:
+        dq, ds = warpgroup_mma_wait(0, deps=(dq, ds))
+    mbarrier.arrive(empty.index(slot))
+    return dq, dq1
+
+
+@gluon.jit
 def _compute(q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
              lse_ptr, delta_ptr, dq_ptr, stride_dqs, start_m, lo, hi, seqlen_q, seqlen_k,
              qk_scale, scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, D0: gl.constexpr,
              D1: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-             WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, WG: gl.constexpr,
-             num_warps: gl.constexpr):
+             WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, SPLIT_MASKS: gl.constexpr,
+             WG: gl.constexpr, num_warps: gl.constexpr):
     """One compute partition: dQ of the ``ROWS`` queries from ``start_m + WG * ROWS`` over
     the key tiles of ``[lo, hi)``, scaled and stored at the end (rows past ``seqlen_q`` left
     out); with ``D1 > 0`` (MLA's 192 = 128 + 64) the scores take both column tiles of Q and
-    K, and dQ is two accumulators, ``dS K`` over each."""
-    dtype: gl.constexpr = q_smem.dtype
+    K, and dQ is two accumulators, ``dS K`` over each. With ``SPLIT_MASKS`` the key tiles
+    that need no mask (``flash_fwd_gluon._unmasked_tiles``) skip ``masked_scores``."""
     s_layout: gl.constexpr = mma_layout(BLOCK_N, num_warps)  # [ROWS, BLOCK_N] scores
     acc_layout: gl.constexpr = mma_layout(D0, num_warps)  # [ROWS, D0] accumulator
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    acc1_layout: gl.constexpr = mma_layout(max(D1, 8), num_warps)  # [ROWS, D1] accumulator
+    a1_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc1_layout,
+                                                  k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     first = start_m + WG * ROWS
@@ -141,37 +187,33 @@ def _compute(q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, 
     q1_rows = q1_smem.slice(WG * ROWS, ROWS)  # [ROWS, D1] (q_rows again where D1 == 0)
     do_rows = do_smem.slice(WG * ROWS, ROWS)  # [ROWS, DV]
     dq = gl.zeros([ROWS, D0], gl.float32, acc_layout)
-    if D1 > 0:
-        acc1_layout: gl.constexpr = mma_layout(D1, num_warps)  # [ROWS, D1] accumulator
-        a1_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc1_layout,
-                                                      k_width=2)
-        dq1 = gl.zeros([ROWS, D1], gl.float32, acc1_layout)
+    dq1 = gl.zeros([ROWS, max(D1, 8)], gl.float32, acc1_layout)  # unused where D1 == 0
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    j0, j1, j2, j3 = _unmasked_tiles(first, lo, hi, offset, seqlen_k, ROWS, BLOCK_N,
+                                     IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    if not SPLIT_MASKS:  # one walk, every tile through masked_scores
+        j1 = j3
+        j2 = j3
     mbarrier.wait(q_bar, 0)
-    for j in range(lo // BLOCK_N, gl.cdiv(hi, BLOCK_N)):
-        c = j - lo // BLOCK_N  # the ring's count
-        slot = c % STAGES
-        phase = (c // STAGES) & 1
-        mbarrier.wait(k_ready.index(slot), phase)
-        s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)  # Q K^T
-        mbarrier.wait(v_ready.index(slot), phase)
-        dp = warpgroup_mma(do_rows, v_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
-                           is_async=True)  # dO V^T: [ROWS, BLOCK_N]
-        s, dp = warpgroup_mma_wait(0, deps=(s, dp))
-        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
-        s = masked_scores(s, cols, rows, j * BLOCK_N, first, offset, seqlen_k, qk_scale,
-                          IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
-        p = gl.exp2(s - lse[:, None])
-        ds_f = (p * (dp - delta[:, None])).to(dtype)  # dS: [ROWS, BLOCK_N]
-        ds = gl.convert_layout(ds_f, a_layout)
-        dq = warpgroup_mma(ds, k_bufs.index(slot), dq, is_async=True)  # += dS K: [ROWS, D0]
-        if D1 > 0:
-            ds1 = gl.convert_layout(ds_f, a1_layout)
-            dq1 = warpgroup_mma(ds1, k1_bufs.index(slot), dq1, is_async=True)  # [ROWS, D1]
-            dq, dq1, ds, ds1 = warpgroup_mma_wait(0, deps=(dq, dq1, ds, ds1))
-        else:
-            dq, ds = warpgroup_mma_wait(0, deps=(dq, ds))
-        mbarrier.arrive(empty.index(slot))
+    c = gl.to_tensor(0)
+    for j in range(j0, j1):  # masked: the left window edge
+        dq, dq1 = _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
+                           empty, c, j, dq, dq1, rows, lse, delta, zero_s, first, offset,
+                           seqlen_k, qk_scale, a_layout, a1_layout, col_layout, BLOCK_N, D1,
+                           STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True)
+        c += 1
+    for j in range(j1, j2):  # no mask
+        dq, dq1 = _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
+                           empty, c, j, dq, dq1, rows, lse, delta, zero_s, first, offset,
+                           seqlen_k, qk_scale, a_layout, a1_layout, col_layout, BLOCK_N, D1,
+                           STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False)
+        c += 1
+    for j in range(j2, j3):  # masked: the diagonal, a right window edge, the keys' end
+        dq, dq1 = _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
+                           empty, c, j, dq, dq1, rows, lse, delta, zero_s, first, offset,
+                           seqlen_k, qk_scale, a_layout, a1_layout, col_layout, BLOCK_N, D1,
+                           STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True)
+        c += 1
     _store_dq(dq, dq_ptr, stride_dqs, first, 0, seqlen_q, scale, ROWS, D0)
     if D1 > 0:
         _store_dq(dq1, dq_ptr, stride_dqs, first, D0, seqlen_q, scale, ROWS, D1)
@@ -186,7 +228,7 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                     HQ: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr, D1: gl.constexpr,
                     DV: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
                     WIN_RIGHT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                    STAGES: gl.constexpr, num_warps: gl.constexpr):
+                    STAGES: gl.constexpr, SPLIT_MASKS: gl.constexpr, num_warps: gl.constexpr):
     """dQ of one ``[BLOCK_M, D]`` query tile (grid axis 0) of one batch x query head (axis 1).
 
     q, dq: ``[b, seq_q, HQ, D]``; k: ``[b, seq_k, HQ / GROUP, D]`` (``D1``: the width of a
@@ -228,11 +270,11 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
         (_compute, (q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready,
                     v_ready, empty, lse_ptr + l_off, delta_ptr + l_off, dq_base, stride_dqs,
                     start_m, lo, hi, seq_q, seq_k, qk_scale, scale, ROWS, BLOCK_N, D - D1, D1,
-                    STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 0, num_warps)),
+                    STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, SPLIT_MASKS, 0, num_warps)),
         (_compute, (q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready,
                     v_ready, empty, lse_ptr + l_off, delta_ptr + l_off, dq_base, stride_dqs,
                     start_m, lo, hi, seq_q, seq_k, qk_scale, scale, ROWS, BLOCK_N, D - D1, D1,
-                    STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, 1, num_warps)),
+                    STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, SPLIT_MASKS, 1, num_warps)),
         (_loader, (q_desc, q1_desc, do_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, do_smem,
                    q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, start_m, lo, hi,
                    D - D1, D1, BLOCK_N, STAGES)),
@@ -242,7 +284,7 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
 def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
              lse2: torch.Tensor, delta: torch.Tensor, dq: torch.Tensor, *, causal: bool,
              scale: float, window: tuple[int, int] = (-1, -1), block_n: int | None = None,
-             stages: int = STAGES) -> None:
+             stages: int = STAGES, split_masks: bool = SPLIT_MASKS) -> None:
     """Write dQ of dense MHA, GQA or MQA attention into ``dq`` (CUDA, sm90).
 
     Args:
@@ -258,6 +300,7 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
         window: ``(left, right)`` as ``flash_fwd_gluon.gluon_fwd`` takes it.
         block_n, stages: the key tile (default ``block_n_for(causal, d)``) and the ring's
             slots (``STAGES``).
+        split_masks: the key tiles that need no mask in a walk of their own.
 
     The caller checks ``flash_bwd._gluon_dq`` first; nothing is checked here.
 
@@ -268,7 +311,7 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
     global calls, tiling
     calls += 1
     block_n = block_n or block_n_for(causal, q.shape[-1])
-    tiling = f"{BLOCK_M}x{block_n} s{stages} wg2"
+    tiling = f"{BLOCK_M}x{block_n} s{stages} wg2" + (" split" if split_masks else "")
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
@@ -280,4 +323,4 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
         scale * LOG2E, scale), dict(
         HQ=hq, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
         WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages,
-        num_warps=4, maxnreg=MAXNREG))
+        SPLIT_MASKS=split_masks, num_warps=4, maxnreg=MAXNREG))

@@ -284,20 +284,22 @@ def test_dq_kernel_matches_the_oracle(case, dtype, gluon_dq):
     assert gluon_dq["dq"] and gluon_dq["fwd"], gluon_dq
 
 
-DQ_TILINGS = {"n64-s2": (64, 2), "n64-s3": (64, 3), "n128-s2": (128, 2)}
+DQ_TILINGS = {"n64-s2": (64, 2), "n64-s3": (64, 3), "n128-s2": (128, 2),
+              "n64-s2-split": (64, 2, True), "n128-s2-split": (128, 2, True)}
 
 
 @pytest.mark.parametrize("tiling", DQ_TILINGS.values(), ids=DQ_TILINGS.keys())
-@pytest.mark.parametrize("case", ["203x113-causal", "gqa-333x500-window-64-32"])
+@pytest.mark.parametrize("case", ["203x113-causal", "gqa-333x500-window-64-32",
+                                  "1000x1000-causal-left255", "333x129-full"])
 def test_every_dq_tiling_matches_the_oracle(case, tiling, gluon_dq, monkeypatch):
     """Each dQ configuration the probe times (``benchmarks/gluon_dq.py``), and the result is
     bitwise the same on a second run."""
     import functools
 
     from attnkit.kernels import flash_dq_gluon
-    block_n, stages = tiling
+    block_n, stages, split = (*tiling, False)[:3]
     monkeypatch.setattr(flash_dq_gluon, "gluon_dq", functools.partial(
-        flash_dq_gluon.gluon_dq, block_n=block_n, stages=stages))
+        flash_dq_gluon.gluon_dq, block_n=block_n, stages=stages, split_masks=split))
     case = {**CASES, **WINDOW_CASES}[case]
     first = check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
     again = check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
