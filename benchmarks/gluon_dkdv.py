@@ -30,8 +30,10 @@ from benchmarks.gluon_common import main as _main
 from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # the compute partitions: one of 8 warps; two of 4 warps; two taking turns
-CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, warpgroups=w, pingpong=p)
-                 for w, p in ((1, False), (2, False), (2, True))],
+CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, warpgroups=w, pingpong=p,
+                      split_masks=sp)
+                 for w, p, sp in ((1, False, False), (2, False, False), (2, True, False),
+                                  (2, False, True))],
            192: [dict(block_m=m, stages=st, warpgroups=2, pingpong=False)
                  for m, st in ((32, 2), (32, 3), (64, 2))],
            64: [dict(block_m=64, stages=st, warpgroups=2, pingpong=False) for st in (2, 3)]}
@@ -47,14 +49,15 @@ SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{
 def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fbg.BLOCK_M,
                  stages: int = fbg.STAGES, dtype: str = "bf16", warpgroups: int = fbg.WARPGROUPS,
                  pingpong: bool = fbg.PINGPONG, group: int = 1,
-                 window: tuple[int, int] = (-1, -1)) -> dict:
+                 window: tuple[int, int] = (-1, -1), split_masks: bool = False) -> dict:
     """Compile the kernel for sm90 without a GPU (16 query heads, ``group`` per K/V head;
     ``window`` as ``flash_bwd_gluon.gluon_dkdv`` passes it); the register split and cubin
     resources."""
     warps = 8 // warpgroups
     const = dict(HK=16 // group, GROUP=group, D=d, D1=column_split(d), DV=min(d, 128),
                  WIN_LEFT=window[0], WIN_RIGHT=window[1], IS_CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=fbg.BLOCK_N,
-                 STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=warps)
+                 STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong,
+                 SPLIT_MASKS=split_masks, num_warps=warps)
     return _compile(fbg.gluon_dkdv_kernel, SIGNATURE, const, warps=warps,
                     maxnreg=fbg.MAXNREG, dtype=dtype)
 
@@ -74,7 +77,8 @@ def _serving(cfg):
     if cfg is not None:
         fbg.gluon_dkdv = functools.partial(real, warpgroups=cfg["warpgroups"],
                                            pingpong=cfg["pingpong"], block_m=cfg["block_m"],
-                                           stages=cfg["stages"])
+                                           stages=cfg["stages"],
+                                           split_masks=cfg.get("split_masks", False))
     try:
         yield
     finally:

@@ -31,9 +31,10 @@ _shard() {  # _shard TIMEOUT NAME PYTEST-ARGS...
 start_test_shards() {  # start_test_shards TIMEOUT
   local limit=$1 F=tests/gpu/test_flash_gpu.py D=tests/gpu/test_decode_gpu.py
   [ "${SKIP_TESTS:-0}" = "1" ] && return
-  if [ "${TESTS:-all}" = "gluon" ]; then  # the Gluon kernels' file, in five shards
+  if [ "${TESTS:-all}" = "gluon" ]; then  # the Gluon kernels' file, in six shards
     local G=tests/gpu/test_flash_gluon_gpu.py
-    _shard "$limit" fg1 $G -k "forward_tiling or partition_layout" &
+    _shard "$limit" fg1 $G -k "forward_tiling and not (q2 or split)" &
+    _shard "$limit" fg6 $G -k "(forward_tiling and (q2 or split)) or partition_layout" &
     _shard "$limit" fg2 $G -k "dq_kernel or dq_tiling" &
     _shard "$limit" fg3 $G -k "not (forward_tiling or partition_layout or dq_kernel or dq_tiling or mla or d64)" &
     _shard "$limit" fg4 $G -k "mla" &

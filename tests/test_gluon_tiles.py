@@ -5,8 +5,9 @@ the same key ranges and masks): the key range of a query tile
 (``_key_tiles``), the walk over its key tiles from ``lo``, the tiles it walks without masks
 (``_unmasked_tiles``), and the conditions under which ``_softmax_step`` masks a tile (past the
 keys, across the causal diagonal, across a window's edges). The dK/dV kernel (``flash_bwd_gluon.py``): the query range of a key tile
-(``_query_tiles``) and the conditions under which ``_probabilities`` masks a tile pair, per
-partition of the key tile. A condition that left out a tile needing its mask, or a range that
+(``_query_tiles``), the query tiles it walks without masks (``_unmasked_query_tiles``) and
+the conditions under which ``_probabilities`` masks a tile pair, per partition of the key
+tile. A condition that left out a tile needing its mask, or a range that
 dropped a visible pair, changes the output or the gradients.
 
 The kernels themselves run only on sm90 (``tests/gpu/test_flash_gluon_gpu.py``); small tiles
@@ -185,6 +186,21 @@ def _query_tiles(start_n, sq, sk, block_m, block_n, causal, left, right):
     return lo, hi
 
 
+def _unmasked_query_tiles(first, half, lo, n, *, sq, sk, causal, left, right, block_m):
+    """``flash_bwd_gluon._unmasked_query_tiles`` in Python: ``(t1, t2)``."""
+    offset = sk - sq
+    ta = 0
+    if causal:
+        ta = max(ta, -(-max(first + half - 1 - offset - lo, 0) // block_m))
+    if right >= 0:
+        ta = max(ta, -(-max(first + half - 1 - offset - right - lo, 0) // block_m))
+    tb = n
+    if left >= 0:
+        tb = min(tb, max(first + 1 - offset + left - lo, 0) // block_m)
+    t1 = min(ta, n)
+    return t1, max(min(tb, n), t1)
+
+
 def _dkdv_mirror(q, k, v, do, lse, delta, *, causal, window, block_m, block_n, partitions):
     """dK and dV of single-head ``[s, d]`` inputs, key tile by key tile and partition by
     partition, as ``gluon_dkdv_kernel`` walks them (lse natural-log, ``+inf`` on rows that
@@ -203,12 +219,17 @@ def _dkdv_mirror(q, k, v, do, lse, delta, *, causal, window, block_m, block_n, p
             first = start_n + wg * half
             cols = torch.arange(first, first + half)
             inside = cols < sk
+            n = -(-(hi - lo) // block_m)
+            t1, t2 = _unmasked_query_tiles(first, half, lo, n, sq=sq, sk=sk, causal=causal,
+                                           left=left, right=right, block_m=block_m)
+            assert 0 <= t1 <= t2 <= n
             for start in range(lo, hi, block_m):
                 rows = torch.arange(start, start + block_m)
                 qt, dot, delta_t = _rows(q, rows), _rows(do, rows), _rows(delta, rows)
                 lse_t = _rows(lse, rows, math.inf)
                 kt, vt = _rows(k, cols), _rows(v, cols)
                 s_t = kt @ qt.T * scale  # [half, block_m]
+                unmasked = s_t.clone() if t1 <= (start - lo) // block_m < t2 else None
                 if causal and start + offset < first + half - 1:
                     s_t = s_t.masked_fill(~(cols[:, None] <= rows[None, :] + offset), -math.inf)
                 if right >= 0 and start + offset + right < first + half - 1:
@@ -217,6 +238,8 @@ def _dkdv_mirror(q, k, v, do, lse, delta, *, causal, window, block_m, block_n, p
                 if left >= 0 and first < start + block_m - 1 + offset - left:
                     s_t = s_t.masked_fill(~(cols[:, None] >= rows[None, :] + offset - left),
                                           -math.inf)
+                if unmasked is not None:  # the split walk skips the masks here
+                    assert torch.equal(s_t, unmasked), (first, start)
                 p_t = torch.exp(s_t - lse_t[None, :])
                 dp_t = vt @ dot.T
                 ds_t = p_t * (dp_t - delta_t[None, :])
@@ -298,3 +321,57 @@ def test_dq_tile_logic_matches_the_oracle(sq, sk, causal, window, block_m, block
     dq = _dq_mirror(q.detach(), k, v, do, lse, (out * do).sum(-1), causal=causal,
                     window=window, block_m=block_m, block_n=block_n)
     torch.testing.assert_close(dq, want, rtol=1e-9, atol=1e-11)
+
+
+def _fwd_tile_masked(j, first, rows_n, *, sq, sk, causal, left, right, block_n):
+    """Whether ``masked_scores``'s conditions mask key tile ``j`` for the rows from ``first``."""
+    offset, start_n = sk - sq, j * block_n
+    return (start_n + block_n > sk
+            or (causal and start_n + block_n - 1 > first + offset)
+            or (right >= 0 and start_n + block_n - 1 > first + offset + right)
+            or (left >= 0 and start_n < first + rows_n - 1 + offset - left))
+
+
+def _dkdv_tile_masked(t, first, half, lo, *, sq, sk, causal, left, right, block_m):
+    """Whether ``_masked_scores_t``'s conditions mask query tile ``t`` (from ``lo``) for the
+    ``half`` keys from ``first``."""
+    offset, start = sk - sq, lo + t * block_m
+    return ((causal and start + offset < first + half - 1)
+            or (right >= 0 and start + offset + right < first + half - 1)
+            or (left >= 0 and first < start + block_m - 1 + offset - left))
+
+
+def test_unmasked_ranges_are_exactly_the_tiles_without_masks():
+    """Over many shapes, windows and tile sizes: ``_unmasked_tiles`` (forward, dQ) and
+    ``_unmasked_query_tiles`` (dK/dV) hold only tiles that no mask condition touches, and
+    the tiles just outside them are touched (the ranges are as wide as they can be), so that
+    an off-by-one either way fails here."""
+    checked = 0
+    for sq in (1, 5, 16, 23, 40):
+        for sk in (1, 7, 16, 29, 40):
+            for causal, left, right in ((False, -1, -1), (True, -1, -1), (True, 3, -1),
+                                        (True, 12, -1), (False, 5, 2), (False, -1, 6),
+                                        (False, 0, 0), (False, 9, -1)):
+                for block, rows_n in ((4, 2), (8, 4), (8, 8), (16, 8)):
+                    opts = dict(sq=sq, sk=sk, causal=causal, left=left, right=right)
+                    for first in range(0, 48, rows_n):
+                        lo, hi = 0, sk + block
+                        j0, j1, j2, j3 = _unmasked_tiles(first, rows_n, lo, hi, block_n=block,
+                                                         **opts)
+                        masked = [_fwd_tile_masked(j, first, rows_n, block_n=block, **opts)
+                                  for j in range(j0, j3)]
+                        assert not any(masked[j1 - j0:j2 - j0])
+                        if j1 < j2:
+                            assert j1 == j0 or masked[j1 - j0 - 1]
+                            assert j2 == j3 or masked[j2 - j0]
+                        n = -(-(sq + block) // block)
+                        t1, t2 = _unmasked_query_tiles(first, rows_n, 0, n, block_m=block,
+                                                       **opts)
+                        masked = [_dkdv_tile_masked(t, first, rows_n, 0, block_m=block, **opts)
+                                  for t in range(n)]
+                        assert not any(masked[t1:t2])
+                        if t1 < t2:
+                            assert t1 == 0 or masked[t1 - 1]
+                            assert t2 == n or masked[t2]
+                        checked += 1
+    assert checked > 5000

@@ -72,6 +72,9 @@ from attnkit.kernels.gluon_sm90 import (
 # 0.685 and 0.626).
 BLOCK_M, BLOCK_N, STAGES = 64, 128, 2
 WARPGROUPS, PINGPONG = 2, False
+# Whether the query tiles that need no mask skip the masks (``_unmasked_query_tiles``); not
+# yet run on a GPU, so off.
+SPLIT_MASKS = False
 # MLA's head dim (192 for q and k, 128 for v): 32 queries per tile (``block_m_for``).
 BLOCK_M_MLA = 32
 # Launches so far in this process, and the tiling of the last one as the benchmark reports it
@@ -145,12 +148,27 @@ def _loader(q_desc, q1_desc, do_desc, q_bufs, q1_bufs, do_bufs, ready, empty, lo
 @gluon.jit
 def _probabilities(s_t, dp_t, lse, delta, cols, rows, start, start_n, offset, qk_scale,
                    a_layout: gl.constexpr, dtype: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                   WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, BLOCK_N: gl.constexpr):
+                   WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, BLOCK_N: gl.constexpr,
+                   MASK: gl.constexpr = True):
     """``P^T`` and ``dS^T`` (``[BLOCK_N, BLOCK_M]``) of one tile pair, keys from ``start_n``
     and queries from ``start``, as register A operands of the dV and dK products. Only the
     tiles that cross the causal diagonal (a query before the key tile's last key) or a
-    window's edges (``_query_tiles``) are masked."""
+    window's edges (``_query_tiles``) are masked; without ``MASK`` (a tile pair of
+    ``_unmasked_query_tiles``) none is."""
     s_t = s_t * qk_scale
+    if MASK:
+        s_t = _masked_scores_t(s_t, cols, rows, start, start_n, offset, IS_CAUSAL, WIN_LEFT,
+                               WIN_RIGHT, BLOCK_N)
+    p_t = gl.exp2(s_t - lse[None, :])
+    ds_t = p_t * (dp_t - delta[None, :])
+    return gl.convert_layout(p_t.to(dtype), a_layout), gl.convert_layout(ds_t.to(dtype), a_layout)
+
+
+@gluon.jit
+def _masked_scores_t(s_t, cols, rows, start, start_n, offset, IS_CAUSAL: gl.constexpr,
+                     WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, BLOCK_N: gl.constexpr):
+    """``[keys, queries]`` scores with ``-inf`` where a key is not seen, in the tile pairs
+    whose conditions say so (``_probabilities``)."""
     if IS_CAUSAL:
         if start + offset < start_n + BLOCK_N - 1:
             s_t = gl.where(cols[:, None] <= rows[None, :] + offset, s_t, float("-inf"))
@@ -162,9 +180,29 @@ def _probabilities(s_t, dp_t, lse, delta, cols, rows, start, start_n, offset, qk
         if start_n < start + s_t.shape[1] - 1 + offset - WIN_LEFT:
             s_t = gl.where(cols[:, None] >= rows[None, :] + (offset - WIN_LEFT), s_t,
                            float("-inf"))
-    p_t = gl.exp2(s_t - lse[None, :])
-    ds_t = p_t * (dp_t - delta[None, :])
-    return gl.convert_layout(p_t.to(dtype), a_layout), gl.convert_layout(ds_t.to(dtype), a_layout)
+    return s_t
+
+
+@gluon.jit
+def _unmasked_query_tiles(first, lo, n, offset, HALF: gl.constexpr, BLOCK_M: gl.constexpr,
+                          IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+                          WIN_RIGHT: gl.constexpr):
+    """``(t1, t2)``: of the ``n`` query tiles from ``lo``, the partition's ``HALF`` keys
+    from ``first`` need no mask with tiles ``[t1, t2)`` (none of ``_masked_scores_t``'s
+    conditions holds: the tile's first query at or past the last key's diagonal and right
+    window edge, its last query's left edge at or before the first key), so that a walk
+    masks only ``[0, t1)`` and ``[t2, n)``."""
+    ta = gl.to_tensor(0)
+    if IS_CAUSAL:
+        ta = gl.maximum(ta, gl.cdiv(gl.maximum(first + HALF - 1 - offset - lo, 0), BLOCK_M))
+    if WIN_RIGHT >= 0:
+        ta = gl.maximum(ta, gl.cdiv(gl.maximum(first + HALF - 1 - offset - WIN_RIGHT - lo, 0),
+                                    BLOCK_M))
+    tb = n
+    if WIN_LEFT >= 0:
+        tb = gl.minimum(tb, gl.maximum(first + 1 - offset + WIN_LEFT - lo, 0) // BLOCK_M)
+    t1 = gl.minimum(ta, n)
+    return t1, gl.maximum(gl.minimum(tb, n), t1)
 
 
 @gluon.jit
@@ -199,22 +237,76 @@ def _take_turn(turns, k, WG: gl.constexpr):
 
 
 @gluon.jit
+def _dkdv_tile(k_rows, k1_rows, v_rows, q_bufs, q1_bufs, do_bufs, ready, empty, turns, c, start,
+               head, lse_ptr, delta_ptr, dv, dk, dk1, cols, zero_s, first, offset, seqlen_q,
+               qk_scale, a_layout: gl.constexpr, a1_layout: gl.constexpr,
+               query_layout: gl.constexpr, BLOCK_M: gl.constexpr, HALF: gl.constexpr,
+               D1: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+               WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, WG: gl.constexpr,
+               PINGPONG: gl.constexpr, MASK: gl.constexpr):
+    """The query tile from ``start`` of the group's head at LSE offset ``head``, the ring's
+    ``c``-th: ``K Q^T`` and ``V dO^T``, ``P^T`` and ``dS^T`` (``MASK``: through
+    ``_masked_scores_t``), ``dV += P^T dO``, ``dK += dS^T Q`` (and ``dk1`` where
+    ``D1 > 0``), and the slot freed: ``(dv, dk, dk1)``."""
+    dtype: gl.constexpr = k_rows.dtype
+    slot = c % STAGES
+    rows = start + gl.arange(0, BLOCK_M, layout=query_layout)
+    lse, delta = _row_stats(lse_ptr + head, delta_ptr + head, rows, seqlen_q)
+    mbarrier.wait(ready.index(slot), (c // STAGES) & 1)
+    q_s = q_bufs.index(slot)  # [BLOCK_M, D0]
+    q1_s = q1_bufs.index(slot)  # [BLOCK_M, D1]
+    do_s = do_bufs.index(slot)  # [BLOCK_M, DV]
+    if PINGPONG:
+        _take_turn(turns, 2 * c, WG)
+    s_t = warpgroup_mma(k_rows, q_s.permute((1, 0)), zero_s, use_acc=False,
+                        is_async=True)  # K Q^T: [HALF, BLOCK_M]
+    if D1 > 0:
+        s_t = warpgroup_mma(k1_rows, q1_s.permute((1, 0)), s_t, is_async=True)
+    dp_t = warpgroup_mma(v_rows, do_s.permute((1, 0)), zero_s, use_acc=False,
+                         is_async=True)  # V dO^T: [HALF, BLOCK_M]
+    if PINGPONG:
+        mbarrier.arrive(turns.index(1 - WG))
+    s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
+    p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, start, first, offset,
+                               qk_scale, a_layout, dtype, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, HALF,
+                               MASK)
+    if PINGPONG:
+        _take_turn(turns, 2 * c + 1, WG)
+    dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO: [HALF, DV]
+    dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q: [HALF, D0]
+    if D1 > 0:
+        ds_a1 = gl.convert_layout(ds_a, a1_layout)
+        dk1 = warpgroup_mma(ds_a1, q1_s, dk1, is_async=True)  # [HALF, D1]
+    if PINGPONG:
+        mbarrier.arrive(turns.index(1 - WG))
+    if D1 > 0:
+        dv, dk, dk1, _, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, dk1, p_a, ds_a, ds_a1))
+    else:
+        dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))
+    mbarrier.arrive(empty.index(slot))  # every product done with the slot
+    return dv, dk, dk1
+
+
+@gluon.jit
 def _compute(k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, turns, lse_ptr,
              delta_ptr, stride_lh, dk_ptr, dv_ptr, stride_dks, stride_dvs, lo, hi, start_n,
              seqlen_q, seqlen_k, qk_scale, scale,
              GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HALF: gl.constexpr, D0: gl.constexpr,
              D1: gl.constexpr, DV: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
              WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, WG: gl.constexpr,
-             PINGPONG: gl.constexpr, num_warps: gl.constexpr):
+             PINGPONG: gl.constexpr, SPLIT_MASKS: gl.constexpr, num_warps: gl.constexpr):
     """One compute partition (one warpgroup): dK and dV of rows ``[WG * HALF, (WG + 1) *
     HALF)`` of the program's key tile over query tiles ``[lo, hi)`` of each query head of the
     group (LSE and delta rows ``stride_lh`` apart per head), stored at the end (``D0 ==
     DV``). With ``D1 > 0`` (MLA's 192 = 128 + 64) the scores take both column tiles of
-    K and Q, and dK is two accumulators, ``dS^T Q0`` and ``dS^T Q1``."""
-    dtype: gl.constexpr = k_smem.dtype
+    K and Q, and dK is two accumulators, ``dS^T Q0`` and ``dS^T Q1``. With ``SPLIT_MASKS``
+    the query tiles that need no mask (``_unmasked_query_tiles``) skip the masks."""
     s_layout: gl.constexpr = mma_layout(BLOCK_M, num_warps)  # [HALF, BLOCK_M] scores
     acc_layout: gl.constexpr = mma_layout(D0, num_warps)  # [HALF, D0 == DV] accumulators
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    acc1_layout: gl.constexpr = mma_layout(max(D1, 8), num_warps)  # [HALF, D1] dK
+    a1_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc1_layout,
+                                                  k_width=2)
     query_layout: gl.constexpr = gl.SliceLayout(0, s_layout)  # along the queries
     key_layout: gl.constexpr = gl.SliceLayout(1, s_layout)  # along the keys
     k_rows = k_smem.slice(WG * HALF, HALF)  # [HALF, D0]
@@ -223,53 +315,42 @@ def _compute(k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, tu
     first = start_n + WG * HALF  # the partition's first key
     dk = gl.zeros([HALF, D0], gl.float32, acc_layout)
     dv = gl.zeros([HALF, DV], gl.float32, acc_layout)
-    if D1 > 0:
-        acc1_layout: gl.constexpr = mma_layout(D1, num_warps)  # [HALF, D1] dK accumulator
-        a1_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc1_layout,
-                                                      k_width=2)
-        dk1 = gl.zeros([HALF, D1], gl.float32, acc1_layout)
+    dk1 = gl.zeros([HALF, max(D1, 8)], gl.float32, acc1_layout)  # unused where D1 == 0
     zero_s = gl.zeros([HALF, BLOCK_M], gl.float32, s_layout)
     cols = first + gl.arange(0, HALF, layout=key_layout)  # the partition's keys
     offset = seqlen_k - seqlen_q
     n = gl.cdiv(hi - lo, BLOCK_M)
-    for i in range(GROUP * n):  # query tile i % n of the group's head i // n
-        slot = i % STAGES
-        start = lo + (i % n) * BLOCK_M
-        rows = start + gl.arange(0, BLOCK_M, layout=query_layout)
-        head = (i // n).to(gl.int64) * stride_lh
-        lse, delta = _row_stats(lse_ptr + head, delta_ptr + head, rows, seqlen_q)
-        mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
-        q_s = q_bufs.index(slot)  # [BLOCK_M, D0]
-        q1_s = q1_bufs.index(slot)  # [BLOCK_M, D1]
-        do_s = do_bufs.index(slot)  # [BLOCK_M, DV]
-        if PINGPONG:
-            _take_turn(turns, 2 * i, WG)
-        s_t = warpgroup_mma(k_rows, q_s.permute((1, 0)), zero_s, use_acc=False,
-                            is_async=True)  # K Q^T: [HALF, BLOCK_M]
-        if D1 > 0:
-            s_t = warpgroup_mma(k1_rows, q1_s.permute((1, 0)), s_t, is_async=True)
-        dp_t = warpgroup_mma(v_rows, do_s.permute((1, 0)), zero_s, use_acc=False,
-                             is_async=True)  # V dO^T: [HALF, BLOCK_M]
-        if PINGPONG:
-            mbarrier.arrive(turns.index(1 - WG))
-        s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-        p_a, ds_a = _probabilities(s_t, dp_t, lse, delta, cols, rows, start, first, offset,
-                                   qk_scale, a_layout, dtype, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                                   HALF)
-        if PINGPONG:
-            _take_turn(turns, 2 * i + 1, WG)
-        dv = warpgroup_mma(p_a, do_s, dv, is_async=True)  # += P^T dO: [HALF, DV]
-        dk = warpgroup_mma(ds_a, q_s, dk, is_async=True)  # += dS^T Q: [HALF, D0]
-        if D1 > 0:
-            ds_a1 = gl.convert_layout(ds_a, a1_layout)
-            dk1 = warpgroup_mma(ds_a1, q1_s, dk1, is_async=True)  # [HALF, D1]
-        if PINGPONG:
-            mbarrier.arrive(turns.index(1 - WG))
-        if D1 > 0:
-            dv, dk, dk1, _, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, dk1, p_a, ds_a, ds_a1))
-        else:
-            dv, dk, _, _ = warpgroup_mma_wait(0, deps=(dv, dk, p_a, ds_a))
-        mbarrier.arrive(empty.index(slot))  # every product done with the slot
+    if not SPLIT_MASKS:  # one walk, every tile pair through the masks' conditions
+        for i in range(GROUP * n):  # query tile i % n of the group's head i // n
+            dv, dk, dk1 = _dkdv_tile(k_rows, k1_rows, v_rows, q_bufs, q1_bufs, do_bufs, ready,
+                                     empty, turns, i, lo + (i % n) * BLOCK_M,
+                                     (i // n).to(gl.int64) * stride_lh, lse_ptr, delta_ptr, dv,
+                                     dk, dk1, cols, zero_s, first, offset, seqlen_q, qk_scale,
+                                     a_layout, a1_layout, query_layout, BLOCK_M, HALF, D1,
+                                     STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, WG, PINGPONG,
+                                     True)
+    t1, t2 = _unmasked_query_tiles(first, lo, n, offset, HALF, BLOCK_M, IS_CAUSAL, WIN_LEFT,
+                                   WIN_RIGHT)
+    c = gl.to_tensor(0)
+    for g in range(GROUP if SPLIT_MASKS else 0):  # the group's query heads in turn
+        head = g.to(gl.int64) * stride_lh
+        # query tiles [0, t1) masked (the causal diagonal, a right window edge), [t1, t2)
+        # not, [t2, n) masked (a left window edge)
+        for part in gl.static_range(3):
+            if part == 0:
+                t_lo, t_hi = gl.to_tensor(0), t1
+            elif part == 1:
+                t_lo, t_hi = t1, t2
+            else:
+                t_lo, t_hi = t2, n
+            for t in range(t_lo, t_hi):
+                dv, dk, dk1 = _dkdv_tile(k_rows, k1_rows, v_rows, q_bufs, q1_bufs, do_bufs,
+                                         ready, empty, turns, c, lo + t * BLOCK_M, head,
+                                         lse_ptr, delta_ptr, dv, dk, dk1, cols, zero_s, first,
+                                         offset, seqlen_q, qk_scale, a_layout, a1_layout,
+                                         query_layout, BLOCK_M, HALF, D1, STAGES, IS_CAUSAL,
+                                         WIN_LEFT, WIN_RIGHT, WG, PINGPONG, part != 1)
+                c += 1
     _store_rows(dk * scale, dk_ptr, stride_dks, first, seqlen_k, HALF, D0)
     if D1 > 0:
         _store_rows(dk1 * scale, dk_ptr + D0, stride_dks, first, seqlen_k, HALF, D1)
@@ -287,7 +368,7 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
                       IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                       STAGES: gl.constexpr, WARPGROUPS: gl.constexpr, PINGPONG: gl.constexpr,
-                      num_warps: gl.constexpr):
+                      SPLIT_MASKS: gl.constexpr, num_warps: gl.constexpr):
     """dK and dV of one ``[BLOCK_N, D]`` key tile (grid axis 0) of one batch x K/V head (axis
     1), summed over the ``GROUP`` query heads that share it; a window ``(WIN_LEFT,
     WIN_RIGHT)`` (-1: unbounded) as ``_query_tiles`` has it.
@@ -353,12 +434,12 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
                         lse_ptr + l_off, delta_ptr + l_off, stride_lh, dk_base, dv_base,
                         stride_dks, stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale,
                         GROUP, BLOCK_M, HALF, D - D1, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
-                        WIN_RIGHT, 0, PINGPONG, num_warps)),
+                        WIN_RIGHT, 0, PINGPONG, SPLIT_MASKS, num_warps)),
             (_compute, (k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, turns,
                         lse_ptr + l_off, delta_ptr + l_off, stride_lh, dk_base, dv_base,
                         stride_dks, stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale,
                         GROUP, BLOCK_M, HALF, D - D1, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
-                        WIN_RIGHT, 1, PINGPONG, num_warps)),
+                        WIN_RIGHT, 1, PINGPONG, SPLIT_MASKS, num_warps)),
             (_loader, (q_desc, q1_desc, do_desc, q_bufs, q1_bufs, do_bufs, ready, empty, lo,
                        hi, GROUP, BLOCK_M, D, D1, DV, STAGES)),
         ], [num_warps, LOADER_WARPS], [COMPUTE_REGS, LOADER_REGS])
@@ -368,7 +449,7 @@ def gluon_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, d
                         lse_ptr + l_off, delta_ptr + l_off, stride_lh, dk_base, dv_base,
                         stride_dks, stride_dvs, lo, hi, start_n, seq_q, seq_k, qk_scale, scale,
                         GROUP, BLOCK_M, BLOCK_N, D - D1, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
-                        WIN_RIGHT, 0, False, num_warps)),
+                        WIN_RIGHT, 0, False, SPLIT_MASKS, num_warps)),
             (_loader, (q_desc, q1_desc, do_desc, q_bufs, q1_bufs, do_bufs, ready, empty, lo,
                        hi, GROUP, BLOCK_M, D, D1, DV, STAGES)),
         ], [LOADER_WARPS], [LOADER_REGS])
@@ -378,7 +459,8 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
                lse2: torch.Tensor, delta: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *,
                causal: bool, scale: float, window: tuple[int, int] = (-1, -1),
                warpgroups: int = WARPGROUPS, pingpong: bool = PINGPONG,
-               block_m: int | None = None, stages: int = STAGES) -> None:
+               block_m: int | None = None, stages: int = STAGES,
+               split_masks: bool = SPLIT_MASKS) -> None:
     """Write dK and dV of dense MHA, GQA or MQA attention into ``dk`` and ``dv`` (CUDA,
     sm90), each K/V head's summed over the query heads that share it.
 
@@ -398,6 +480,7 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
             with ``causal`` as well where both are given).
         warpgroups, pingpong: the compute partitions (``WARPGROUPS``, ``PINGPONG``).
         block_m, stages: the query tile (default ``block_m_for(d)``) and the ring's slots.
+        split_masks: the query tiles that need no mask in a walk of their own.
 
     The caller checks ``flash_bwd._gluon_dkdv`` first; nothing is checked here.
 
@@ -409,7 +492,8 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
     calls += 1
     b, sq, hq, d = q.shape
     block_m = block_m or block_m_for(d)
-    tiling = f"{block_m}x{BLOCK_N} s{stages} wg{warpgroups}" + (" pingpong" if pingpong else "")
+    tiling = (f"{block_m}x{BLOCK_N} s{stages} wg{warpgroups}" + (" pingpong" if pingpong else "")
+              + (" split" if split_masks else ""))
     _ensure_allocator()  # device-side descriptors live in global scratch
     sk, hk = k.shape[1], k.shape[2]
     left, right = window_constexprs(window, causal)
@@ -420,5 +504,5 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
         sq, sk, scale * LOG2E, scale), dict(
         HK=hk, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
         WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-        STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, num_warps=8 // warpgroups,
-        maxnreg=MAXNREG))
+        STAGES=stages, WARPGROUPS=warpgroups, PINGPONG=pingpong, SPLIT_MASKS=split_masks,
+        num_warps=8 // warpgroups, maxnreg=MAXNREG))

@@ -196,24 +196,21 @@ def _compute(q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, 
         j2 = j3
     mbarrier.wait(q_bar, 0)
     c = gl.to_tensor(0)
-    for j in range(j0, j1):  # masked: the left window edge
-        dq, dq1 = _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
-                           empty, c, j, dq, dq1, rows, lse, delta, zero_s, first, offset,
-                           seqlen_k, qk_scale, a_layout, a1_layout, col_layout, BLOCK_N, D1,
-                           STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True)
-        c += 1
-    for j in range(j1, j2):  # no mask
-        dq, dq1 = _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
-                           empty, c, j, dq, dq1, rows, lse, delta, zero_s, first, offset,
-                           seqlen_k, qk_scale, a_layout, a1_layout, col_layout, BLOCK_N, D1,
-                           STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False)
-        c += 1
-    for j in range(j2, j3):  # masked: the diagonal, a right window edge, the keys' end
-        dq, dq1 = _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
-                           empty, c, j, dq, dq1, rows, lse, delta, zero_s, first, offset,
-                           seqlen_k, qk_scale, a_layout, a1_layout, col_layout, BLOCK_N, D1,
-                           STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True)
-        c += 1
+    # key tiles [j0, j1) masked (a left window edge), [j1, j2) not, [j2, j3) masked (the
+    # diagonal, a right window edge, the keys' end)
+    for part in gl.static_range(3):
+        if part == 0:
+            j_lo, j_hi = j0, j1
+        elif part == 1:
+            j_lo, j_hi = j1, j2
+        else:
+            j_lo, j_hi = j2, j3
+        for j in range(j_lo, j_hi):
+            dq, dq1 = _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready,
+                               v_ready, empty, c, j, dq, dq1, rows, lse, delta, zero_s, first,
+                               offset, seqlen_k, qk_scale, a_layout, a1_layout, col_layout,
+                               BLOCK_N, D1, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, part != 1)
+            c += 1
     _store_dq(dq, dq_ptr, stride_dqs, first, 0, seqlen_q, scale, ROWS, D0)
     if D1 > 0:
         _store_dq(dq1, dq_ptr, stride_dqs, first, D0, seqlen_q, scale, ROWS, D1)

@@ -316,24 +316,22 @@ def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c
     if not SPLIT_MASKS:  # one walk, every tile through masked_scores
         j1 = j3
         j2 = j3
-    for j in range(j0, j1):  # masked: the left window edge
-        m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
-                                     v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s, first,
-                                     offset, seqlen_k, qk_scale, p_layout, col_layout, BLOCK_N,
-                                     D1, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True)
-        c += 1
-    for j in range(j1, j2):  # no mask
-        m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
-                                     v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s, first,
-                                     offset, seqlen_k, qk_scale, p_layout, col_layout, BLOCK_N,
-                                     D1, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, False)
-        c += 1
-    for j in range(j2, j3):  # masked: the diagonal, a right window edge, the keys' end
-        m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
-                                     v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s, first,
-                                     offset, seqlen_k, qk_scale, p_layout, col_layout, BLOCK_N,
-                                     D1, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, True)
-        c += 1
+    # key tiles [j0, j1) masked (a left window edge), [j1, j2) not, [j2, j3) masked (the
+    # diagonal, a right window edge, the keys' end)
+    for part in gl.static_range(3):
+        if part == 0:
+            j_lo, j_hi = j0, j1
+        elif part == 1:
+            j_lo, j_hi = j1, j2
+        else:
+            j_lo, j_hi = j2, j3
+        for j in range(j_lo, j_hi):
+            m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
+                                         v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s,
+                                         first, offset, seqlen_k, qk_scale, p_layout,
+                                         col_layout, BLOCK_N, D1, STAGES, IS_CAUSAL, WIN_LEFT,
+                                         WIN_RIGHT, part != 1)
+            c += 1
     return m_i, l_i, acc, c
 
 

@@ -189,6 +189,28 @@ def test_d64_matches_the_oracle(case, dtype, gluon_calls):
     assert gluon_calls["fwd"] and gluon_calls["dkdv"] and gluon_calls["dq"], gluon_calls
 
 
+SPLIT_CASES = ["113x203-causal", "203x113-causal", "333x129-full", "1000x1000-causal",
+               "gqa-113x203-causal", "1000x1000-causal-left255", "gqa-333x500-window-64-32",
+               "129x300-right-only", "203x113-window-50-10"]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES)
+def test_split_walks_match_the_oracle(case, gluon_calls, monkeypatch):
+    """The walks that keep the tiles needing masks apart (``SPLIT_MASKS`` of the forward,
+    dQ and dK/dV kernels, off until measured) in all three Gluon kernels at once: causal,
+    windows on either side, rows that see no key, GQA, against the float64 oracle."""
+    import functools
+
+    from attnkit.kernels import flash_bwd_gluon, flash_dq_gluon, flash_fwd_gluon
+    for module, name in ((flash_fwd_gluon, "gluon_fwd"), (flash_dq_gluon, "gluon_dq"),
+                         (flash_bwd_gluon, "gluon_dkdv")):
+        monkeypatch.setattr(module, name, functools.partial(getattr(module, name),
+                                                            split_masks=True))
+    check({**CASES, **GQA_CASES, **WINDOW_CASES}[case], dtype=BF16, device="cuda",
+          deterministic=True, dq_mode="kernel")
+    assert gluon_calls["fwd"] and gluon_calls["dq"] and gluon_calls["dkdv"], gluon_calls
+
+
 # whole key tiles in batches of 2: the persistent kernel takes them (``takes_persistent``)
 FLAT_CASES = {"113x256-causal": Case((2, 113, 256, 4, 4, 128, 128), causal=True),
               "gqa-300x128-full": Case((2, 300, 128, 8, 2, 128, 128))}
