@@ -60,6 +60,7 @@ from attnkit.kernels.gluon_sm90 import (
     MAXNREG,
     column_split,
     mma_layout,
+    walk_part,
     window_constexprs,
 )
 
@@ -337,12 +338,7 @@ def _compute(k_smem, k1_smem, v_smem, q_bufs, q1_bufs, do_bufs, ready, empty, tu
         # query tiles [0, t1) masked (the causal diagonal, a right window edge), [t1, t2)
         # not, [t2, n) masked (a left window edge)
         for part in gl.static_range(3):
-            if part == 0:
-                t_lo, t_hi = gl.to_tensor(0), t1
-            elif part == 1:
-                t_lo, t_hi = t1, t2
-            else:
-                t_lo, t_hi = t2, n
+            t_lo, t_hi = walk_part(part, gl.to_tensor(0), t1, t2, n)
             for t in range(t_lo, t_hi):
                 dv, dk, dk1 = _dkdv_tile(k_rows, k1_rows, v_rows, q_bufs, q1_bufs, do_bufs,
                                          ready, empty, turns, c, lo + t * BLOCK_M, head,

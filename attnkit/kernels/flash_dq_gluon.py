@@ -57,6 +57,7 @@ from attnkit.kernels.gluon_sm90 import (
     MAXNREG,
     column_split,
     mma_layout,
+    walk_part,
     window_constexprs,
 )
 
@@ -199,12 +200,7 @@ def _compute(q_smem, q1_smem, do_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, 
     # key tiles [j0, j1) masked (a left window edge), [j1, j2) not, [j2, j3) masked (the
     # diagonal, a right window edge, the keys' end)
     for part in gl.static_range(3):
-        if part == 0:
-            j_lo, j_hi = j0, j1
-        elif part == 1:
-            j_lo, j_hi = j1, j2
-        else:
-            j_lo, j_hi = j2, j3
+        j_lo, j_hi = walk_part(part, j0, j1, j2, j3)
         for j in range(j_lo, j_hi):
             dq, dq1 = _dq_tile(q_rows, q1_rows, do_rows, k_bufs, k1_bufs, v_bufs, k_ready,
                                v_ready, empty, c, j, dq, dq1, rows, lse, delta, zero_s, first,

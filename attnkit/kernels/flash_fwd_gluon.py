@@ -52,6 +52,7 @@ from attnkit.kernels.gluon_sm90 import (
     MAXNREG,
     column_split,
     mma_layout,
+    walk_part,
     window_constexprs,
 )
 
@@ -319,12 +320,7 @@ def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c
     # key tiles [j0, j1) masked (a left window edge), [j1, j2) not, [j2, j3) masked (the
     # diagonal, a right window edge, the keys' end)
     for part in gl.static_range(3):
-        if part == 0:
-            j_lo, j_hi = j0, j1
-        elif part == 1:
-            j_lo, j_hi = j1, j2
-        else:
-            j_lo, j_hi = j2, j3
+        j_lo, j_hi = walk_part(part, j0, j1, j2, j3)
         for j in range(j_lo, j_hi):
             m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
                                          v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s,

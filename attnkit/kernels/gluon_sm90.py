@@ -50,3 +50,17 @@ def column_split(head_dim: int) -> int:
         (64, 0, 0)
     """
     return head_dim - 128 if head_dim == 192 else 0
+
+
+@gluon.jit
+def walk_part(PART: gl.constexpr, b0, b1, b2, b3):
+    """``(lo, hi)`` of part ``PART`` (0, 1 or 2) of a walk over ``[b0, b3)`` split at ``b1``
+    and ``b2``: the kernels' split walks mask parts 0 and 2 and not part 1 (``_unmasked_tiles``
+    of the forward and dQ kernels, ``_unmasked_query_tiles`` of the dK/dV kernel)."""
+    if PART == 0:
+        lo, hi = b0, b1
+    elif PART == 1:
+        lo, hi = b1, b2
+    else:
+        lo, hi = b2, b3
+    return lo, hi
