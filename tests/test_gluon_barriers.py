@@ -16,6 +16,7 @@ fresh barrier ``wait(bar, 1)`` returns at once (the kernels' "free at the first 
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
@@ -35,12 +36,14 @@ class _Barrier:
         return self.phase % 2 != parity
 
 
-def _loader(items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_data):
-    """``_loader_persistent``: per item, its Q slot once free, then its key tiles."""
+def _loader(items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_data, *,
+            wait_q=True):
+    """``_loader_persistent``: per item, its Q slot once free, then its key tiles
+    (``wait_q=False``: a broken loader that does not wait for the Q slot)."""
     c = 0
     for it, n_keys in enumerate(items):
         qs = it % q_slots
-        while not q_empty[qs].passes(((it // q_slots) & 1) ^ 1):
+        while wait_q and not q_empty[qs].passes(((it // q_slots) & 1) ^ 1):
             yield
         q_data[qs] = it  # the TMA load of the item's Q tile
         q_bar[qs].arrive()
@@ -77,14 +80,14 @@ def _compute(items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_
         yield  # the epilogue
 
 
-def _run(items, q_slots, stages, seed):
+def _run(items, q_slots, stages, seed, loader=_loader):
     q_bar = [_Barrier(1) for _ in range(q_slots)]
     q_empty = [_Barrier(2) for _ in range(q_slots)]  # both compute partitions
     k_ready = [_Barrier(1) for _ in range(stages)]
     empty = [_Barrier(2) for _ in range(stages)]
     q_data, kv_data = [None] * q_slots, [None] * stages
     args = (items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_data)
-    actors = [_loader(*args), _compute(*args), _compute(*args)]
+    actors = [loader(*args), _compute(*args), _compute(*args)]
     rng = random.Random(seed)
     steps = 0
     while actors:
@@ -108,31 +111,9 @@ def test_q_and_kv_slots_are_never_overwritten_in_use(q_slots, stages):
         _run(items, q_slots, stages, seed)
 
 
-def test_a_wrong_phase_is_caught():
-    """The simulation can fail: with the loader waiting on the wrong parity of ``q_empty``
-    it overwrites a Q slot still in use, or deadlocks."""
-    global _loader
-    real = _loader
-
-    def wrong(items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_data):
-        c = 0
-        for it, n_keys in enumerate(items):
-            qs = it % q_slots
-            q_data[qs] = it  # no wait for q_empty
-            q_bar[qs].arrive()
-            for j in range(n_keys):
-                slot = c % stages
-                while not empty[slot].passes(((c // stages) & 1) ^ 1):
-                    yield
-                kv_data[slot] = (it, j)
-                k_ready[slot].arrive()
-                c += 1
-            yield
-
-    _loader = wrong
-    try:
-        with pytest.raises(AssertionError):
-            for seed in range(40):
-                _run([3, 1, 2, 4, 1, 2], 2, 2, seed)
-    finally:
-        _loader = real
+def test_a_loader_that_does_not_wait_is_caught():
+    """The simulation can fail: a loader that does not wait for ``q_empty`` overwrites a Q
+    slot still in use."""
+    with pytest.raises(AssertionError, match="overwritten"):
+        for seed in range(40):
+            _run([3, 1, 2, 4, 1, 2], 2, 2, seed, loader=functools.partial(_loader, wait_q=False))
