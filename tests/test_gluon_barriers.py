@@ -73,7 +73,8 @@ def _compute(items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_
             assert q_data[qs] == it, f"Q slot {qs} overwritten before item {it} was done"
             assert kv_data[slot] == (it, j), f"K/V slot {slot} holds {kv_data[slot]}"
             yield  # the products read the slots
-            assert q_data[qs] == it and kv_data[slot] == (it, j)
+            assert q_data[qs] == it, f"Q slot {qs} overwritten while item {it} read it"
+            assert kv_data[slot] == (it, j), f"K/V slot {slot} overwritten while read"
             empty[slot].arrive()
             c += 1
         q_empty[qs].arrive()
