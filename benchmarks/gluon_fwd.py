@@ -36,9 +36,11 @@ CONFIGS = {128: [dict(block_m=128, block_n=n, stages=st, warpgroups=w, persisten
 # two Q slots (the next tile's Q loads while this one runs), 2 K/V slots (d 128: 196 KB)
 CONFIGS[128] += [dict(block_m=128, block_n=128, stages=2, warpgroups=2, persistent=True,
                       overlap=o, q_slots=2) for o in (False, True)]
-# the key tiles that need no mask in a walk of their own (``_unmasked_tiles``)
-CONFIGS[128] += [dict(block_m=128, block_n=128, stages=2, warpgroups=2, persistent=True,
-                      overlap=False, q_slots=q, split_masks=True) for q in (1, 2)]
+# the key tiles that need no mask in a walk of their own (``_unmasked_tiles``), also with the
+# overlapped softmax (3 slots: its measured best)
+CONFIGS[128] += [dict(block_m=128, block_n=128, stages=st, warpgroups=2, persistent=True,
+                      overlap=o, q_slots=q, split_masks=True)
+                 for st, o, q in ((2, False, 1), (2, False, 2), (3, True, 1), (2, True, 2))]
 # head dim 64 (half the shared memory per slot): the persistent kernel with 4 slots too
 CONFIGS[64] = CONFIGS[128] + [dict(block_m=128, block_n=128, stages=4, warpgroups=2,
                                    persistent=True, overlap=o, q_slots=q)

@@ -85,7 +85,7 @@ def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent
 # names the kernels that served a case).
 calls = 0
 tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT, PERSISTENT and OVERLAP,
-                 Q_SLOTS if PERSISTENT else 1, SPLIT_MASKS and not (PERSISTENT and OVERLAP))
+                 Q_SLOTS if PERSISTENT else 1, SPLIT_MASKS)
 
 
 @gluon.jit
@@ -332,16 +332,54 @@ def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c
 
 
 @gluon.jit
+def _overlapped_step(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, t,
+                     j0, m_i, l_i, acc, p_prev, rows, zero_s, first, offset, seqlen_k,
+                     qk_scale, o_layout: gl.constexpr, p_layout: gl.constexpr,
+                     col_layout: gl.constexpr, BLOCK_N: gl.constexpr, D1: gl.constexpr,
+                     STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
+                     WIN_RIGHT: gl.constexpr, MASK: gl.constexpr):
+    """Step ``t >= 1`` of ``_attend_overlapped``: ``Q K_t^T`` issued beside
+    ``P_{t-1} V_{t-1}``, ``P_t`` formed while that runs (``MASK``: its scores through
+    ``masked_scores``), then the accumulator rescaled: ``(m, l, acc, P_t)``."""
+    dtype: gl.constexpr = q_rows.dtype
+    prev = (c + t - 1) % STAGES
+    slot = (c + t) % STAGES
+    mbarrier.wait(k_ready.index(slot), ((c + t) // STAGES) & 1)
+    s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)  # Q K_t^T
+    mbarrier.wait(v_ready.index(prev), ((c + t - 1) // STAGES) & 1)
+    acc = warpgroup_mma(p_prev, v_bufs.index(prev), acc, is_async=True)  # += P V_{t-1}
+    s = warpgroup_mma_wait(1, deps=(s,))  # the scores; P V_{t-1} may still run
+    if MASK:
+        cols = (j0 + t) * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+        s = masked_scores(s, cols, rows, (j0 + t) * BLOCK_N, first, offset, seqlen_k,
+                          qk_scale, IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+    else:
+        s = s * qk_scale
+    m_new = gl.maximum(m_i, gl.max(s, 1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
+    alpha = gl.exp2(m_i - m_safe)
+    p = gl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + gl.sum(p, 1)
+    p_next = gl.convert_layout(p.to(dtype), p_layout)
+    acc, p_prev = warpgroup_mma_wait(0, deps=(acc, p_prev))  # P V_{t-1} done
+    mbarrier.arrive(empty.index(prev))
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+    return m_new, l_i, acc, p_next
+
+
+@gluon.jit
 def _attend_overlapped(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c,
                        lo, hi, first, seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr,
                        BLOCK_N: gl.constexpr, D1: gl.constexpr, DV: gl.constexpr,
                        STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
-                       WIN_RIGHT: gl.constexpr, num_warps: gl.constexpr):
+                       WIN_RIGHT: gl.constexpr, SPLIT_MASKS: gl.constexpr,
+                       num_warps: gl.constexpr):
     """``_attend`` with each tile's softmax overlapping the last tile's ``P V``: per key tile
     ``t`` it issues ``Q K_t^T`` and ``P_{t-1} V_{t-1}`` together, waits for the scores only,
     forms ``P_t`` while ``P_{t-1} V_{t-1}`` runs, then waits for it and rescales the
     accumulator (the order FlashAttention-3 calls intra-warpgroup pipelining). Live at once:
-    the accumulator, ``P_{t-1}`` and the scores of ``t``."""
+    the accumulator, ``P_{t-1}`` and the scores of ``t``. With ``SPLIT_MASKS`` the tiles
+    after the first that need no mask (``_unmasked_tiles``) skip ``masked_scores``."""
     dtype: gl.constexpr = q_rows.dtype
     o_layout: gl.constexpr = mma_layout(DV, num_warps)  # [ROWS, DV] accumulator
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -362,28 +400,23 @@ def _attend_overlapped(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_read
         p = gl.exp2(s - gl.where(m_i == float("-inf"), 0.0, m_i)[:, None])
         l_i = gl.sum(p, 1)
         p_prev = gl.convert_layout(p.to(dtype), p_layout)
-    for t in range(1, n):
-        prev = (c + t - 1) % STAGES
-        slot = (c + t) % STAGES
-        mbarrier.wait(k_ready.index(slot), ((c + t) // STAGES) & 1)
-        s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)  # Q K_t^T
-        mbarrier.wait(v_ready.index(prev), ((c + t - 1) // STAGES) & 1)
-        acc = warpgroup_mma(p_prev, v_bufs.index(prev), acc, is_async=True)  # += P V_{t-1}
-        s = warpgroup_mma_wait(1, deps=(s,))  # the scores; P V_{t-1} may still run
-        cols = (j0 + t) * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
-        s = masked_scores(s, cols, rows, (j0 + t) * BLOCK_N, first, offset, seqlen_k,
-                          qk_scale, IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
-        m_new = gl.maximum(m_i, gl.max(s, 1))
-        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
-        alpha = gl.exp2(m_i - m_safe)
-        p = gl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + gl.sum(p, 1)
-        m_i = m_new
-        p_next = gl.convert_layout(p.to(dtype), p_layout)
-        acc, p_prev = warpgroup_mma_wait(0, deps=(acc, p_prev))  # P V_{t-1} done
-        mbarrier.arrive(empty.index(prev))
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-        p_prev = p_next
+    # steps [1, a1) masked, [a1, a2) not (tiles j0 + t of _unmasked_tiles' [j1, j2)),
+    # [a2, n) masked
+    a1 = gl.maximum(n, 1)
+    a2 = a1
+    if SPLIT_MASKS:
+        _, j1, j2, _ = _unmasked_tiles(first, lo, hi, offset, seqlen_k, ROWS, BLOCK_N,
+                                       IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
+        a1 = gl.maximum(j1 - j0, 1)
+        a2 = gl.maximum(j2 - j0, a1)
+    for part in gl.static_range(3):
+        t_lo, t_hi = walk_part(part, gl.to_tensor(1), a1, a2, n)
+        for t in range(t_lo, t_hi):
+            m_i, l_i, acc, p_prev = _overlapped_step(
+                q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, t, j0,
+                m_i, l_i, acc, p_prev, rows, zero_s, first, offset, seqlen_k, qk_scale,
+                o_layout, p_layout, col_layout, BLOCK_N, D1, STAGES, IS_CAUSAL, WIN_LEFT,
+                WIN_RIGHT, part != 1)
     if n > 0:  # the last tile's P V
         last = (c + n - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((c + n - 1) // STAGES) & 1)
@@ -627,7 +660,7 @@ def _compute_persistent(q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs
             m_i, l_i, acc, c = _attend_overlapped(
                 q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
                 first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                WIN_LEFT, WIN_RIGHT, num_warps)
+                WIN_LEFT, WIN_RIGHT, SPLIT_MASKS, num_warps)
         else:
             m_i, l_i, acc, c = _attend(
                 q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
@@ -795,7 +828,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             one runs; 32 KB more shared memory at head dim 128); 1 where 2 would not fit
             (``q_slots_that_fit``).
         split_masks: the key tiles that need no mask in a walk of their own
-            (``_unmasked_tiles``; not the overlapped schedule's).
+            (``_unmasked_tiles``).
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
 
@@ -814,7 +847,6 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
     q_slots = q_slots_that_fit(q_slots, block_m=block_m, block_n=block_n, d=d,
                                dv=v.shape[-1], stages=stages) if persistent else 1
-    split_masks = split_masks and not (persistent and overlap)  # _attend's walk only
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,
                      persistent and overlap, q_slots, split_masks)
     if persistent:

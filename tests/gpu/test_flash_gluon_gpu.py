@@ -104,7 +104,8 @@ TILINGS = {"n128-s2-wg1": (128, 2, 1, False, False), "n128-s2-wg2": (128, 2, 2, 
            "n128-s2-overlapped-q2": (128, 2, 2, True, True, 2),
            "n128-s2-split": (128, 2, 2, True, False, 1, True),
            "n128-s2-q2-split": (128, 2, 2, True, False, 2, True),
-           "n128-s2-wg2-split": (128, 2, 2, False, False, 1, True)}
+           "n128-s2-wg2-split": (128, 2, 2, False, False, 1, True),
+           "n128-s3-overlapped-split": (128, 3, 2, True, True, 1, True)}
 
 
 WINDOW_CASES = {  # the persistent kernel: whole key tiles, or one batch; else the one-tile
