@@ -231,6 +231,21 @@ def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k
     max and sum, the accumulator rescaled, and ``P`` as the register A operand of ``P V``
     (``masked_scores`` masks the tile; without ``MASK``, a tile of ``_unmasked_tiles``, only
     the scale)."""
+    m_new, l_i, alpha, p = _online_softmax(s, m_i, l_i, cols, rows, start_n, first, offset,
+                                           seqlen_k, qk_scale, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
+                                           MASK)
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
+    return m_new, l_i, acc, gl.convert_layout(p.to(dtype), p_layout)
+
+
+@gluon.jit
+def _online_softmax(s, m_i, l_i, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
+                    IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
+                    MASK: gl.constexpr):
+    """The scores ``s`` of one key tile (``MASK``: through ``masked_scores``, else only
+    scaled) folded into the running max ``m_i`` and sum ``l_i`` (base 2): ``(m, l, alpha,
+    P)``, ``alpha`` the accumulator's rescale; rows that saw no key yet keep ``m = -inf``
+    and ``P = 0``."""
     if MASK:
         s = masked_scores(s, cols, rows, start_n, first, offset, seqlen_k, qk_scale,
                           IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
@@ -240,9 +255,7 @@ def _softmax_step(s, m_i, l_i, acc, cols, rows, start_n, first, offset, seqlen_k
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
     alpha = gl.exp2(m_i - m_safe)
     p = gl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + gl.sum(p, 1)
-    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
-    return m_new, l_i, acc, gl.convert_layout(p.to(dtype), p_layout)
+    return m_new, l_i * alpha + gl.sum(p, 1), alpha, p
 
 
 @gluon.jit
@@ -349,17 +362,10 @@ def _overlapped_step(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
     mbarrier.wait(v_ready.index(prev), ((c + t - 1) // STAGES) & 1)
     acc = warpgroup_mma(p_prev, v_bufs.index(prev), acc, is_async=True)  # += P V_{t-1}
     s = warpgroup_mma_wait(1, deps=(s,))  # the scores; P V_{t-1} may still run
-    if MASK:
-        cols = (j0 + t) * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
-        s = masked_scores(s, cols, rows, (j0 + t) * BLOCK_N, first, offset, seqlen_k,
-                          qk_scale, IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
-    else:
-        s = s * qk_scale
-    m_new = gl.maximum(m_i, gl.max(s, 1))
-    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
-    alpha = gl.exp2(m_i - m_safe)
-    p = gl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + gl.sum(p, 1)
+    cols = (j0 + t) * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+    m_new, l_i, alpha, p = _online_softmax(s, m_i, l_i, cols, rows, (j0 + t) * BLOCK_N, first,
+                                           offset, seqlen_k, qk_scale, IS_CAUSAL, WIN_LEFT,
+                                           WIN_RIGHT, MASK)
     p_next = gl.convert_layout(p.to(dtype), p_layout)
     acc, p_prev = warpgroup_mma_wait(0, deps=(acc, p_prev))  # P V_{t-1} done
     mbarrier.arrive(empty.index(prev))
