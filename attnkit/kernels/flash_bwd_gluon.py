@@ -4,8 +4,10 @@
 so (dense MHA, GQA or MQA, head dim 128, 16-bit inputs, causal or not, no masks, softcap or
 dropout, an sm90 GPU and the Triton release it was measured with); the preprocess and the dQ
 kernel stay the same. It also takes sliding windows (``_query_tiles``: each key tile walks
-only the query tiles its band touches), which the launcher sends it only on request until
-they have been measured on a GPU.
+only the query tiles its band touches; measured slower than the Triton kernel), MLA's head
+dims (K and Q 192 wide, read as column tiles of 128 and 64 through
+``flash_fwd_gluon._qk_tiles``; V 128) and head dim 64, which the launcher sends it only on
+request (``ATTNKIT_FLASH_GLUON=1``) until they are measured faster.
 Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9,
 ``results/gluon-dkdv-h200-2026-12-01-step9-layouts.json``), kernel alone: 16k full 7.20
 against 8.80 ms, 16k causal 3.57 against 4.58, 4k full 1.89 against 2.34, 4k causal 1.10
