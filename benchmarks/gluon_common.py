@@ -8,6 +8,8 @@ Usage: imported by those scripts (a Triton with Gluon, 3.6.0 on the lent H200).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import re
@@ -67,11 +69,39 @@ def label(cfg: dict) -> str:
             f"{' split' if cfg.get('split_masks') else ''}")
 
 
-def time_backward_configs(name: str, configs: list[dict], serve, kernels: tuple[str, ...]) -> dict:
+# The six d 64 prefill shapes, which every probe times first (not yet measured).
+D64_CASES = tuple(f"mha d64 s{s} {m}" for s in ("1k", "4k", "16k") for m in ("full", "causal"))
+
+
+@contextlib.contextmanager
+def serving_backward(cfg, *, module, launcher: str, rule: str, options: tuple[str, ...]):
+    """A Gluon backward kernel in configuration ``cfg`` wherever it applies: ``flash_bwd``'s
+    choice ``rule`` (``_gluon_dkdv``, ``_gluon_dq``) patched to take every plain input, and
+    ``module``'s ``launcher`` given those of ``options`` that ``cfg`` names. With ``cfg``
+    ``None`` the rule takes nothing (the Triton kernel serves). Both come back after."""
+    from attnkit.kernels import flash_bwd
+    real, real_rule = getattr(module, launcher), getattr(flash_bwd, rule)
+
+    def serves(q, k, v, do, *, plain, **rest):
+        return cfg is not None and plain
+
+    setattr(flash_bwd, rule, serves)
+    if cfg is not None:
+        setattr(module, launcher, functools.partial(
+            real, **{key: cfg[key] for key in options if key in cfg}))
+    try:
+        yield
+    finally:
+        setattr(module, launcher, real)
+        setattr(flash_bwd, rule, real_rule)
+
+
+def time_backward_configs(name: str, configs: dict[int, list[dict]], serve,
+                          kernels: tuple[str, ...]) -> dict:
     """The whole deterministic backward of the prefill case ``name`` (ms) and the device times
     (us) of its kernels whose names hold one of ``kernels``: first with the Triton kernels,
-    then with each config, with the largest difference of dq, dk and dv from the first run
-    relative to its largest value.
+    then with each config of the case's head dim (``configs[head_dim(name)]``), with the
+    largest difference of dq, dk and dv from the first run relative to its largest value.
 
     ``serve(cfg)``: a context manager under which ``cfg`` serves (``None``: the Triton
     kernels). A config that fails is reported and the others go on.
@@ -98,7 +128,7 @@ def time_backward_configs(name: str, configs: list[dict], serve, kernels: tuple[
         want = run()
         shipped = timed()
     row = {"triton_bwd_ms": shipped["bwd_ms"], "triton_kernels_us": shipped["kernels_us"]}
-    for cfg in configs:
+    for cfg in configs[head_dim(name)]:
         try:
             with serve(cfg):
                 got = run()

@@ -19,15 +19,18 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 from attnkit.kernels import flash_bwd_gluon as fbg
 from attnkit.kernels.gluon_sm90 import column_split
+from benchmarks.gluon_common import (
+    D64_CASES,
+    run_jobs,
+    serving_backward,
+    time_backward_configs,
+)
 from benchmarks.gluon_common import compile_sm90 as _compile
-from benchmarks.gluon_common import head_dim as _head_dim
 from benchmarks.gluon_common import main as _main
-from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # the compute partitions: one of 8 warps; two of 4 warps; two taking turns
 CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, warpgroups=w, pingpong=p,
@@ -62,34 +65,15 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fbg.BLOCK
                     maxnreg=fbg.MAXNREG, dtype=dtype)
 
 
-@contextlib.contextmanager
-def _serving(cfg):
-    """The Gluon dK/dV kernel in configuration ``cfg`` wherever it applies
-    (``flash_bwd._gluon_dkdv`` patched, its rules left out), or the Triton one for ``None``;
-    the dQ kernel as ``auto`` picks it either way."""
-    from attnkit.kernels import flash_bwd
-    real, rule = fbg.gluon_dkdv, flash_bwd._gluon_dkdv
-
-    def serves(q, k, v, do, *, plain, **rest):
-        return cfg is not None and plain
-
-    flash_bwd._gluon_dkdv = serves
-    if cfg is not None:
-        fbg.gluon_dkdv = functools.partial(real, warpgroups=cfg["warpgroups"],
-                                           pingpong=cfg["pingpong"], block_m=cfg["block_m"],
-                                           stages=cfg["stages"],
-                                           split_masks=cfg.get("split_masks", False))
-    try:
-        yield
-    finally:
-        fbg.gluon_dkdv, flash_bwd._gluon_dkdv = real, rule
+# The Gluon dK/dV kernel in a configuration wherever it applies, or the Triton one for None
+_serving = functools.partial(serving_backward, module=fbg, launcher="gluon_dkdv",
+                             rule="_gluon_dkdv", options=("warpgroups", "pingpong", "block_m", "stages", "split_masks"))
 
 
 def _time_case(name: str) -> dict:
     """The whole deterministic backward and its kernels with the Triton dK/dV kernel and with
-    each configuration of the Gluon one (``time_backward_configs``; the configurations of
-    the case's head dim, ``_head_dim``)."""
-    return time_backward_configs(name, CONFIGS[_head_dim(name)], _serving, ("dkdv", "_dq"))
+    each configuration of the Gluon one at the case's head dim (``time_backward_configs``)."""
+    return time_backward_configs(name, CONFIGS, _serving, ("dkdv", "_dq"))
 
 
 def check(out_path: str) -> dict:
@@ -97,8 +81,7 @@ def check(out_path: str) -> dict:
     the sliding window's, GQA's and MHA's d 128, written to ``out_path`` as it goes
     (``PROBE_CASES`` picks some)."""
     return run_jobs([(n, _time_case, (n,)) for n in (
-        "mha d64 s1k full", "mha d64 s1k causal", "mha d64 s4k full", "mha d64 s4k causal",
-        "mha d64 s16k full", "mha d64 s16k causal",
+        *D64_CASES,
         "mla d192/128 s4k full", "mla d192/128 s4k causal", "window 1024 d128 s16k causal",
         "gqa 32:8 d128 s4k full", "gqa 32:8 d128 s4k causal", "mha d128 s1k full",
         "mha d128 s1k causal", "mha d128 s4k full", "mha d128 s4k causal",

@@ -17,15 +17,18 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 from attnkit.kernels import flash_dq_gluon as fdg
 from attnkit.kernels.gluon_sm90 import column_split
+from benchmarks.gluon_common import (
+    D64_CASES,
+    run_jobs,
+    serving_backward,
+    time_backward_configs,
+)
 from benchmarks.gluon_common import compile_sm90 as _compile
-from benchmarks.gluon_common import head_dim as _head_dim
 from benchmarks.gluon_common import main as _main
-from benchmarks.gluon_common import run_jobs, time_backward_configs
 
 # (key tile, slots)
 CONFIGS = {128: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st, split_masks=sp)
@@ -55,39 +58,22 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = fdg.BLOCK
                     dtype=dtype)
 
 
-@contextlib.contextmanager
-def _serving(cfg):
-    """The Gluon dQ kernel in configuration ``cfg`` wherever it applies (``flash_bwd._gluon_dq``
-    patched, its rule of lengths and windows left out), or the Triton one for ``None``."""
-    from attnkit.kernels import flash_bwd
-    real, rule = fdg.gluon_dq, flash_bwd._gluon_dq
-
-    def serves(q, k, v, do, *, plain, **rest):
-        return cfg is not None and plain
-
-    flash_bwd._gluon_dq = serves
-    if cfg is not None:
-        fdg.gluon_dq = functools.partial(real, block_n=cfg["block_n"], stages=cfg["stages"],
-                                         split_masks=cfg.get("split_masks", False))
-    try:
-        yield
-    finally:
-        fdg.gluon_dq, flash_bwd._gluon_dq = real, rule
+# The Gluon dQ kernel in a configuration wherever it applies, or the Triton one for None
+_serving = functools.partial(serving_backward, module=fdg, launcher="gluon_dq",
+                             rule="_gluon_dq", options=("block_n", "stages", "split_masks"))
 
 
 def _time_case(name: str) -> dict:
     """The whole deterministic backward and its kernels with the Triton dQ kernel and with
-    each configuration of the Gluon one (``time_backward_configs``; the configurations of
-    the case's head dim, ``_head_dim``)."""
-    return time_backward_configs(name, CONFIGS[_head_dim(name)], _serving, ("dkdv", "_dq"))
+    each configuration of the Gluon one at the case's head dim (``time_backward_configs``)."""
+    return time_backward_configs(name, CONFIGS, _serving, ("dkdv", "_dq"))
 
 
 def check(out_path: str) -> dict:
     """``_time_case`` at the prefill shapes of head dims 64 (first: not yet measured), 128
     and MLA's, written to ``out_path`` as it goes (``PROBE_CASES`` picks some)."""
     return run_jobs([(n, _time_case, (n,)) for n in (
-        "mha d64 s1k full", "mha d64 s1k causal", "mha d64 s4k full", "mha d64 s4k causal",
-        "mha d64 s16k full", "mha d64 s16k causal",
+        *D64_CASES,
         "mla d192/128 s4k full", "mla d192/128 s4k causal", "mha d128 s4k causal",
         "mha d128 s4k full", "mha d128 s16k causal", "mha d128 s1k causal",
         "gqa 32:8 d128 s4k full", "window 1024 d128 s16k causal", "mha d128 s16k full")],

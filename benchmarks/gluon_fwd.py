@@ -23,8 +23,8 @@ import os
 
 from attnkit.kernels import flash_fwd_gluon as ffg
 from attnkit.kernels.gluon_sm90 import column_split
+from benchmarks.gluon_common import D64_CASES, head_dim, run_jobs
 from benchmarks.gluon_common import compile_sm90 as _compile
-from benchmarks.gluon_common import head_dim, run_jobs
 from benchmarks.gluon_common import main as _main
 
 # (query tile, key tile, slots, compute partitions, persistent, softmax overlapping P V)
@@ -131,8 +131,7 @@ def check(out_path: str) -> dict:
     first: not yet measured), written to ``out_path`` as it goes (``PROBE_CASES`` picks
     some)."""
     return run_jobs([(n, _time_case, (n,)) for n in (
-        "mha d64 s1k full", "mha d64 s1k causal", "mha d64 s4k full", "mha d64 s4k causal",
-        "mha d64 s16k full", "mha d64 s16k causal",
+        *D64_CASES,
         "window 1024 d128 s16k causal", "mla d192/128 s4k full", "mla d192/128 s4k causal",
         "mha d128 s1k full", "gqa 32:8 d128 s4k full", "mha d128 s1k causal",
         "mha d128 s4k full", "mha d128 s4k causal", "mha d128 s16k full",

@@ -4,6 +4,7 @@ on the reference backend, report and JSON formatting, the plot and the CLI."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import warnings
 
@@ -579,3 +580,33 @@ def test_probe_jobs_keep_the_cases_named_in_probe_cases(tmp_path, monkeypatch):
         run_jobs(jobs, str(out))
     monkeypatch.delenv("PROBE_CASES")
     assert run_jobs(jobs, str(out)) == {"a": 2, "b": 6, "c": 0}
+
+
+def test_serving_backward_patches_the_rule_and_launcher_and_restores_them():
+    """``benchmarks/gluon_common.serving_backward``: under a config the rule takes every
+    plain input and the launcher gets the config's options it names; under ``None`` the
+    rule takes nothing; both come back after, also when the body raises."""
+    import types
+
+    from attnkit.kernels import flash_bwd
+    from benchmarks.gluon_common import serving_backward
+
+    def launcher(*args, **kwargs):
+        return kwargs
+
+    module = types.SimpleNamespace(launch=launcher)
+    rule = flash_bwd._gluon_dq
+    serve = functools.partial(serving_backward, module=module, launcher="launch",
+                              rule="_gluon_dq", options=("block_n", "stages"))
+    with serve({"block_n": 64, "block_m": 128}):
+        assert flash_bwd._gluon_dq(None, None, None, None, plain=True, seq=1, causal=False)
+        assert not flash_bwd._gluon_dq(None, None, None, None, plain=False, seq=1,
+                                       causal=False)
+        assert module.launch() == {"block_n": 64}
+    with serve(None):
+        assert not flash_bwd._gluon_dq(None, None, None, None, plain=True, seq=1,
+                                       causal=False)
+        assert module.launch is launcher
+    with pytest.raises(RuntimeError), serve({"stages": 3}):
+        raise RuntimeError
+    assert flash_bwd._gluon_dq is rule and module.launch is launcher
