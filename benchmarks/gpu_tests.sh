@@ -3,7 +3,8 @@
 #   gpu_info                      -> $OUT/gpu.txt (name, clocks, temperature, torch, triton)
 #   start_test_shards TIMEOUT     starts the shards in the background (TESTS=tiles: the tile-
 #                                 table shards only; TESTS=flash: the other flash shards;
-#                                 TESTS=gluon: tests/gpu/test_flash_gluon_gpu.py only;
+#                                 TESTS=gluon: tests/gpu/test_flash_gluon_gpu.py only, in
+#                                 the shards GLUON_SHARDS names (default all seven);
 #                                 TESTS="<-k expression>" only those flash tests; SKIP_TESTS=1
 #                                 none); then `wait`
 #   collect_test_shards           -> $OUT/tests.log, and prints the summary lines
@@ -31,14 +32,20 @@ _shard() {  # _shard TIMEOUT NAME PYTEST-ARGS...
 start_test_shards() {  # start_test_shards TIMEOUT
   local limit=$1 F=tests/gpu/test_flash_gpu.py D=tests/gpu/test_decode_gpu.py
   [ "${SKIP_TESTS:-0}" = "1" ] && return
-  if [ "${TESTS:-all}" = "gluon" ]; then  # the Gluon kernels' file, in six shards
-    local G=tests/gpu/test_flash_gluon_gpu.py
-    _shard "$limit" fg1 $G -k "forward_tiling and not (q2 or split)" &
-    _shard "$limit" fg6 $G -k "(forward_tiling and (q2 or split)) or partition_layout" &
-    _shard "$limit" fg2 $G -k "dq_kernel or dq_tiling" &
-    _shard "$limit" fg3 $G -k "not (forward_tiling or partition_layout or dq_kernel or dq_tiling or mla or d64)" &
-    _shard "$limit" fg4 $G -k "mla" &
-    _shard "$limit" fg5 $G -k "d64" &
+  if [ "${TESTS:-all}" = "gluon" ]; then  # the Gluon kernels' file, in seven shards
+    local G=tests/gpu/test_flash_gluon_gpu.py name
+    local REST="gradients_match or gqa_matches or window_matches or split_walks"
+    for name in ${GLUON_SHARDS:-fg1 fg2 fg3 fg4 fg5 fg6 fg7}; do
+      case $name in
+        fg1) _shard "$limit" fg1 $G -k "forward_tiling and not (q2 or split)" &;;
+        fg6) _shard "$limit" fg6 $G -k "(forward_tiling and (q2 or split)) or partition_layout" &;;
+        fg2) _shard "$limit" fg2 $G -k "dq_kernel or dq_tiling" &;;
+        fg3) _shard "$limit" fg3 $G -k "($REST) and not (mla or d64)" &;;
+        fg7) _shard "$limit" fg7 $G -k "not (forward_tiling or partition_layout or dq_kernel or dq_tiling or mla or d64 or $REST)" &;;
+        fg4) _shard "$limit" fg4 $G -k "mla" &;;
+        fg5) _shard "$limit" fg5 $G -k "d64" &;;
+      esac
+    done
     return
   fi
   case "${TESTS:-all}" in all|flash|tiles) ;; *)

@@ -171,9 +171,9 @@ def test_every_variant_flag_is_in_the_autotune_keys():
 def test_gluon_dkdv_choice(monkeypatch):
     """The Gluon dK/dV kernel serves plain MHA at head dim 128, 16-bit, from 1k tokens, on a
     9.x GPU with a measured Triton, when the dK/dV kernel may use descriptors; the override
-    drops the length rule and takes windows (measured slower: ``flash_bwd.GLUON_WINDOWS``),
-    MLA's 192/128 (not yet measured: ``GLUON_DKDV_MLA``) and GQA/MQA whose q and dO heads
-    are adjacent, or turns it off, and a bad value is a ValueError."""
+    drops the length rule and takes GQA/MQA whose q and dO heads are adjacent, or turns it
+    off, and a bad value is a ValueError; windows, MLA's 192/128 and head dim 64 (from 16k
+    tokens) serve under ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA`` and ``GLUON_D64``."""
     from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
@@ -192,10 +192,9 @@ def test_gluon_dkdv_choice(monkeypatch):
     heads_first = torch.zeros(1, 4, 8, 128, dtype=torch.bfloat16).transpose(1, 2)
     assert flash_bwd._gluon_dkdv(heads_first, heads_first, heads_first, heads_first,
                                  plain=True, seq=1024)  # MHA reads each head on its own
-    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096, window=(1023, -1))
-    monkeypatch.setattr(flash_bwd, "GLUON_WINDOWS", True)
     assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096, window=(1023, -1))
     monkeypatch.setattr(flash_bwd, "GLUON_WINDOWS", False)
+    assert not flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=4096, window=(1023, -1))
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
     assert flash_bwd._gluon_dkdv(q, q, q, q, plain=True, seq=16, window=(3, 0))
     assert flash_bwd._gluon_dkdv(gq, kv, kv, gq, plain=True, seq=16)  # heads adjacent
@@ -207,15 +206,14 @@ def test_gluon_dkdv_choice(monkeypatch):
     assert not flash_bwd._gluon_dkdv(mla_q, mla_kv, mla_kv, mla_q, plain=True, seq=16)  # dv 192
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON")
     mla_k = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16)
-    assert not flash_bwd._gluon_dkdv(mla_q, mla_k, gq, gq, plain=True, seq=4096)  # not measured
-    monkeypatch.setattr(flash_bwd, "GLUON_DKDV_MLA", True)
     assert flash_bwd._gluon_dkdv(mla_q, mla_k, gq, gq, plain=True, seq=4096)
     monkeypatch.setattr(flash_bwd, "GLUON_DKDV_MLA", False)
+    assert not flash_bwd._gluon_dkdv(mla_q, mla_k, gq, gq, plain=True, seq=4096)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
-    assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=4096)  # not measured
-    monkeypatch.setattr(flash_bwd, "GLUON_D64", True)
-    assert flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=4096)
+    assert flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=16384)
+    assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=16383)
     monkeypatch.setattr(flash_bwd, "GLUON_D64", False)
+    assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=16384)
     d32 = torch.zeros(1, 8, 2, 32, dtype=torch.bfloat16)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
     assert flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=16)
@@ -244,8 +242,8 @@ def test_gluon_dkdv_choice(monkeypatch):
 
 
 def test_gluon_fwd_choice(monkeypatch):
-    """The Gluon forward serves plain dense inputs at head dim 128 or MLA's 192/128, 16-bit,
-    MHA or GQA, where ``flash_common.gluon_fits`` holds: from 1k tokens where the persistent
+    """The Gluon forward serves plain dense inputs at head dim 128 or MLA's 192/128 (64 from
+    4k tokens), 16-bit, MHA or GQA, where ``flash_common.gluon_fits`` holds: from 1k tokens where the persistent
     kernel takes them, windows included; from 4k and without windows where only the one-tile
     kernel does (``flash_fwd_gluon.takes_persistent``); the override drops the rules."""
     from attnkit.kernels import flash_common, flash_fwd
@@ -285,10 +283,9 @@ def test_gluon_fwd_choice(monkeypatch):
     assert not choice(q, kv, kv, plain=False)
     assert not choice(q.half(), kv, kv)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
-    assert not choice(d64, d64, d64)  # head dim 64: not yet measured
-    monkeypatch.setattr(flash_fwd, "GLUON_D64", True)
-    assert choice(d64, d64, d64)
+    assert choice(d64, d64, d64) and not choice(d64, d64, d64, seq=4095)  # head dim 64: 4k
     monkeypatch.setattr(flash_fwd, "GLUON_D64", False)
+    assert not choice(d64, d64, d64)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")
     d32 = torch.zeros(1, 8, 2, 32, dtype=torch.bfloat16)
     assert choice(d64, d64, d64) and not choice(d32, d32, d32)
@@ -408,10 +405,10 @@ def test_gluon_dq_choice(monkeypatch):
     assert not choice(q, kv, kv, q, plain=False)
     assert not choice(q.half(), kv, kv, q)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
-    assert not choice(d64, d64, d64, d64)  # head dim 64: not yet measured
-    monkeypatch.setattr(flash_bwd, "GLUON_D64", True)
+    assert not choice(d64, d64, d64, d64, seq=16384)  # head dim 64: measured slower
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ_D64", True)
     assert choice(d64, d64, d64, d64)
-    monkeypatch.setattr(flash_bwd, "GLUON_D64", False)
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ_D64", False)
     # MLA: q and k 192 wide, v and dO 128 (not dv 192)
     mla_q, mla_k = torch.zeros(1, 8, 4, 192, dtype=torch.bfloat16), torch.zeros(
         1, 8, 2, 192, dtype=torch.bfloat16)
@@ -450,3 +447,31 @@ def test_q_slots_fall_back_to_one_where_two_do_not_fit():
     assert fit(2, d=128, dv=128, stages=2) == 2 and fit(2, d=64, dv=64, stages=4) == 2
     assert fit(2, d=128, dv=128, stages=3) == 1 and fit(2, d=192, dv=128, stages=2) == 1
     assert fit(1, d=192, dv=128, stages=3) == 1
+
+
+def test_forward_schedule_overlaps_where_it_measured_faster(monkeypatch):
+    """``flash_fwd_gluon.schedule``: the overlapped softmax in 3 slots without a causal mask
+    and from 4k causal tokens, the plain walk in 2 below that, where 3 slots do not fit
+    (MLA's 192/128) and with ``OVERLAP`` off; the launcher takes it unless told."""
+    flash_fwd_gluon = pytest.importorskip("attnkit.kernels.flash_fwd_gluon")
+    schedule = functools.partial(flash_fwd_gluon.schedule, d=128, dv=128)
+    assert schedule(causal=False, seq=1024) == (True, 3)
+    assert schedule(causal=True, seq=4096) == (True, 3)
+    assert schedule(causal=True, seq=4095) == (False, 2)
+    assert flash_fwd_gluon.schedule(causal=False, seq=4096, d=192, dv=128) == (False, 2)
+    assert flash_fwd_gluon.schedule(causal=True, seq=16384, d=64, dv=64) == (True, 3)
+    monkeypatch.setattr(flash_fwd_gluon, "OVERLAP", False)
+    assert schedule(causal=False, seq=16384) == (False, 2)
+    fits = functools.partial(flash_fwd_gluon.shared_fits, q_slots=1, block_m=128, block_n=128)
+    assert fits(stages=3, d=128, dv=128) and not fits(stages=4, d=128, dv=128)
+    assert fits(stages=2, d=192, dv=128) and not fits(stages=3, d=192, dv=128)
+
+
+def test_gluon_dkdv_defaults_by_head_dim_and_window():
+    """``flash_bwd_gluon``: 3 slots and 32-query tiles at MLA's 192, 2 and 64 at 128; the
+    split walk with a window on either side, not without one."""
+    fbg = pytest.importorskip("attnkit.kernels.flash_bwd_gluon")
+    assert (fbg.stages_for(192), fbg.block_m_for(192)) == (3, 32)
+    assert (fbg.stages_for(128), fbg.block_m_for(128), fbg.stages_for(64)) == (2, 64, 2)
+    assert fbg.split_for((1023, -1)) and fbg.split_for((-1, 7))
+    assert not fbg.split_for((-1, -1))

@@ -492,17 +492,17 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
 
 # The ``(q and k, v)`` head dims the Gluon backward kernels take (``flash_common.gluon_fits``).
 GLUON_HEAD_DIMS = ((128, 128), (192, 128), (64, 64))
-# Whether ``auto`` sends sliding windows to the Gluon dK/dV kernel: no, it measured slower
-# than ``_bwd_dkdv_kernel`` there (H200, window 1024 at 16k: 838 against 743 us; step 11 of
-# benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-12-01-step11.json``);
-# ``ATTNKIT_FLASH_GLUON=1`` sends them.
-GLUON_WINDOWS = False
-# The same for MLA's head dims (q and k 192, v 128: ``flash_bwd_gluon.block_m_for``): not
-# yet measured on a GPU; ``ATTNKIT_FLASH_GLUON=1`` sends them.
-GLUON_DKDV_MLA = False
-# Whether ``auto`` sends head dim 64 to the Gluon dK/dV and dQ kernels: not yet measured on a
-# GPU (both compiled for sm90 with no spills); ``ATTNKIT_FLASH_GLUON=1`` does.
-GLUON_D64 = False
+# Whether ``auto`` sends sliding windows, MLA's head dims (q and k 192, v 128) and head dim
+# 64 to the Gluon dK/dV kernel, each where it measured faster than ``_bwd_dkdv_kernel`` (H200,
+# step 12 of benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-12-01-step12*.json``,
+# kernel us): window 1024 at 16k 734 against 763 with the split walk
+# (``flash_bwd_gluon.split_for``; 846 without it); MLA 4k full 2912 against 4731, causal 1598
+# against 2496 (``flash_bwd_gluon.block_m_for``, ``stages_for``); d 64 from
+# ``GLUON_D64_MIN_SEQ`` (16k full 9595 against 10340; 4k causal even, 1654 against 1646; 1k
+# full slower, 895 against 805). ``ATTNKIT_FLASH_GLUON=1`` sends them at any length.
+GLUON_WINDOWS = True
+GLUON_DKDV_MLA = True
+GLUON_D64, GLUON_D64_MIN_SEQ = True, 16384
 
 
 def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
@@ -511,8 +511,9 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     kernel) instead of ``_bwd_dkdv_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
-    ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 only with
-    ``ATTNKIT_FLASH_GLUON=1`` (or ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA``, ``GLUON_D64``).
+    ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 under
+    ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA`` and ``GLUON_D64`` (64: from ``GLUON_D64_MIN_SEQ``),
+    or with ``ATTNKIT_FLASH_GLUON=1``.
     Besides: ``flash_common.gluon_fits`` (head dim 128, 192/128 or 64, 16-bit, aligned, sm90, a measured
     Triton, dO included); the dK/dV kernel allowed descriptors (``flash_common.tma_kernels``
     has ``dkdv``); and where it measured faster (``flash_bwd_gluon``): MHA with ``seq`` (the
@@ -532,7 +533,8 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     if mode == "auto" and (window[0] >= 0 or window[1] >= 0) and not GLUON_WINDOWS:
         return False
     d = q.shape[-1]
-    if mode == "auto" and ((d == 192 and not GLUON_DKDV_MLA) or (d == 64 and not GLUON_D64)):
+    if mode == "auto" and ((d == 192 and not GLUON_DKDV_MLA)
+                           or (d == 64 and not (GLUON_D64 and seq >= GLUON_D64_MIN_SEQ))):
         return False
     if q.shape[2] != k.shape[2]:
         if mode == "auto" or q.stride(2) != d or do.stride(2) != do.shape[-1]:
@@ -547,6 +549,10 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
 GLUON_DQ = True
 GLUON_DQ_MIN_SEQ = 4096
 GLUON_DQ_MLA = True
+# Head dim 64 in the Gluon dQ kernel: measured slower than ``_bwd_dq_kernel`` (H200, step 12,
+# ``results/gluon-dq-h200-2026-12-01-step12.json``, kernel us: 1k full 586 against 356, 4k
+# causal 1041 against 743, 16k full 6491 against 5271), so ``auto`` leaves it to Triton.
+GLUON_DQ_D64 = False
 
 
 def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
@@ -554,7 +560,7 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
     """Whether the two-launch backward's dQ runs in ``flash_dq_gluon`` instead of
     ``_bwd_dq_kernel``: ``GLUON_DQ`` set, ``plain`` (dense, no key padding, mask, softcap or
     dropout), ``flash_common.gluon_fits`` (head dim 128, MLA's 192 with v's 128 under
-    ``GLUON_DQ_MLA``, 64 under ``GLUON_D64``; 16-bit, aligned, sm90, a measured Triton, dO included), and
+    ``GLUON_DQ_MLA``, 64 under ``GLUON_DQ_D64``; 16-bit, aligned, sm90, a measured Triton, dO included), and
     ``ATTNKIT_FLASH_GLUON`` not ``0``.
 
     Under ``auto``, where it measured faster (H200, step 11 of benchmarks/NOTES-flash.md,
@@ -580,7 +586,7 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
         return True
     windowed = window[0] >= 0 or window[1] >= 0
     d = q.shape[-1]
-    return (not windowed and (GLUON_DQ_MLA or d != 192) and (GLUON_D64 or d != 64)
+    return (not windowed and (GLUON_DQ_MLA or d != 192) and (GLUON_DQ_D64 or d != 64)
             and seq >= GLUON_DQ_MIN_SEQ)
 
 

@@ -4,10 +4,11 @@
 so (dense MHA, GQA or MQA, head dim 128, 16-bit inputs, causal or not, no masks, softcap or
 dropout, an sm90 GPU and the Triton release it was measured with); the preprocess and the dQ
 kernel stay the same. It also takes sliding windows (``_query_tiles``: each key tile walks
-only the query tiles its band touches; measured slower than the Triton kernel), MLA's head
-dims (K and Q 192 wide, read as column tiles of 128 and 64 through
-``flash_fwd_gluon._qk_tiles``; V 128) and head dim 64, which the launcher sends it only on
-request (``ATTNKIT_FLASH_GLUON=1``) until they are measured faster.
+only the query tiles its band touches, those that need no mask apart: ``split_for``), MLA's
+head dims (K and Q 192 wide, read as column tiles of 128 and 64 through
+``flash_fwd_gluon._qk_tiles``; V 128; 32-query tiles in 3 slots: ``block_m_for``,
+``stages_for``) and head dim 64 (from 16k tokens: ``flash_bwd.GLUON_D64_MIN_SEQ``), each
+where it measured faster (step 12 of benchmarks/NOTES-flash.md).
 Measured on an H200 against the Triton dK/dV kernel (benchmarks/NOTES-flash.md, step 9,
 ``results/gluon-dkdv-h200-2026-12-01-step9-layouts.json``), kernel alone: 16k full 7.20
 against 8.80 ms, 16k causal 3.57 against 4.58, 4k full 1.89 against 2.34, 4k causal 1.10
@@ -75,11 +76,16 @@ from attnkit.kernels.gluon_sm90 import (
 # 0.685 and 0.626).
 BLOCK_M, BLOCK_N, STAGES = 64, 128, 2
 WARPGROUPS, PINGPONG = 2, False
-# Whether the query tiles that need no mask skip the masks (``_unmasked_query_tiles``); not
-# yet run on a GPU, so off.
-SPLIT_MASKS = False
-# MLA's head dim (192 for q and k, 128 for v): 32 queries per tile (``block_m_for``).
-BLOCK_M_MLA = 32
+# Whether the query tiles that need no mask skip the masks (``_unmasked_query_tiles``):
+# always (``SPLIT_MASKS``), or with a window only (``SPLIT_MASKS_WINDOWS``, ``split_for``).
+# Measured on an H200 (step 12 of benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-
+# 12-01-step12.json``, kernel us): window 1024 at 16k 734 against 846 without the split
+# (Triton's kernel: 763); elsewhere not yet measured.
+SPLIT_MASKS, SPLIT_MASKS_WINDOWS = False, True
+# MLA's head dim (192 for q and k, 128 for v): 32 queries per tile (``block_m_for``) in
+# ``STAGES_MLA`` slots (``stages_for``; step 12, kernel us, 3 slots against 2: 4k causal 1598
+# against 1711, 4k full 2912 against 2913; Triton's kernel: 2496 and 4731).
+BLOCK_M_MLA, STAGES_MLA = 32, 3
 # Launches so far in this process, and the tiling of the last one as the benchmark reports it
 # (``attnkit.bench.subject`` names the kernels that served a case).
 calls = 0
@@ -97,6 +103,29 @@ def block_m_for(head_dim: int) -> int:
         (64, 32)
     """
     return BLOCK_M_MLA if head_dim == 192 else BLOCK_M
+
+
+def stages_for(head_dim: int) -> int:
+    """The slots of Q and dO of the dK/dV kernel: ``STAGES`` (2), and ``STAGES_MLA`` (3) at
+    MLA's 192, whose 32-query tiles leave room for a third.
+
+    Example:
+        >>> stages_for(128), stages_for(192)
+        (2, 3)
+    """
+    return STAGES_MLA if head_dim == 192 else STAGES
+
+
+def split_for(window: tuple[int, int]) -> bool:
+    """Whether the dK/dV kernel walks the query tiles that need no mask apart:
+    ``SPLIT_MASKS``, or ``SPLIT_MASKS_WINDOWS`` where ``window`` (``(left, right)``, -1:
+    unbounded) has a side.
+
+    Example:
+        >>> split_for((-1, -1)), split_for((1023, -1))
+        (False, True)
+    """
+    return SPLIT_MASKS or (SPLIT_MASKS_WINDOWS and max(window) >= 0)
 
 
 @gluon.jit
@@ -457,8 +486,8 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
                lse2: torch.Tensor, delta: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *,
                causal: bool, scale: float, window: tuple[int, int] = (-1, -1),
                warpgroups: int = WARPGROUPS, pingpong: bool = PINGPONG,
-               block_m: int | None = None, stages: int = STAGES,
-               split_masks: bool = SPLIT_MASKS) -> None:
+               block_m: int | None = None, stages: int | None = None,
+               split_masks: bool | None = None) -> None:
     """Write dK and dV of dense MHA, GQA or MQA attention into ``dk`` and ``dv`` (CUDA,
     sm90), each K/V head's summed over the query heads that share it.
 
@@ -477,8 +506,10 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
         window: ``(left, right)`` as ``flash_fwd_gluon.gluon_fwd`` takes it (-1: unbounded;
             with ``causal`` as well where both are given).
         warpgroups, pingpong: the compute partitions (``WARPGROUPS``, ``PINGPONG``).
-        block_m, stages: the query tile (default ``block_m_for(d)``) and the ring's slots.
-        split_masks: the query tiles that need no mask in a walk of their own.
+        block_m, stages: the query tile and the ring's slots (default ``block_m_for(d)``,
+            ``stages_for(d)``).
+        split_masks: the query tiles that need no mask in a walk of their own (default
+            ``split_for(window)``).
 
     The caller checks ``flash_bwd._gluon_dkdv`` first; nothing is checked here.
 
@@ -490,6 +521,8 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
     calls += 1
     b, sq, hq, d = q.shape
     block_m = block_m or block_m_for(d)
+    stages = stages or stages_for(d)
+    split_masks = split_for(window) if split_masks is None else split_masks
     tiling = (f"{block_m}x{BLOCK_N} s{stages} wg{warpgroups}" + (" pingpong" if pingpong else "")
               + (" split" if split_masks else ""))
     _ensure_allocator()  # device-side descriptors live in global scratch

@@ -8,7 +8,7 @@ sliding windows, no masks, softcap or dropout; sm90 and a Triton of
 ``flash_common.GLUON_TRITON``). MLA's 192 columns are read as two column tiles of 128 and 64
 (``flash_fwd_gluon._qk_tiles``: Gluon's block shapes are powers of two), its dQ as two
 accumulators. Head dim 64 works too, sent only on request until measured
-(``flash_bwd.GLUON_D64``).
+(``flash_bwd.GLUON_DQ_D64``: measured slower, off).
 
 Grid ``(query tiles, batch x query heads)``, the forward's split: each program owns one
 ``[BLOCK_M, D]`` tile of Q and dO and walks the key tiles it sees (``_key_tiles``), in

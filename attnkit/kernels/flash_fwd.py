@@ -222,9 +222,12 @@ def _flash_fwd_kernel(
 # ``results/gluon-fwd-h200-2026-12-01-step11.json``); ``False`` leaves them to Triton.
 GLUON_WINDOWS = True
 GLUON_MLA = True
-# Whether ``auto`` sends head dim 64 to it: not yet measured on a GPU (compiled for sm90 with
-# no spills); ``ATTNKIT_FLASH_GLUON=1`` does.
-GLUON_D64 = False
+# Whether ``auto`` sends head dim 64 to it, and from which length: measured faster from 4k
+# tokens (H200, step 12 of benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-
+# step12.json``, the overlapped split walk against ``_flash_fwd_kernel``: 4k full 1.297
+# against 1.337 ms, 16k causal 2.541 against 2.625), not at 1k (full 0.369 against 0.365,
+# causal 0.259 against 0.238).
+GLUON_D64, GLUON_D64_MIN_SEQ = True, 4096
 # The shortest sequence ``auto`` sends to the Gluon forward where the persistent kernel
 # takes the inputs (``flash_fwd_gluon.takes_persistent``), and where only the one-tile kernel
 # does (no windows there: measured slower).
@@ -237,7 +240,7 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
     ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 under
-    ``GLUON_WINDOWS``, ``GLUON_MLA`` and ``GLUON_D64``. Besides ``flash_common.gluon_fits``
+    ``GLUON_WINDOWS``, ``GLUON_MLA`` and ``GLUON_D64`` (64: from ``GLUON_D64_MIN_SEQ``). Besides ``flash_common.gluon_fits``
     (head dims 128, 192/128 or 64, 16-bit, aligned, sm90, a measured Triton), ``seq`` (the longer of the query and key lengths)
     decides, as measured on an H200 (step 11 of benchmarks/NOTES-flash.md,
     ``results/gluon-fwd-h200-2026-12-01-step11.json``, ms against ``_flash_fwd_kernel``):
@@ -267,7 +270,7 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
     windowed = window[0] >= 0 or window[1] >= 0
     mla = (q.shape[-1], v.shape[-1]) == (192, 128)
     if ((windowed and not GLUON_WINDOWS) or (mla and not GLUON_MLA)
-            or (q.shape[-1] == 64 and not GLUON_D64)):
+            or (q.shape[-1] == 64 and not (GLUON_D64 and seq >= GLUON_D64_MIN_SEQ))):
         return False
     from attnkit.kernels import flash_fwd_gluon
     if flash_fwd_gluon.PERSISTENT and flash_fwd_gluon.takes_persistent(q, k, v):

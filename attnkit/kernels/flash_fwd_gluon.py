@@ -4,8 +4,8 @@
 says so (dense MHA or GQA/MQA, head dim 128, 16-bit inputs, causal or not, no masks,
 softcap or dropout, an sm90 GPU and a Triton of ``flash_common.GLUON_TRITON``), sliding
 windows (``_key_tiles``: each query tile walks only the key tiles its band touches) and MLA's
-head dims (q and k 192 wide, read as column tiles of 128 and 64: ``_qk_tiles``; v 128). It
-also takes head dim 64, which the launcher sends it only on request until measured.
+head dims (q and k 192 wide, read as column tiles of 128 and 64: ``_qk_tiles``; v 128), and
+head dim 64 from 4k tokens (``flash_fwd.GLUON_D64_MIN_SEQ``).
 
 Grid ``(query tiles, batch x query heads)``; each program owns one ``[BLOCK_M, D]`` query
 tile, split into partitions:
@@ -24,7 +24,9 @@ tile, split into partitions:
 balanced), its loader running ahead into the next tile's Q, K and V while the compute
 partitions finish the last one. It serves (``PERSISTENT``) wherever it can
 (``takes_persistent``): 6-26% faster than the one-tile kernel on an H200 (step 10 of
-benchmarks/NOTES-flash.md).
+benchmarks/NOTES-flash.md). Its walks keep the key tiles that need a mask apart from the
+others (``SPLIT_MASKS``), and it overlaps each tile's softmax with the last tile's ``P V``
+where that measured faster (``schedule``).
 
 Outputs as ``flash_fwd``'s: ``out`` in q's layout and dtype, LSE float32 ``[b, hq, sq]`` in
 natural log, ``-inf`` (and zero output) on rows that see no key.
@@ -58,18 +60,27 @@ from attnkit.kernels.gluon_sm90 import (
 
 LN2 = gl.constexpr(0.6931471805599453)
 # The shipped configuration: query tile, key tile, slots, compute partitions; whether the
-# persistent kernel serves (where the rows are flat); and whether it overlaps each tile's
-# softmax with the last tile's P V (``_attend_overlapped``: not yet measured, off).
+# persistent kernel serves (where the rows are flat).
 BLOCK_M, BLOCK_N, STAGES, WARPGROUPS = 128, 128, 2, 2
 PERSISTENT = True
-OVERLAP = False
+# Whether the persistent kernel overlaps each tile's softmax with the last tile's P V
+# (``_attend_overlapped``), in ``OVERLAP_STAGES`` K/V slots, and the shortest causal
+# sequence it does so for (``schedule``). Measured on an H200 with the split walk (step 12
+# of benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step12.json``, ms,
+# overlapped 3 slots against plain 2): d 128 1k full 0.280 against 0.286, window 1024 at
+# 16k 0.318 against 0.331, d 64 4k full 1.297 against 1.355, d 64 16k causal 2.541 against
+# 2.668; slower at 1k causal (d 64: 0.285 against 0.259).
+OVERLAP, OVERLAP_STAGES, OVERLAP_MIN_CAUSAL_SEQ = True, 3, 4096
 # The persistent kernel's Q slots: with 2 the next tile's Q tile loads while this one runs
-# instead of after it (short tiles: 1k tokens, windows); not yet measured, so 1.
+# instead of after it. Off: the plain walk with 2 slots gave wrong outputs on the H200 at
+# causal shapes (step 12; the overlapped walk with 2 slots matched), not yet explained.
 Q_SLOTS = 1
-# Whether ``_attend`` walks the key tiles that need no mask apart from the others, which
-# then skip the masks' compares (``_unmasked_tiles``; SASS: 510 instructions per tile
-# against 596 full, 748 causal, 906 with a window); not yet run on a GPU, so off.
-SPLIT_MASKS = False
+# Whether the walks keep the key tiles that need no mask apart from the others, which then
+# skip the masks' compares (``_unmasked_tiles``; SASS: 510 instructions per tile against 596
+# full, 748 causal, 906 with a window). Measured on an H200 (step 12, ms, plain walk, 2
+# slots): window 1024 at 16k 0.331 against 0.356, d 64 16k causal 2.668 against 3.253,
+# d 128 1k full 0.286 against 0.291.
+SPLIT_MASKS = True
 
 
 def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent: bool,
@@ -84,8 +95,8 @@ def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``
 # names the kernels that served a case).
 calls = 0
-tiling = _tiling(BLOCK_M, BLOCK_N, STAGES, WARPGROUPS, PERSISTENT, PERSISTENT and OVERLAP,
-                 Q_SLOTS if PERSISTENT else 1, SPLIT_MASKS)
+tiling = _tiling(BLOCK_M, BLOCK_N, OVERLAP_STAGES if OVERLAP else STAGES, WARPGROUPS,
+                 PERSISTENT, PERSISTENT and OVERLAP, Q_SLOTS if PERSISTENT else 1, SPLIT_MASKS)
 
 
 @gluon.jit
@@ -772,11 +783,24 @@ def flat_rows(t: torch.Tensor) -> bool:
 SHARED_BYTES = 232448 - 1024
 
 
+def shared_fits(*, q_slots: int, stages: int, block_m: int, block_n: int, d: int,
+                dv: int) -> bool:
+    """Whether the persistent kernel's shared memory fits ``SHARED_BYTES``: ``q_slots``
+    16-bit ``[block_m, d]`` Q tiles and ``stages`` ``[block_n, d]`` K and ``[block_n, dv]`` V
+    tiles.
+
+    Example:
+        >>> kw = dict(q_slots=1, block_m=128, block_n=128)
+        >>> shared_fits(stages=3, d=128, dv=128, **kw), shared_fits(stages=3, d=192, dv=128, **kw)
+        (True, False)
+    """
+    return 2 * (q_slots * block_m * d + stages * block_n * (d + dv)) <= SHARED_BYTES
+
+
 def q_slots_that_fit(q_slots: int, *, block_m: int, block_n: int, d: int, dv: int,
                      stages: int) -> int:
-    """``q_slots`` where the persistent kernel's shared memory then fits (``SHARED_BYTES``:
-    ``q_slots`` 16-bit ``[block_m, d]`` Q tiles and ``stages`` ``[block_n, d]`` K and
-    ``[block_n, dv]`` V tiles), else 1.
+    """``q_slots`` where the persistent kernel's shared memory then fits (``shared_fits``),
+    else 1.
 
     Example:
         >>> kw = dict(block_m=128, block_n=128, dv=128)
@@ -785,8 +809,30 @@ def q_slots_that_fit(q_slots: int, *, block_m: int, block_n: int, d: int, dv: in
         >>> q_slots_that_fit(2, d=192, stages=2, **kw)  # MLA
         1
     """
-    need = 2 * (q_slots * block_m * d + stages * block_n * (d + dv))
-    return q_slots if need <= SHARED_BYTES else 1
+    fits = shared_fits(q_slots=q_slots, stages=stages, block_m=block_m, block_n=block_n, d=d,
+                       dv=dv)
+    return q_slots if fits else 1
+
+
+def schedule(*, causal: bool, seq: int, d: int, dv: int, block_m: int = BLOCK_M,
+             block_n: int = BLOCK_N) -> tuple[bool, int]:
+    """``(overlap, stages)`` of the persistent kernel for a call: the overlapped softmax in
+    ``OVERLAP_STAGES`` slots under ``OVERLAP``, unless the attention is causal and ``seq``
+    (the longer of the query and key lengths) is below ``OVERLAP_MIN_CAUSAL_SEQ``, or the
+    slots do not fit (``shared_fits``: MLA's 192); else the plain walk in ``STAGES``.
+
+    Example:
+        >>> schedule(causal=False, seq=1024, d=128, dv=128), schedule(causal=True, seq=1024,
+        ...                                                            d=128, dv=128)
+        ((True, 3), (False, 2))
+        >>> schedule(causal=False, seq=4096, d=192, dv=128)  # MLA
+        (False, 2)
+    """
+    if (OVERLAP and not (causal and seq < OVERLAP_MIN_CAUSAL_SEQ)
+            and shared_fits(q_slots=1, stages=OVERLAP_STAGES, block_m=block_m,
+                            block_n=block_n, d=d, dv=dv)):
+        return True, OVERLAP_STAGES
+    return False, STAGES
 
 
 def takes_persistent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -807,9 +853,9 @@ def takes_persistent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
               lse: torch.Tensor, *, causal: bool, scale: float,
               window: tuple[int, int] = (-1, -1), block_m: int = BLOCK_M,
-              block_n: int = BLOCK_N, stages: int = STAGES,
+              block_n: int = BLOCK_N, stages: int | None = None,
               warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT,
-              overlap: bool = OVERLAP, q_slots: int = Q_SLOTS,
+              overlap: bool | None = None, q_slots: int = Q_SLOTS,
               split_masks: bool = SPLIT_MASKS, programs: int | None = None) -> None:
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
@@ -825,11 +871,12 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             ``i + offset + right`` (``offset = seq_k - seq_q``; -1: unbounded), with
             ``causal`` as well where both are given; each window size compiles its own
             kernel, as the Triton forward's does.
-        block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``).
+        block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``;
+            ``stages`` by default ``schedule``'s for the persistent kernel, else ``STAGES``).
         persistent: ``gluon_fwd_persistent_kernel`` (two partitions) where
             ``takes_persistent``; else the one-tile-per-program kernel.
         overlap: the persistent kernel's softmax overlapping the last tile's ``P V``
-            (``_attend_overlapped``).
+            (``_attend_overlapped``; by default ``schedule``'s).
         q_slots: the persistent kernel's Q slots (2: the next tile's Q loads while this
             one runs; 32 KB more shared memory at head dim 128); 1 where 2 would not fit
             (``q_slots_that_fit``).
@@ -851,6 +898,11 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     sk, hk = k.shape[1], k.shape[2]
     left, right = window_constexprs(window, causal)
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
+    auto_overlap, auto_stages = (schedule(causal=causal, seq=max(sq, sk), d=d, dv=v.shape[-1],
+                                          block_m=block_m, block_n=block_n)
+                                 if persistent else (False, STAGES))
+    overlap = auto_overlap if overlap is None else overlap
+    stages = auto_stages if stages is None else stages
     q_slots = q_slots_that_fit(q_slots, block_m=block_m, block_n=block_n, d=d,
                                dv=v.shape[-1], stages=stages) if persistent else 1
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,

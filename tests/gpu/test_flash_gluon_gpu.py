@@ -217,7 +217,16 @@ FLAT_CASES = {"113x256-causal": Case((2, 113, 256, 4, 4, 128, 128), causal=True)
               "gqa-300x128-full": Case((2, 300, 128, 8, 2, 128, 128))}
 
 
-@pytest.mark.parametrize("tiling", TILINGS.values(), ids=TILINGS.keys())
+# The plain walk with two Q slots gave wrong outputs at causal shapes on the H200 (step 12 of
+# benchmarks/NOTES-flash.md: 300x256 and 1000x1000 with a window here; the probe's 1k and 16k
+# causal with the split walk); ``flash_fwd_gluon.Q_SLOTS`` stays 1 until it is found.
+Q2_PLAIN = pytest.mark.xfail(reason="two Q slots, plain walk: wrong at causal shapes on the "
+                             "H200 (NOTES-flash.md step 12)", strict=False)
+
+
+@pytest.mark.parametrize("tiling", [
+    pytest.param(t, id=name, marks=Q2_PLAIN if "q2" in name and "overlapped" not in name else ())
+    for name, t in TILINGS.items()])
 @pytest.mark.parametrize("case", ["113x203-causal", "333x129-full", "203x113-causal",
                                   "gqa-113x203-causal", "113x256-causal", "gqa-300x128-full",
                                   "300x256-causal", "1000x1000-causal-left255"])
@@ -415,13 +424,13 @@ def test_merged_qkv_views(causal, gluon_calls):
     (1024, 8, (-1, -1), dict(fwd=True, dkdv=True, dq=False)),
     (512, 8, (-1, -1), dict(fwd=False, dkdv=False, dq=False)),
     (4096, 2, (-1, -1), dict(fwd=True, dkdv=False, dq=True)),
-    (4096, 8, (255, 0), dict(fwd=True, dkdv=False, dq=False))],
+    (4096, 8, (255, 0), dict(fwd=True, dkdv=True, dq=False))],
     ids=["mha-4k", "mha-1k", "mha-512", "gqa-4k", "window-4k"])
 def test_launcher_choice(seq, hk, window, expect, monkeypatch):
     """Without the override the dK/dV kernel runs for dense MHA from 1k tokens
-    (``flash_bwd._gluon_dkdv``), the dQ kernel for MHA and GQA from 4k tokens without a
-    window (``flash_bwd._gluon_dq``), the forward for dense MHA and GQA from 1k tokens,
-    windows included (``flash_fwd._gluon_fwd``); all causal here."""
+    (``flash_bwd._gluon_dkdv``), windows included, the dQ kernel for MHA and GQA from 4k
+    tokens without a window (``flash_bwd._gluon_dq``), the forward for dense MHA and GQA from
+    1k tokens, windows included (``flash_fwd._gluon_fwd``); all causal here."""
     import attnkit
     calls = _count_launches(monkeypatch)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
