@@ -451,13 +451,13 @@ def test_q_slots_fall_back_to_one_where_two_do_not_fit():
 
 def test_forward_schedule_overlaps_where_it_measured_faster(monkeypatch):
     """``flash_fwd_gluon.schedule``: the overlapped softmax in 3 slots without a causal mask
-    and from 4k causal tokens, the plain walk in 2 below that, where 3 slots do not fit
-    (MLA's 192/128) and with ``OVERLAP`` off; the launcher takes it unless told."""
+    and from 16k causal tokens, the plain walk in 2 below that, where 3 slots do not fit
+    (MLA's 192/128) and with ``OVERLAP`` off."""
     flash_fwd_gluon = pytest.importorskip("attnkit.kernels.flash_fwd_gluon")
     schedule = functools.partial(flash_fwd_gluon.schedule, d=128, dv=128)
     assert schedule(causal=False, seq=1024) == (True, 3)
-    assert schedule(causal=True, seq=4096) == (True, 3)
-    assert schedule(causal=True, seq=4095) == (False, 2)
+    assert schedule(causal=True, seq=16384) == (True, 3)
+    assert schedule(causal=True, seq=16383) == (False, 2)
     assert flash_fwd_gluon.schedule(causal=False, seq=4096, d=192, dv=128) == (False, 2)
     assert flash_fwd_gluon.schedule(causal=True, seq=16384, d=64, dv=64) == (True, 3)
     monkeypatch.setattr(flash_fwd_gluon, "OVERLAP", False)

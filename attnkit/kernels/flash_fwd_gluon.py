@@ -69,8 +69,9 @@ PERSISTENT = True
 # of benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step12.json``, ms,
 # overlapped 3 slots against plain 2): d 128 1k full 0.280 against 0.286, window 1024 at
 # 16k 0.318 against 0.331, d 64 4k full 1.297 against 1.355, d 64 16k causal 2.541 against
-# 2.668; slower at 1k causal (d 64: 0.285 against 0.259).
-OVERLAP, OVERLAP_STAGES, OVERLAP_MIN_CAUSAL_SEQ = True, 3, 4096
+# 2.668; slower at 1k causal (d 64: 0.285 against 0.259), and at d 128 4k causal before the
+# split walk (step 11: 0.613 against 0.601), so causal attention overlaps from 16k only.
+OVERLAP, OVERLAP_STAGES, OVERLAP_MIN_CAUSAL_SEQ = True, 3, 16384
 # The persistent kernel's Q slots: with 2 the next tile's Q tile loads while this one runs
 # instead of after it. Off: the plain walk with 2 slots gave wrong outputs on the H200 at
 # causal shapes (step 12; the overlapped walk with 2 slots matched), not yet explained.
@@ -822,7 +823,7 @@ def schedule(*, causal: bool, seq: int, d: int, dv: int, block_m: int = BLOCK_M,
     slots do not fit (``shared_fits``: MLA's 192); else the plain walk in ``STAGES``.
 
     Example:
-        >>> schedule(causal=False, seq=1024, d=128, dv=128), schedule(causal=True, seq=1024,
+        >>> schedule(causal=False, seq=1024, d=128, dv=128), schedule(causal=True, seq=4096,
         ...                                                            d=128, dv=128)
         ((True, 3), (False, 2))
         >>> schedule(causal=False, seq=4096, d=192, dv=128)  # MLA

@@ -1,0 +1,45 @@
+"""Where the persistent Gluon forward with two Q slots goes wrong (GPU only; step 12 of
+NOTES-flash.md): per shape, Q slots, plain or overlapped walk and grid (``programs``), the
+largest error of the output against the float64 oracle, and each ``(batch, head, first row)``
+block of 64 rows whose error passes 0.05. Writes ``$OUT/debug-q2.json``.
+
+    PYTHONPATH=. python benchmarks/debug_q2.py   # on an H100/H200
+"""
+import json
+import os
+
+import torch
+
+from attnkit.kernels import flash_fwd_gluon as ffg
+from tests.oracle import attention64
+
+torch.manual_seed(0)
+res = {}
+for name, (b, sq, sk, h, window) in {"300x256": (2, 300, 256, 4, (-1, -1)),
+                                     "1000-left255": (1, 1000, 1000, 4, (255, -1)),
+                                     "600x600": (1, 600, 600, 3, (-1, -1))}.items():
+    q = torch.randn(b, sq, h, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, sk, h, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, sk, h, 128, device="cuda", dtype=torch.bfloat16)
+    want, _ = attention64(q, k, v, causal=True, window=window)
+    for qs in (1, 2):
+        for overlap in (False, True):
+            for programs in (None, 1, 5, 12, 24):
+                out = torch.full_like(q, float("nan"))
+                lse = torch.empty(b, h, sq, device="cuda")
+                ffg.gluon_fwd(q, k, v, out, lse, causal=True, scale=128 ** -0.5,
+                              window=window, q_slots=qs, overlap=overlap, programs=programs)
+                torch.cuda.synchronize()
+                err = (out.double() - want).abs().nan_to_num(1e9)  # [b, sq, h, d]
+                bad = []
+                for bi in range(b):
+                    for hi in range(h):
+                        for r0 in range(0, sq, 64):
+                            e = float(err[bi, r0:r0 + 64, hi].max())
+                            if e > 0.05:
+                                bad.append([bi, hi, r0, round(e, 2)])
+                key = f"{name} q{qs} {'ov' if overlap else 'plain'} p{programs}"
+                res[key] = {"max": float(err.max()), "bad": bad[:12], "nbad": len(bad)}
+                print(key, res[key]["max"], len(bad), bad[:6], flush=True)
+with open(os.path.join(os.environ.get("OUT", "/tmp"), "debug-q2.json"), "w") as fh:
+    json.dump(res, fh, indent=1)
