@@ -475,3 +475,47 @@ def test_gluon_dkdv_defaults_by_head_dim_and_window():
     assert (fbg.stages_for(128), fbg.block_m_for(128), fbg.stages_for(64)) == (2, 64, 2)
     assert fbg.split_for((1023, -1)) and fbg.split_for((-1, 7))
     assert not fbg.split_for((-1, -1))
+
+
+def test_gluon_launchers_resolve_their_defaults(monkeypatch):
+    """What ``gluon_fwd`` and ``gluon_dkdv`` launch with (``fast_launch.run`` recorded, CPU
+    tensors): the forward's schedule where ``overlap`` is not given (overlapped in 3 slots at
+    1k full, plain in 2 at 1k causal, plain in 2 for MLA), ``STAGES`` where it is, the split
+    walk by default; the dK/dV kernel's 3 slots and 32-query tiles at MLA's 192 and its split
+    walk with a window only."""
+    ffg = pytest.importorskip("attnkit.kernels.flash_fwd_gluon")
+    fbg = pytest.importorskip("attnkit.kernels.flash_bwd_gluon")
+    from attnkit.kernels import fast_launch
+    launched = []
+    monkeypatch.setattr(fast_launch, "run", lambda fn, grid, args, kw: launched.append(kw))
+    monkeypatch.setattr(ffg, "_ensure_allocator", lambda: None)
+    monkeypatch.setattr(fbg, "_ensure_allocator", lambda: None)
+
+    def fwd(d=128, dv=128, **kw):
+        q, kv = torch.zeros(1, 1024, 2, d, dtype=torch.bfloat16), torch.zeros(
+            1, 1024, 2, dv, dtype=torch.bfloat16)
+        ffg.gluon_fwd(q, q.clone() if d == dv else torch.zeros_like(q), kv,
+                      torch.zeros_like(kv), torch.zeros(1, 2, 1024), scale=0.1, **kw)
+        got = launched.pop()
+        return got["OVERLAP"], got["STAGES"], got["SPLIT_MASKS"], got["Q_SLOTS"]
+
+    assert fwd(causal=False) == (True, 3, True, 1)
+    assert fwd(causal=True) == (False, 2, True, 1)
+    assert fwd(d=192, causal=False) == (False, 2, True, 1)
+    assert fwd(causal=False, overlap=False) == (False, 2, True, 1)
+    assert fwd(causal=True, overlap=True, split_masks=False, q_slots=2) == (True, 2, False, 2)
+    assert fwd(causal=False, overlap=True, stages=3, q_slots=2) == (True, 3, True, 1)  # no fit
+
+    def dkdv(d=128, **kw):
+        q, v = torch.zeros(1, 256, 2, d, dtype=torch.bfloat16), torch.zeros(
+            1, 256, 2, 128, dtype=torch.bfloat16)
+        lse = torch.zeros(1, 2, 256)
+        fbg.gluon_dkdv(q, q, v, v, lse, lse, torch.zeros_like(q), torch.zeros_like(v),
+                       scale=0.1, **kw)
+        got = launched.pop()
+        return got["STAGES"], got["BLOCK_M"], got["SPLIT_MASKS"]
+
+    assert dkdv(causal=True) == (2, 64, False)
+    assert dkdv(d=192, causal=True) == (3, 32, False)
+    assert dkdv(causal=True, window=(1023, -1)) == (2, 64, True)
+    assert dkdv(causal=False, window=(64, 32), split_masks=False, stages=3) == (3, 64, False)

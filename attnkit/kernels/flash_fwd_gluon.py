@@ -873,11 +873,12 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             ``causal`` as well where both are given; each window size compiles its own
             kernel, as the Triton forward's does.
         block_m, block_n, stages, warpgroups: the tiling (``BLOCK_M``, ... ``WARPGROUPS``;
-            ``stages`` by default ``schedule``'s for the persistent kernel, else ``STAGES``).
+            ``stages`` by default ``schedule``'s where ``overlap`` is not given, else
+            ``STAGES``).
         persistent: ``gluon_fwd_persistent_kernel`` (two partitions) where
             ``takes_persistent``; else the one-tile-per-program kernel.
         overlap: the persistent kernel's softmax overlapping the last tile's ``P V``
-            (``_attend_overlapped``; by default ``schedule``'s).
+            (``_attend_overlapped``; by default ``schedule``'s for the persistent kernel).
         q_slots: the persistent kernel's Q slots (2: the next tile's Q loads while this
             one runs; 32 KB more shared memory at head dim 128); 1 where 2 would not fit
             (``q_slots_that_fit``).
@@ -899,11 +900,12 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     sk, hk = k.shape[1], k.shape[2]
     left, right = window_constexprs(window, causal)
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
-    auto_overlap, auto_stages = (schedule(causal=causal, seq=max(sq, sk), d=d, dv=v.shape[-1],
-                                          block_m=block_m, block_n=block_n)
-                                 if persistent else (False, STAGES))
-    overlap = auto_overlap if overlap is None else overlap
-    stages = auto_stages if stages is None else stages
+    if overlap is None:  # the schedule's, slots included unless given
+        overlap, auto_stages = (schedule(causal=causal, seq=max(sq, sk), d=d, dv=v.shape[-1],
+                                         block_m=block_m, block_n=block_n)
+                                if persistent else (False, STAGES))
+        stages = stages or auto_stages
+    stages = stages or STAGES
     q_slots = q_slots_that_fit(q_slots, block_m=block_m, block_n=block_n, d=d,
                                dv=v.shape[-1], stages=stages) if persistent else 1
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,
