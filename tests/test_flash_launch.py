@@ -243,7 +243,7 @@ def test_gluon_dkdv_choice(monkeypatch):
 
 def test_gluon_fwd_choice(monkeypatch):
     """The Gluon forward serves plain dense inputs at head dim 128 or MLA's 192/128 (64 from
-    4k tokens), 16-bit, MHA or GQA, where ``flash_common.gluon_fits`` holds: from 1k tokens where the persistent
+    4k tokens, causal from 16k), 16-bit, MHA or GQA, where ``flash_common.gluon_fits`` holds: from 1k tokens where the persistent
     kernel takes them, windows included; from 4k and without windows where only the one-tile
     kernel does (``flash_fwd_gluon.takes_persistent``); the override drops the rules."""
     from attnkit.kernels import flash_common, flash_fwd
@@ -251,8 +251,9 @@ def test_gluon_fwd_choice(monkeypatch):
     kv = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
     mha = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
 
-    def choice(q, k, v, *, plain=True, seq=4096, window=(-1, -1)):
-        return flash_fwd._gluon_fwd(q, k, v, plain=plain, seq=seq, window=window)
+    def choice(q, k, v, *, plain=True, seq=4096, window=(-1, -1), causal=False):
+        return flash_fwd._gluon_fwd(q, k, v, plain=plain, seq=seq, window=window,
+                                    causal=causal)
 
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
     assert not choice(q, kv, kv)  # CPU tensors
@@ -284,6 +285,8 @@ def test_gluon_fwd_choice(monkeypatch):
     assert not choice(q.half(), kv, kv)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
     assert choice(d64, d64, d64) and not choice(d64, d64, d64, seq=4095)  # head dim 64: 4k
+    assert choice(d64, d64, d64, seq=16384, causal=True)  # causal: 16k
+    assert not choice(d64, d64, d64, seq=16383, causal=True)
     monkeypatch.setattr(flash_fwd, "GLUON_D64", False)
     assert not choice(d64, d64, d64)
     monkeypatch.setenv("ATTNKIT_FLASH_GLUON", "1")

@@ -222,25 +222,28 @@ def _flash_fwd_kernel(
 # ``results/gluon-fwd-h200-2026-12-01-step11.json``); ``False`` leaves them to Triton.
 GLUON_WINDOWS = True
 GLUON_MLA = True
-# Whether ``auto`` sends head dim 64 to it, and from which length: measured faster from 4k
-# tokens (H200, step 12 of benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-
-# step12.json``, the overlapped split walk against ``_flash_fwd_kernel``: 4k full 1.297
-# against 1.337 ms, 16k causal 2.541 against 2.625), not at 1k (full 0.369 against 0.365,
-# causal 0.259 against 0.238).
-GLUON_D64, GLUON_D64_MIN_SEQ = True, 4096
+# Whether ``auto`` sends head dim 64 to it, and from which length, causal or not: where the
+# overlapped split walk serves (``flash_fwd_gluon.schedule``), measured faster (H200, step 12
+# of benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step12.json``, against
+# ``_flash_fwd_kernel``): 4k full 1.297 against 1.337 ms, 16k causal 2.541 against 2.625;
+# not at 1k (full 0.369 against 0.365), nor the plain walk that causal attention takes below
+# 16k (1k causal 0.259 against 0.238; 16k causal 2.668 against 2.625).
+GLUON_D64, GLUON_D64_MIN_SEQ, GLUON_D64_MIN_CAUSAL_SEQ = True, 4096, 16384
 # The shortest sequence ``auto`` sends to the Gluon forward where the persistent kernel
 # takes the inputs (``flash_fwd_gluon.takes_persistent``), and where only the one-tile kernel
 # does (no windows there: measured slower).
 GLUON_MIN_SEQ, GLUON_ONE_TILE_MIN_SEQ = 1024, 4096
 
 
-def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1, -1)) -> bool:
+def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1, -1),
+               causal: bool = False) -> bool:
     """Whether the forward runs in ``flash_fwd_gluon`` (the warp-specialised Gluon kernel,
     persistent where ``flash_fwd_gluon.takes_persistent``) instead of ``_flash_fwd_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
     ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 under
-    ``GLUON_WINDOWS``, ``GLUON_MLA`` and ``GLUON_D64`` (64: from ``GLUON_D64_MIN_SEQ``). Besides ``flash_common.gluon_fits``
+    ``GLUON_WINDOWS``, ``GLUON_MLA`` and ``GLUON_D64`` (64: from ``GLUON_D64_MIN_SEQ``, with
+    ``causal`` from ``GLUON_D64_MIN_CAUSAL_SEQ``). Besides ``flash_common.gluon_fits``
     (head dims 128, 192/128 or 64, 16-bit, aligned, sm90, a measured Triton), ``seq`` (the longer of the query and key lengths)
     decides, as measured on an H200 (step 11 of benchmarks/NOTES-flash.md,
     ``results/gluon-fwd-h200-2026-12-01-step11.json``, ms against ``_flash_fwd_kernel``):
@@ -269,8 +272,9 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
         return True
     windowed = window[0] >= 0 or window[1] >= 0
     mla = (q.shape[-1], v.shape[-1]) == (192, 128)
+    d64_from = GLUON_D64_MIN_CAUSAL_SEQ if causal else GLUON_D64_MIN_SEQ
     if ((windowed and not GLUON_WINDOWS) or (mla and not GLUON_MLA)
-            or (q.shape[-1] == 64 and not (GLUON_D64 and seq >= GLUON_D64_MIN_SEQ))):
+            or (q.shape[-1] == 64 and not (GLUON_D64 and seq >= d64_from))):
         return False
     from attnkit.kernels import flash_fwd_gluon
     if flash_fwd_gluon.PERSISTENT and flash_fwd_gluon.takes_persistent(q, k, v):
@@ -347,7 +351,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
     plain = (not varlen and key_padding_mask is None and mask_kind == 0 and softcap == 0
              and dropout_p == 0)
-    if _gluon_fwd(q, k, v, plain=plain, window=window, seq=max(sq, sk)):
+    if _gluon_fwd(q, k, v, plain=plain, window=window, seq=max(sq, sk), causal=causal):
         from attnkit.kernels import flash_fwd_gluon
         flash_fwd_gluon.gluon_fwd(q, k, v, out, lse, causal=causal, scale=scale, window=window)
         return out, lse
