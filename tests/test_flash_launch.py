@@ -477,15 +477,15 @@ def test_gluon_dkdv_defaults_by_head_dim_and_window():
     assert (fbg.stages_for(192), fbg.block_m_for(192)) == (3, 32)
     assert (fbg.stages_for(128), fbg.block_m_for(128), fbg.stages_for(64)) == (2, 64, 2)
     assert fbg.split_for((1023, -1)) and fbg.split_for((-1, 7))
-    assert not fbg.split_for((-1, -1))
+    assert not fbg.split_for((-1, -1)) and not fbg.split_for((1023, -1), head_dim=192)
 
 
 def test_gluon_launchers_resolve_their_defaults(monkeypatch):
     """What ``gluon_fwd`` and ``gluon_dkdv`` launch with (``fast_launch.run`` recorded, CPU
     tensors): the forward's schedule where ``overlap`` is not given (overlapped in 3 slots at
     1k full, plain in 2 at 1k causal, plain in 2 for MLA), ``STAGES`` where it is, the split
-    walk by default; the dK/dV kernel's 3 slots and 32-query tiles at MLA's 192 and its split
-    walk with a window only."""
+    walk by default but for MLA; the dK/dV kernel's 3 slots and 32-query tiles at MLA's 192
+    and its split walk with a window only, not at MLA's 192."""
     ffg = pytest.importorskip("attnkit.kernels.flash_fwd_gluon")
     fbg = pytest.importorskip("attnkit.kernels.flash_bwd_gluon")
     from attnkit.kernels import fast_launch
@@ -504,7 +504,7 @@ def test_gluon_launchers_resolve_their_defaults(monkeypatch):
 
     assert fwd(causal=False) == (True, 3, True, 1)
     assert fwd(causal=True) == (False, 2, True, 1)
-    assert fwd(d=192, causal=False) == (False, 2, True, 1)
+    assert fwd(d=192, causal=False) == (False, 2, False, 1)  # MLA: no split yet
     assert fwd(causal=False, overlap=False) == (False, 2, True, 1)
     assert fwd(causal=True, overlap=True, split_masks=False, q_slots=2) == (True, 2, False, 2)
     assert fwd(causal=False, overlap=True, stages=3, q_slots=2) == (True, 3, True, 1)  # no fit
@@ -520,5 +520,6 @@ def test_gluon_launchers_resolve_their_defaults(monkeypatch):
 
     assert dkdv(causal=True) == (2, 64, False)
     assert dkdv(d=192, causal=True) == (3, 32, False)
+    assert dkdv(d=192, causal=True, window=(255, -1)) == (3, 32, False)
     assert dkdv(causal=True, window=(1023, -1)) == (2, 64, True)
     assert dkdv(causal=False, window=(64, 32), split_masks=False, stages=3) == (3, 64, False)

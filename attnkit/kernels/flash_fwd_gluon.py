@@ -857,7 +857,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
               block_n: int = BLOCK_N, stages: int | None = None,
               warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT,
               overlap: bool | None = None, q_slots: int = Q_SLOTS,
-              split_masks: bool = SPLIT_MASKS, programs: int | None = None) -> None:
+              split_masks: bool | None = None, programs: int | None = None) -> None:
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
     Args:
@@ -883,7 +883,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             one runs; 32 KB more shared memory at head dim 128); 1 where 2 would not fit
             (``q_slots_that_fit``).
         split_masks: the key tiles that need no mask in a walk of their own
-            (``_unmasked_tiles``).
+            (``_unmasked_tiles``; by default ``SPLIT_MASKS``, but not at MLA's 192, whose
+            split walk has not yet run on a GPU).
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
 
@@ -900,6 +901,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     sk, hk = k.shape[1], k.shape[2]
     left, right = window_constexprs(window, causal)
     persistent = persistent and takes_persistent(q, k, v, block_n=block_n)
+    if split_masks is None:
+        split_masks = SPLIT_MASKS and not column_split(d)
     if overlap is None:  # the schedule's, slots included unless given
         overlap, auto_stages = (schedule(causal=causal, seq=max(sq, sk), d=d, dv=v.shape[-1],
                                          block_m=block_m, block_n=block_n)

@@ -192,7 +192,10 @@ def test_d64_matches_the_oracle(case, dtype, gluon_calls):
 
 SPLIT_CASES = ["113x203-causal", "203x113-causal", "333x129-full", "1000x1000-causal",
                "gqa-113x203-causal", "1000x1000-causal-left255", "gqa-333x500-window-64-32",
-               "129x300-right-only", "203x113-window-50-10"]
+               "129x300-right-only", "203x113-window-50-10",
+               # MLA's two column tiles (off by default until these pass) and head dim 64
+               "mla-300x256-causal", "mla-1000x1000-left255", "d64-300x256-causal",
+               "d64-1000x1000-left255"]
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES)
@@ -207,8 +210,8 @@ def test_split_walks_match_the_oracle(case, gluon_calls, monkeypatch):
                          (flash_bwd_gluon, "gluon_dkdv")):
         monkeypatch.setattr(module, name, functools.partial(getattr(module, name),
                                                             split_masks=True))
-    check({**CASES, **GQA_CASES, **WINDOW_CASES}[case], dtype=BF16, device="cuda",
-          deterministic=True, dq_mode="kernel")
+    check({**CASES, **GQA_CASES, **WINDOW_CASES, **MLA_CASES, **D64_CASES}[case], dtype=BF16,
+          device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"] and gluon_calls["dq"] and gluon_calls["dkdv"], gluon_calls
 
 
