@@ -5,7 +5,7 @@ says so (dense MHA or GQA/MQA, head dim 128, 16-bit inputs, causal or not, no ma
 softcap or dropout, an sm90 GPU and a Triton of ``flash_common.GLUON_TRITON``), sliding
 windows (``_key_tiles``: each query tile walks only the key tiles its band touches) and MLA's
 head dims (q and k 192 wide, read as column tiles of 128 and 64: ``_qk_tiles``; v 128), and
-head dim 64 from 4k tokens (``flash_fwd.GLUON_D64_MIN_SEQ``).
+head dim 64 from 4k tokens, causal from 16k (``flash_fwd.GLUON_D64_MIN_SEQ``).
 
 Grid ``(query tiles, batch x query heads)``; each program owns one ``[BLOCK_M, D]`` query
 tile, split into partitions:
