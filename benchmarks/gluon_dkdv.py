@@ -37,9 +37,10 @@ CONFIGS = {128: [dict(block_m=fbg.BLOCK_M, stages=fbg.STAGES, warpgroups=w, ping
                       split_masks=sp)
                  for w, p, sp in ((1, False, False), (2, False, False), (2, True, False),
                                   (2, False, True))],
-           192: [dict(block_m=m, stages=st, warpgroups=2, pingpong=False)
+           192: [dict(block_m=m, stages=st, warpgroups=2, pingpong=False, split_masks=False)
                  for m, st in ((32, 2), (32, 3), (64, 2))],
-           64: [dict(block_m=64, stages=st, warpgroups=2, pingpong=False) for st in (2, 3)]}
+           64: [dict(block_m=64, stages=st, warpgroups=2, pingpong=False, split_masks=sp)
+                for st, sp in ((2, False), (3, False), (2, True))]}
 
 SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{dt}",
              "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": "*{dt}", "dv_ptr": "*{dt}",

@@ -35,8 +35,9 @@ CONFIGS = {128: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st, split_masks=sp)
                  for n, st, sp in ((64, 2, False), (64, 3, False), (128, 2, False),
                                    (64, 2, True), (128, 2, True))],
            192: [dict(block_m=fdg.BLOCK_M, block_n=64, stages=st) for st in (2, 3)],
-           64: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st)
-                for n, st in ((64, 2), (64, 3), (128, 2), (128, 3))]}
+           64: [dict(block_m=fdg.BLOCK_M, block_n=n, stages=st, split_masks=sp)
+                for n, st, sp in ((64, 2, False), (64, 3, False), (128, 2, False),
+                                  (128, 3, False), (64, 2, True), (128, 2, True))]}
 
 SIGNATURE = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "v_ptr": "*{dt}", "do_ptr": "*{dt}",
              "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": "*{dt}",
