@@ -80,7 +80,7 @@ WARPGROUPS, PINGPONG = 2, False
 # always (``SPLIT_MASKS``), or with a window only (``SPLIT_MASKS_WINDOWS``, ``split_for``).
 # Measured on an H200 (step 12 of benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-
 # 12-01-step12.json``, kernel us): window 1024 at 16k 734 against 846 without the split
-# (Triton's kernel: 763); elsewhere not yet measured.
+# (Triton's kernel: 763); elsewhere not yet timed.
 SPLIT_MASKS, SPLIT_MASKS_WINDOWS = False, True
 # MLA's head dim (192 for q and k, 128 for v): 32 queries per tile (``block_m_for``) in
 # ``STAGES_MLA`` slots (``stages_for``; step 12, kernel us, 3 slots against 2: 4k causal 1598

@@ -7,8 +7,8 @@ MHA or GQA/MQA, head dim 128 or MLA's 192 for q and k with 128 for v, 16-bit, ca
 sliding windows, no masks, softcap or dropout; sm90 and a Triton of
 ``flash_common.GLUON_TRITON``). MLA's 192 columns are read as two column tiles of 128 and 64
 (``flash_fwd_gluon._qk_tiles``: Gluon's block shapes are powers of two), its dQ as two
-accumulators. Head dim 64 works too, sent only on request until measured
-(``flash_bwd.GLUON_DQ_D64``: measured slower, off).
+accumulators. Head dim 64 works too, sent only on request: it measured slower than the
+Triton dQ kernel (``flash_bwd.GLUON_DQ_D64``, off).
 
 Grid ``(query tiles, batch x query heads)``, the forward's split: each program owns one
 ``[BLOCK_M, D]`` tile of Q and dO and walks the key tiles it sees (``_key_tiles``), in
@@ -68,7 +68,9 @@ from attnkit.kernels.gluon_sm90 import (
 BLOCK_M, STAGES = 128, 2
 BLOCK_N_FULL, BLOCK_N_CAUSAL = 128, 64
 # Whether the key tiles that need no mask skip ``masked_scores`` (the forward's
-# ``SPLIT_MASKS``); not yet run on a GPU, so off.
+# ``SPLIT_MASKS``): it passed its GPU tests (step 12 of benchmarks/NOTES-flash.md) but was
+# timed only at 1k causal (297 against 316 us), where the Triton dQ kernel serves; off until
+# timed where this kernel serves.
 SPLIT_MASKS = False
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``).
 calls = 0
@@ -81,7 +83,8 @@ def block_n_for(causal: bool, head_dim: int = 128) -> int:
     kernel), 128 keys without a causal mask (4k 1306 against 1356 with 64, 16k 4807 against
     5043) and 64 with one (16k causal 2474 against 2543). MLA's head dim (192) takes 64: its
     two dQ accumulators (128 + 64 columns) leave no room for 128-key scores. Head dim 64
-    (not yet measured) follows 128.
+    follows 128 (step 12: 128 keys 586 against 608 us at 1k full; 64 at 4k causal, 1041
+    against 1070).
 
     Example:
         >>> block_n_for(False), block_n_for(True), block_n_for(False, 192)
