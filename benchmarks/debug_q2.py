@@ -6,12 +6,14 @@ failed (``tests/flash_check.check``), three times each. Writes ``$OUT/debug-q2.j
 
     PYTHONPATH=. python benchmarks/debug_q2.py   # on an H100/H200
 """
+import functools
 import json
 import os
 
 import torch
 
 from attnkit.kernels import flash_fwd_gluon as ffg
+from tests.flash_check import Case, check
 from tests.oracle import attention64
 
 torch.manual_seed(0)
@@ -43,10 +45,6 @@ for name, (b, sq, sk, h, window) in {"300x256": (2, 300, 256, 4, (-1, -1)),
                 print(key, res[key]["max"], len(bad), bad[:6], flush=True)
 # the tests' own path (``tests/flash_check.check``: attnkit.attention, then its backward),
 # three times each, to tell the tests' failures from this script's passes
-import functools  # noqa: E402
-
-from tests.flash_check import Case, check  # noqa: E402
-
 for name, case in {"check 300x256": Case((2, 300, 256, 4, 4, 128, 128), causal=True),
                    "check 1000-left255": Case((1, 1000, 1000, 4, 4, 128, 128), causal=True,
                                               window=(255, -1))}.items():

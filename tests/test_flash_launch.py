@@ -497,8 +497,8 @@ def test_gluon_launchers_resolve_their_defaults(monkeypatch):
     def fwd(d=128, dv=128, **kw):
         q, kv = torch.zeros(1, 1024, 2, d, dtype=torch.bfloat16), torch.zeros(
             1, 1024, 2, dv, dtype=torch.bfloat16)
-        ffg.gluon_fwd(q, q.clone() if d == dv else torch.zeros_like(q), kv,
-                      torch.zeros_like(kv), torch.zeros(1, 2, 1024), scale=0.1, **kw)
+        ffg.gluon_fwd(q, torch.zeros_like(q), kv, torch.zeros_like(kv), torch.zeros(1, 2, 1024),
+                      scale=0.1, **kw)
         got = launched.pop()
         return got["OVERLAP"], got["STAGES"], got["SPLIT_MASKS"], got["Q_SLOTS"]
 
