@@ -173,7 +173,8 @@ def test_gluon_dkdv_choice(monkeypatch):
     9.x GPU with a measured Triton, when the dK/dV kernel may use descriptors; the override
     drops the length rule and takes GQA/MQA whose q and dO heads are adjacent, or turns it
     off, and a bad value is a ValueError; windows, MLA's 192/128 and head dim 64 (from 16k
-    tokens) serve under ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA`` and ``GLUON_D64``."""
+    tokens, causal from 4k) serve under ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA`` and
+    ``GLUON_D64``."""
     from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
     monkeypatch.delenv("ATTNKIT_FLASH_GLUON", raising=False)
@@ -212,6 +213,8 @@ def test_gluon_dkdv_choice(monkeypatch):
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
     assert flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=16384)
     assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=16383)
+    assert flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=4096, causal=True)
+    assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=4095, causal=True)
     monkeypatch.setattr(flash_bwd, "GLUON_D64", False)
     assert not flash_bwd._gluon_dkdv(d64, d64, d64, d64, plain=True, seq=16384)
     d32 = torch.zeros(1, 8, 2, 32, dtype=torch.bfloat16)
@@ -454,13 +457,16 @@ def test_q_slots_fall_back_to_one_where_two_do_not_fit():
 
 def test_forward_schedule_overlaps_where_it_measured_faster(monkeypatch):
     """``flash_fwd_gluon.schedule``: the overlapped softmax in 3 slots without a causal mask
-    and from 16k causal tokens, the plain walk in 2 below that, where 3 slots do not fit
-    (MLA's 192/128) and with ``OVERLAP`` off."""
+    and from 4k causal tokens at head dim 128, 16k at 64; the plain walk in 2 below that,
+    where 3 slots do not fit (MLA's 192/128) and with ``OVERLAP`` off."""
     flash_fwd_gluon = pytest.importorskip("attnkit.kernels.flash_fwd_gluon")
     schedule = functools.partial(flash_fwd_gluon.schedule, d=128, dv=128)
     assert schedule(causal=False, seq=1024) == (True, 3)
     assert schedule(causal=True, seq=16384) == (True, 3)
-    assert schedule(causal=True, seq=16383) == (False, 2)
+    assert schedule(causal=True, seq=4096) == (True, 3)
+    assert schedule(causal=True, seq=4095) == (False, 2)
+    assert flash_fwd_gluon.schedule(causal=True, seq=16383, d=64, dv=64) == (False, 2)
+    assert flash_fwd_gluon.schedule(causal=False, seq=1024, d=64, dv=64) == (True, 3)
     assert flash_fwd_gluon.schedule(causal=False, seq=4096, d=192, dv=128) == (False, 2)
     assert flash_fwd_gluon.schedule(causal=True, seq=16384, d=64, dv=64) == (True, 3)
     monkeypatch.setattr(flash_fwd_gluon, "OVERLAP", False)
@@ -470,22 +476,27 @@ def test_forward_schedule_overlaps_where_it_measured_faster(monkeypatch):
     assert fits(stages=2, d=192, dv=128) and not fits(stages=3, d=192, dv=128)
 
 
-def test_gluon_dkdv_defaults_by_head_dim_and_window():
+def test_gluon_dkdv_defaults_by_head_dim_and_window(monkeypatch):
     """``flash_bwd_gluon``: 3 slots and 32-query tiles at MLA's 192, 2 and 64 at 128; the
-    split walk with a window on either side, not without one."""
+    split walk with or without a window, not at MLA's 192; with ``SPLIT_MASKS`` off, with a
+    window only."""
     fbg = pytest.importorskip("attnkit.kernels.flash_bwd_gluon")
     assert (fbg.stages_for(192), fbg.block_m_for(192)) == (3, 32)
     assert (fbg.stages_for(128), fbg.block_m_for(128), fbg.stages_for(64)) == (2, 64, 2)
     assert fbg.split_for((1023, -1)) and fbg.split_for((-1, 7))
-    assert not fbg.split_for((-1, -1)) and not fbg.split_for((1023, -1), head_dim=192)
+    assert fbg.split_for((-1, -1)) and fbg.split_for((-1, -1), head_dim=64)
+    assert not fbg.split_for((1023, -1), head_dim=192) and not fbg.split_for((-1, -1), 192)
+    monkeypatch.setattr(fbg, "SPLIT_MASKS", False)
+    assert not fbg.split_for((-1, -1)) and fbg.split_for((1023, -1))
 
 
 def test_gluon_launchers_resolve_their_defaults(monkeypatch):
     """What ``gluon_fwd`` and ``gluon_dkdv`` launch with (``fast_launch.run`` recorded, CPU
     tensors): the forward's schedule where ``overlap`` is not given (overlapped in 3 slots at
-    1k full, plain in 2 at 1k causal, plain in 2 for MLA), ``STAGES`` where it is, the split
-    walk by default but for MLA; the dK/dV kernel's 3 slots and 32-query tiles at MLA's 192
-    and its split walk with a window only, not at MLA's 192."""
+    1k full, plain in 2 at 1k causal and for MLA), ``STAGES`` where it
+    is, the split walk by default but for MLA; the dK/dV kernel's 3 slots and 32-query tiles
+    at MLA's 192 and its split walk, not at MLA's 192; the dQ kernel's 128-key split walk, 64
+    keys and no split at MLA's 192."""
     ffg = pytest.importorskip("attnkit.kernels.flash_fwd_gluon")
     fbg = pytest.importorskip("attnkit.kernels.flash_bwd_gluon")
     from attnkit.kernels import fast_launch
@@ -518,8 +529,23 @@ def test_gluon_launchers_resolve_their_defaults(monkeypatch):
         got = launched.pop()
         return got["STAGES"], got["BLOCK_M"], got["SPLIT_MASKS"]
 
-    assert dkdv(causal=True) == (2, 64, False)
+    assert dkdv(causal=True) == (2, 64, True)
     assert dkdv(d=192, causal=True) == (3, 32, False)
     assert dkdv(d=192, causal=True, window=(255, -1)) == (3, 32, False)
     assert dkdv(causal=True, window=(1023, -1)) == (2, 64, True)
     assert dkdv(causal=False, window=(64, 32), split_masks=False, stages=3) == (3, 64, False)
+
+    fdq = pytest.importorskip("attnkit.kernels.flash_dq_gluon")
+    monkeypatch.setattr(fdq, "_ensure_allocator", lambda: None)
+
+    def dq(d=128, dv=128, **kw):
+        q, v = torch.zeros(1, 256, 2, d, dtype=torch.bfloat16), torch.zeros(
+            1, 256, 2, dv, dtype=torch.bfloat16)
+        lse = torch.zeros(1, 2, 256)
+        fdq.gluon_dq(q, q, v, v, lse, lse, torch.zeros_like(q), scale=0.1, **kw)
+        got = launched.pop()
+        return got["BLOCK_N"], got["SPLIT_MASKS"]
+
+    assert dq(causal=True) == (128, True) and dq(causal=False) == (128, True)
+    assert dq(d=192, causal=True) == (64, False)  # MLA: 64 keys, no split yet
+    assert dq(causal=True, block_n=64, split_masks=False) == (64, False)

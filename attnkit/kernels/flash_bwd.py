@@ -494,26 +494,27 @@ def _dkdv_tma(q, k, v, do, *, mask_kind: int, seq: int) -> bool:
 GLUON_HEAD_DIMS = ((128, 128), (192, 128), (64, 64))
 # Whether ``auto`` sends sliding windows, MLA's head dims (q and k 192, v 128) and head dim
 # 64 to the Gluon dK/dV kernel, each where it measured faster than ``_bwd_dkdv_kernel`` (H200,
-# step 12 of benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-12-01-step12*.json``,
-# kernel us): window 1024 at 16k 734 against 763 with the split walk
+# steps 12 and 13 of benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-12-01-
+# step1[23]*.json``, kernel us): window 1024 at 16k 734 against 763 with the split walk
 # (``flash_bwd_gluon.split_for``; 846 without it); MLA 4k full 2912 against 4731, causal 1598
 # against 2496 (``flash_bwd_gluon.block_m_for``, ``stages_for``); d 64 from
-# ``GLUON_D64_MIN_SEQ`` (16k full 9595 against 10340; 4k causal even, 1654 against 1646; 1k
-# full slower, 895 against 805). ``ATTNKIT_FLASH_GLUON=1`` sends them at any length.
+# ``GLUON_D64_MIN_SEQ``, causal from ``GLUON_D64_MIN_CAUSAL_SEQ`` (split walk: 16k full 8946
+# against 9735, 4k causal 1506 against 1624; 1k full slower without the split, 895 against
+# 805). ``ATTNKIT_FLASH_GLUON=1`` sends them at any length.
 GLUON_WINDOWS = True
 GLUON_DKDV_MLA = True
-GLUON_D64, GLUON_D64_MIN_SEQ = True, 16384
+GLUON_D64, GLUON_D64_MIN_SEQ, GLUON_D64_MIN_CAUSAL_SEQ = True, 16384, 4096
 
 
-def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
+def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int, causal: bool = False,
                 window: tuple[int, int] = (-1, -1)) -> bool:
     """Whether the dK/dV products run in ``flash_bwd_gluon`` (the warp-specialised Gluon
     kernel) instead of ``_bwd_dkdv_kernel``.
 
     ``plain``: dense (not packed) inputs with no key padding, mask, softcap or dropout; a
     ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 under
-    ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA`` and ``GLUON_D64`` (64: from ``GLUON_D64_MIN_SEQ``),
-    or with ``ATTNKIT_FLASH_GLUON=1``.
+    ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA`` and ``GLUON_D64`` (64: from ``GLUON_D64_MIN_SEQ``,
+    ``causal`` from ``GLUON_D64_MIN_CAUSAL_SEQ``), or with ``ATTNKIT_FLASH_GLUON=1``.
     Besides: ``flash_common.gluon_fits`` (head dim 128, 192/128 or 64, 16-bit, aligned, sm90, a measured
     Triton, dO included); the dK/dV kernel allowed descriptors (``flash_common.tma_kernels``
     has ``dkdv``); and where it measured faster (``flash_bwd_gluon``): MHA with ``seq`` (the
@@ -533,8 +534,9 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int,
     if mode == "auto" and (window[0] >= 0 or window[1] >= 0) and not GLUON_WINDOWS:
         return False
     d = q.shape[-1]
+    d64_from = GLUON_D64_MIN_CAUSAL_SEQ if causal else GLUON_D64_MIN_SEQ
     if mode == "auto" and ((d == 192 and not GLUON_DKDV_MLA)
-                           or (d == 64 and not (GLUON_D64 and seq >= GLUON_D64_MIN_SEQ))):
+                           or (d == 64 and not (GLUON_D64 and seq >= d64_from))):
         return False
     if q.shape[2] != k.shape[2]:
         if mode == "auto" or q.stride(2) != d or do.stride(2) != do.shape[-1]:
@@ -753,7 +755,8 @@ def flash_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                    **common)
     plain = (not varlen and key_padding_mask is None and mask_kind == 0 and softcap == 0
              and dropout_p == 0)
-    gluon = _gluon_dkdv(q, k, v, do, plain=plain, seq=max(sq, sk), window=window)
+    gluon = _gluon_dkdv(q, k, v, do, plain=plain, seq=max(sq, sk), causal=causal,
+                        window=window)
     gluon_dq = _gluon_dq(q, k, v, do, plain=plain, seq=max(sq, sk), causal=causal,
                          window=window)
 

@@ -78,10 +78,12 @@ BLOCK_M, BLOCK_N, STAGES = 64, 128, 2
 WARPGROUPS, PINGPONG = 2, False
 # Whether the query tiles that need no mask skip the masks (``_unmasked_query_tiles``):
 # always (``SPLIT_MASKS``), or with a window only (``SPLIT_MASKS_WINDOWS``, ``split_for``).
-# Measured on an H200 (step 12 of benchmarks/NOTES-flash.md, ``results/gluon-dkdv-h200-2026-
-# 12-01-step12.json``, kernel us): window 1024 at 16k 734 against 846 without the split
-# (Triton's kernel: 763); elsewhere not yet timed.
-SPLIT_MASKS, SPLIT_MASKS_WINDOWS = False, True
+# Measured on an H200 (steps 12 and 13 of benchmarks/NOTES-flash.md, ``results/gluon-dkdv-
+# h200-2026-12-01-step1[23].json``, kernel us, split against not): window 1024 at 16k 734
+# against 846 (Triton's kernel: 763); d 128 4k causal 1139 against 1224, 16k causal 3838
+# against 3857, 1k causal 445 against 442; d 64 4k causal 1506 against 1603 (Triton's: 1624),
+# 16k full 8946 against 9496.
+SPLIT_MASKS, SPLIT_MASKS_WINDOWS = True, True
 # MLA's head dim (192 for q and k, 128 for v): 32 queries per tile (``block_m_for``) in
 # ``STAGES_MLA`` slots (``stages_for``; step 12, kernel us, 3 slots against 2: 4k causal 1598
 # against 1711, 4k full 2912 against 2913; Triton's kernel: 2496 and 4731).
@@ -119,12 +121,12 @@ def stages_for(head_dim: int) -> int:
 def split_for(window: tuple[int, int], head_dim: int = 128) -> bool:
     """Whether the dK/dV kernel walks the query tiles that need no mask apart:
     ``SPLIT_MASKS``, or ``SPLIT_MASKS_WINDOWS`` where ``window`` (``(left, right)``, -1:
-    unbounded) has a side; never at MLA's 192 (two column tiles), whose split walk has not
-    yet run on a GPU.
+    unbounded) has a side; never at MLA's 192 (two column tiles), whose split build spills
+    registers (48-104 bytes compiled for sm90) and has not been timed.
 
     Example:
         >>> split_for((-1, -1)), split_for((1023, -1)), split_for((1023, -1), head_dim=192)
-        (False, True, False)
+        (True, True, False)
     """
     return (SPLIT_MASKS or (SPLIT_MASKS_WINDOWS and max(window) >= 0)) and not column_split(
         head_dim)

@@ -63,34 +63,38 @@ from attnkit.kernels.gluon_sm90 import (
 )
 
 # The shipped configuration: 128 queries (two partitions of 64) per tile, two slots, and keys
-# per tile by ``causal`` (``block_n_for``; with 64, S, dP and dQ take 32 + 32 + 64 registers
-# per thread of a partition).
+# per tile by ``causal`` and head dim (``block_n_for``; with 64, S, dP and dQ take 32 + 32 +
+# 64 registers per thread of a partition).
 BLOCK_M, STAGES = 128, 2
-BLOCK_N_FULL, BLOCK_N_CAUSAL = 128, 64
+BLOCK_N_FULL, BLOCK_N_CAUSAL, BLOCK_N_MLA = 128, 128, 64
 # Whether the key tiles that need no mask skip ``masked_scores`` (the forward's
-# ``SPLIT_MASKS``): it passed its GPU tests (step 12 of benchmarks/NOTES-flash.md) but was
-# timed only at 1k causal (297 against 316 us), where the Triton dQ kernel serves; off until
-# timed where this kernel serves.
-SPLIT_MASKS = False
+# ``SPLIT_MASKS``). Measured on an H200 (step 13 of benchmarks/NOTES-flash.md,
+# ``results/gluon-dq-h200-2026-12-01-step13.json``, kernel us, split against not): d 128 4k
+# causal 745 against 791 (128 keys; 754 with 64), 16k causal 2267 against 2528 (2327 with
+# 64); 1k causal 295 against 305, where Triton's dQ kernel serves (282).
+SPLIT_MASKS = True
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``).
 calls = 0
 tiling = f"{BLOCK_M}x{BLOCK_N_FULL} s{STAGES} wg2"
 
 
 def block_n_for(causal: bool, head_dim: int = 128) -> int:
-    """The key tile the dQ kernel ships with: measured on an H200 (step 11 of
-    benchmarks/NOTES-flash.md, ``results/gluon-dq-h200-2026-12-01-step11.json``, us of the
+    """The key tile the dQ kernel ships with: measured on an H200 (steps 11 and 13 of
+    benchmarks/NOTES-flash.md, ``results/gluon-dq-h200-2026-12-01-step1[13].json``, us of the
     kernel), 128 keys without a causal mask (4k 1306 against 1356 with 64, 16k 4807 against
-    5043) and 64 with one (16k causal 2474 against 2543). MLA's head dim (192) takes 64: its
-    two dQ accumulators (128 + 64 columns) leave no room for 128-key scores. Head dim 64
-    follows 128 (step 12: 128 keys 586 against 608 us at 1k full; 64 at 4k causal, 1041
-    against 1070).
+    5043) and with one, on the split walk (``SPLIT_MASKS``: 16k causal 2267 against 2327 with
+    64, 4k causal 745 against 754; on the plain walk 64 was faster, 2474 against 2543). MLA's
+    head dim (192) takes 64 (``BLOCK_N_MLA``): its two dQ accumulators (128 + 64 columns) leave no room for
+    128-key scores. Head dim 64 follows 128 (step 13, split walk: 128 keys 904 against 965 us
+    at 4k causal).
 
     Example:
         >>> block_n_for(False), block_n_for(True), block_n_for(False, 192)
-        (128, 64, 64)
+        (128, 128, 64)
     """
-    return BLOCK_N_CAUSAL if causal or head_dim == 192 else BLOCK_N_FULL
+    if head_dim == 192:
+        return BLOCK_N_MLA
+    return BLOCK_N_CAUSAL if causal else BLOCK_N_FULL
 
 
 @gluon.jit
@@ -281,7 +285,7 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
 def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
              lse2: torch.Tensor, delta: torch.Tensor, dq: torch.Tensor, *, causal: bool,
              scale: float, window: tuple[int, int] = (-1, -1), block_n: int | None = None,
-             stages: int = STAGES, split_masks: bool = SPLIT_MASKS) -> None:
+             stages: int = STAGES, split_masks: bool | None = None) -> None:
     """Write dQ of dense MHA, GQA or MQA attention into ``dq`` (CUDA, sm90).
 
     Args:
@@ -297,7 +301,9 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
         window: ``(left, right)`` as ``flash_fwd_gluon.gluon_fwd`` takes it.
         block_n, stages: the key tile (default ``block_n_for(causal, d)``) and the ring's
             slots (``STAGES``).
-        split_masks: the key tiles that need no mask in a walk of their own.
+        split_masks: the key tiles that need no mask in a walk of their own (default
+            ``SPLIT_MASKS``, but not at MLA's 192, whose split walk passed its GPU tests but
+            has not been timed).
 
     The caller checks ``flash_bwd._gluon_dq`` first; nothing is checked here.
 
@@ -308,6 +314,8 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
     global calls, tiling
     calls += 1
     block_n = block_n or block_n_for(causal, q.shape[-1])
+    if split_masks is None:
+        split_masks = SPLIT_MASKS and not column_split(q.shape[-1])
     tiling = f"{BLOCK_M}x{block_n} s{stages} wg2" + (" split" if split_masks else "")
     _ensure_allocator()  # device-side descriptors live in global scratch
     b, sq, hq, d = q.shape

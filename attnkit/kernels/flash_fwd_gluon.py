@@ -65,13 +65,18 @@ BLOCK_M, BLOCK_N, STAGES, WARPGROUPS = 128, 128, 2, 2
 PERSISTENT = True
 # Whether the persistent kernel overlaps each tile's softmax with the last tile's P V
 # (``_attend_overlapped``), in ``OVERLAP_STAGES`` K/V slots, and the shortest causal
-# sequence it does so for (``schedule``). Measured on an H200 with the split walk (step 12
-# of benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-step12.json``, ms,
-# overlapped 3 slots against plain 2): d 128 1k full 0.280 against 0.286, window 1024 at
-# 16k 0.318 against 0.331, d 64 4k full 1.297 against 1.355, d 64 16k causal 2.541 against
-# 2.668; slower at 1k causal (d 64: 0.285 against 0.259), and at d 128 4k causal before the
-# split walk (step 11: 0.613 against 0.601), so causal attention overlaps from 16k only.
-OVERLAP, OVERLAP_STAGES, OVERLAP_MIN_CAUSAL_SEQ = True, 3, 16384
+# sequence it does so for by head dim (``schedule``: ``OVERLAP_MIN_CAUSAL_SEQ``, and
+# ``OVERLAP_MIN_CAUSAL_SEQ_D64`` at head dim 64). Measured on an H200 with the split walk
+# (steps 12 and 13 of benchmarks/NOTES-flash.md, ``results/gluon-fwd-h200-2026-12-01-
+# step1[23].json``, ms, overlapped 3 slots against plain 2): d 128 1k full 0.280 against
+# 0.286, 16k full 3.608 against 3.822, 4k causal 0.517 against 0.560, 16k causal 1.836
+# against 2.032, GQA 32:8 4k causal 1.023 against 1.114; window 1024 at 16k 0.318 against
+# 0.331; d 64 4k full 1.297 against 1.355, 16k causal 2.541 against 2.668. At 1k causal
+# even in the probe (d 128: 0.190 against 0.195) and slower in the whole suite (run 14:
+# 0.232 against run 13's 0.215), and slower at d 64 (0.285 against 0.259): causal attention
+# overlaps from 4k at head dim 128 and from 16k at 64.
+OVERLAP, OVERLAP_STAGES = True, 3
+OVERLAP_MIN_CAUSAL_SEQ, OVERLAP_MIN_CAUSAL_SEQ_D64 = 4096, 16384
 # The persistent kernel's Q slots: with 2 the next tile's Q tile loads while this one runs
 # instead of after it. Off: the plain walk with 2 slots gave wrong outputs on the H200 at
 # causal shapes (step 12; the overlapped walk with 2 slots matched), not yet explained.
@@ -819,17 +824,19 @@ def schedule(*, causal: bool, seq: int, d: int, dv: int, block_m: int = BLOCK_M,
              block_n: int = BLOCK_N) -> tuple[bool, int]:
     """``(overlap, stages)`` of the persistent kernel for a call: the overlapped softmax in
     ``OVERLAP_STAGES`` slots under ``OVERLAP``, unless the attention is causal and ``seq``
-    (the longer of the query and key lengths) is below ``OVERLAP_MIN_CAUSAL_SEQ``, or the
-    slots do not fit (``shared_fits``: MLA's 192); else the plain walk in ``STAGES``.
+    (the longer of the query and key lengths) is below ``OVERLAP_MIN_CAUSAL_SEQ``
+    (``OVERLAP_MIN_CAUSAL_SEQ_D64`` at head dim 64), or the slots do not fit
+    (``shared_fits``: MLA's 192); else the plain walk in ``STAGES``.
 
     Example:
-        >>> schedule(causal=False, seq=1024, d=128, dv=128), schedule(causal=True, seq=4096,
-        ...                                                            d=128, dv=128)
+        >>> schedule(causal=True, seq=4096, d=128, dv=128), schedule(causal=True, seq=4096,
+        ...                                                          d=64, dv=64)
         ((True, 3), (False, 2))
         >>> schedule(causal=False, seq=4096, d=192, dv=128)  # MLA
         (False, 2)
     """
-    if (OVERLAP and not (causal and seq < OVERLAP_MIN_CAUSAL_SEQ)
+    min_causal = OVERLAP_MIN_CAUSAL_SEQ_D64 if d <= 64 else OVERLAP_MIN_CAUSAL_SEQ
+    if (OVERLAP and not (causal and seq < min_causal)
             and shared_fits(q_slots=1, stages=OVERLAP_STAGES, block_m=block_m,
                             block_n=block_n, d=d, dv=dv)):
         return True, OVERLAP_STAGES

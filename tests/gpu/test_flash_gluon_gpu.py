@@ -256,7 +256,7 @@ WALKS = {"one-program": (Case((1, 600, 600, 3, 3, 128, 128), causal=True), 1),
          "units-of-one": (Case((2, 700, 512, 4, 4, 128, 128)), 40)}
 
 
-@pytest.mark.parametrize("q_slots", [1, 2], ids=["q1", "q2"])
+@pytest.mark.parametrize("q_slots", [1, pytest.param(2, marks=Q2_PLAIN)], ids=["q1", "q2"])
 @pytest.mark.parametrize("case,programs", WALKS.values(), ids=WALKS.keys())
 def test_persistent_walk_covers_every_tile(case, programs, q_slots, gluon_calls, monkeypatch):
     """The persistent forward on few SMs (``programs``), so that each walks many tiles:
@@ -370,7 +370,8 @@ def test_persistent_forward_on_views(causal, monkeypatch):
                     cu_seqlens_k=None, max_seqlen_q=seq, max_seqlen_k=seq, dropout_p=0.0,
                     dropout_seed=0)
         out, lse = flash_fwd.flash_fwd(q, k, v, **opts)
-        assert flash_fwd_gluon.tiling.endswith("persistent") == serves, flash_fwd_gluon.tiling
+        served = "persistent" in flash_fwd_gluon.tiling.split()
+        assert served == serves, flash_fwd_gluon.tiling
         truth = attention64(q.double(), k.double(), v.double(), causal=causal)
         base = attention64(q, k, v, causal=causal, dtype=BF16)
         assert_within_rule("out", out.float(), truth[0], base[0].float(), dtype=BF16)
