@@ -4,7 +4,7 @@
 #   start_test_shards TIMEOUT     starts the shards in the background (TESTS=tiles: the tile-
 #                                 table shards only; TESTS=flash: the other flash shards;
 #                                 TESTS=gluon: tests/gpu/test_flash_gluon_gpu.py only, in
-#                                 the shards GLUON_SHARDS names (default all eight);
+#                                 the shards GLUON_SHARDS names (default all nine);
 #                                 TESTS="<-k expression>" only those flash tests; SKIP_TESTS=1
 #                                 none); then `wait`
 #   collect_test_shards           -> $OUT/tests.log, and prints the summary lines
@@ -32,14 +32,15 @@ _shard() {  # _shard TIMEOUT NAME PYTEST-ARGS...
 start_test_shards() {  # start_test_shards TIMEOUT
   local limit=$1 F=tests/gpu/test_flash_gpu.py D=tests/gpu/test_decode_gpu.py
   [ "${SKIP_TESTS:-0}" = "1" ] && return
-  if [ "${TESTS:-all}" = "gluon" ]; then  # the Gluon kernels' file, in eight shards
+  if [ "${TESTS:-all}" = "gluon" ]; then  # the Gluon kernels' file, in nine shards
     local G=tests/gpu/test_flash_gluon_gpu.py name
     local REST="gradients_match or gqa_matches or window_matches or split_walks"
-    for name in ${GLUON_SHARDS:-fg1 fg2 fg3 fg4 fg5 fg6 fg7 fg8}; do
+    for name in ${GLUON_SHARDS:-fg1 fg2 fg3 fg4 fg5 fg6 fg7 fg8 fg9}; do
       case $name in
         fg1) _shard "$limit" fg1 $G -k "forward_tiling and not (q2 or split)" &;;
         fg6) _shard "$limit" fg6 $G -k "(forward_tiling and (q2 or split)) or partition_layout" &;;
-        fg2) _shard "$limit" fg2 $G -k "dq_kernel or dq_tiling" &;;
+        fg2) _shard "$limit" fg2 $G -k "dq_kernel" &;;
+        fg9) _shard "$limit" fg9 $G -k "dq_tiling" &;;
         fg3) _shard "$limit" fg3 $G -k "($REST) and not (mla or d64 or split_walks)" &;;
         fg8) _shard "$limit" fg8 $G -k "split_walks and not (mla or d64)" &;;
         fg7) _shard "$limit" fg7 $G -k "not (forward_tiling or partition_layout or dq_kernel or dq_tiling or mla or d64 or $REST)" &;;
