@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Step 9's calls (benchmarks/NOTES-flash.md): the Gluon kernels' GPU tests
 # (tests/gpu/test_flash_gluon_gpu.py), then
-# the probes' --check (PROBES, default gluon_dkdv: the whole backward with and without it;
+# the probes' --check (PROBES, default gluon_dkdv, empty for none: the whole backward with and without it;
 # gluon_fwd: the forward; gluon_dq: the dQ kernel). Logs and JSON under $OUT.
 #   TEST_LIMIT (s, default 200), PROBE_LIMIT (s per probe, default 200)
 #   PROBE_CASES: the cases every probe runs (names joined by commas; default all);
@@ -18,7 +18,7 @@ fi
 TESTS=gluon start_test_shards "${TEST_LIMIT:-200}"
 wait
 collect_test_shards
-for p in ${PROBES:-gluon_dkdv}; do
+for p in ${PROBES-gluon_dkdv}; do  # PROBES= (empty): none
   own="PROBE_CASES_$p"
   PROBE_CASES="${!own:-${PROBE_CASES:-}}" timeout "${PROBE_LIMIT:-200}" \
     python "benchmarks/$p.py" --check > "$OUT/$p.log" 2>&1
