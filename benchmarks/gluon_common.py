@@ -66,7 +66,8 @@ def label(cfg: dict) -> str:
             f"{' persistent' if cfg.get('persistent') else ''}"
             f"{' overlapped' if cfg.get('overlap') else ''}"
             f"{' q' + str(cfg['q_slots']) if cfg.get('q_slots', 1) > 1 else ''}"
-            f"{' split' if cfg.get('split_masks') else ''}")
+            f"{' split' if cfg.get('split_masks') else ''}"
+            f"{' early' if cfg.get('early_q') else ''}")
 
 
 # The six d 64 prefill shapes, which every probe times first (first measured in step 12).

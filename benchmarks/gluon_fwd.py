@@ -41,6 +41,10 @@ CONFIGS[128] += [dict(block_m=128, block_n=128, stages=2, warpgroups=2, persiste
 CONFIGS[128] += [dict(block_m=128, block_n=128, stages=st, warpgroups=2, persistent=True,
                       overlap=o, q_slots=q, split_masks=True)
                  for st, o, q in ((2, False, 1), (2, False, 2), (3, True, 1), (2, True, 2))]
+# the Q slot handed back after the walk's last Q K^T (``EARLY_Q``), on the two shipped walks
+CONFIGS[128] += [dict(block_m=128, block_n=128, stages=st, warpgroups=2, persistent=True,
+                      overlap=o, split_masks=True, early_q=True)
+                 for st, o in ((2, False), (3, True))]
 # head dim 64 (half the shared memory per slot): the persistent kernel with 4 slots too
 CONFIGS[64] = CONFIGS[128] + [dict(block_m=128, block_n=128, stages=4, warpgroups=2,
                                    persistent=True, overlap=o, q_slots=q)
@@ -66,7 +70,7 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
                  warpgroups: int = ffg.WARPGROUPS, persistent: bool = False,
                  dtype: str = "bf16", window: tuple[int, int] = (-1, -1),
                  overlap: bool = False, dv: int | None = None, q_slots: int = 1,
-                 split_masks: bool = False) -> dict:
+                 split_masks: bool = False, early_q: bool = False) -> dict:
     """Compile the kernel for sm90 without a GPU (``window`` as ``flash_fwd_gluon.gluon_fwd``
     passes it; V's head dim ``dv``, default ``d``; ``d`` 128 or 192); the register split
     and cubin resources."""
@@ -76,7 +80,7 @@ def compile_sm90(*, d: int = 128, causal: bool = False, block_m: int = ffg.BLOCK
                      WIN_LEFT=window[0],
                      WIN_RIGHT=window[1], BLOCK_M=block_m, BLOCK_N=block_n,
                      STAGES=stages, PAIR=2, OVERLAP=overlap, Q_SLOTS=q_slots,
-                     SPLIT_MASKS=split_masks, num_warps=4)
+                     SPLIT_MASKS=split_masks, EARLY_Q=early_q, num_warps=4)
         return _compile(ffg.gluon_fwd_persistent_kernel, PERSISTENT_SIGNATURE, const, warps=4,
                         maxnreg=ffg.MAXNREG, dtype=dtype)
     const = dict(HQ=16, GROUP=1, D=d, D1=column_split(d), DV=dv or d, IS_CAUSAL=causal,

@@ -496,7 +496,7 @@ def test_gluon_launchers_resolve_their_defaults(monkeypatch):
     1k full, plain in 2 at 1k causal and for MLA), ``STAGES`` where it
     is, the split walk by default but for MLA; the dK/dV kernel's 3 slots and 32-query tiles
     at MLA's 192 and its split walk, not at MLA's 192; the dQ kernel's 128-key split walk, 64
-    keys and no split at MLA's 192."""
+    keys and no split at MLA's 192; the forward's ``EARLY_Q`` off unless asked for."""
     ffg = pytest.importorskip("attnkit.kernels.flash_fwd_gluon")
     fbg = pytest.importorskip("attnkit.kernels.flash_bwd_gluon")
     from attnkit.kernels import fast_launch
@@ -519,6 +519,13 @@ def test_gluon_launchers_resolve_their_defaults(monkeypatch):
     assert fwd(causal=False, overlap=False) == (False, 2, True, 1)
     assert fwd(causal=True, overlap=True, split_masks=False, q_slots=2) == (True, 2, False, 2)
     assert fwd(causal=False, overlap=True, stages=3, q_slots=2) == (True, 3, True, 1)  # no fit
+    q = torch.zeros(1, 1024, 2, 128, dtype=torch.bfloat16)
+    ffg.gluon_fwd(q, q, q, torch.zeros_like(q), torch.zeros(1, 2, 1024), causal=True,
+                  scale=0.1)
+    assert launched.pop()["EARLY_Q"] is False and " early" not in ffg.tiling  # off until timed
+    ffg.gluon_fwd(q, q, q, torch.zeros_like(q), torch.zeros(1, 2, 1024), causal=True,
+                  scale=0.1, early_q=True)
+    assert launched.pop()["EARLY_Q"] is True and ffg.tiling.endswith(" split early")
 
     def dkdv(d=128, **kw):
         q, v = torch.zeros(1, 256, 2, d, dtype=torch.bfloat16), torch.zeros(

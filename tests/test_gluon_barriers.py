@@ -3,7 +3,8 @@
 ``flash_fwd_gluon.gluon_fwd_persistent_kernel`` hands Q tiles and K/V tiles from its loader
 partition to two compute partitions through mbarriers: ``Q_SLOTS`` Q slots (``q_bar`` /
 ``q_empty``) and a ring of ``STAGES`` K/V slots (``k_ready`` / ``empty``), with the phase
-formulas of ``_loader_persistent`` and ``_compute_persistent``. Here the three partitions run
+formulas of ``_loader_persistent`` and ``_compute_persistent``, handing a Q slot back after
+the tile's walk or, with ``EARLY_Q``, after its last ``Q K^T``. Here the three partitions run
 as Python generators in random interleavings against a model of mbarrier phases. A wrong
 phase formula either deadlocks (no partition can go on) or lets the loader overwrite a slot
 that a compute partition has not finished reading; both fail the test.
@@ -57,38 +58,50 @@ def _loader(items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_d
         yield
 
 
-def _compute(items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_data):
+def _compute(items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_data, *,
+             early_q=False, early_too_soon=False):
     """``_compute_persistent`` with ``_attend``: per item, wait for its Q slot, read every key
-    tile in turn (each read spans a yield: the other partitions run meanwhile), free each
-    K/V slot, then hand the Q slot back."""
+    tile in turn (``Q K^T`` reads Q and K, then ``P V`` reads V; each read spans a yield: the
+    other partitions run meanwhile), free each K/V slot, then hand the Q slot back; with
+    ``early_q``, right after the last tile's ``Q K^T`` (at once for an item with no key
+    tile). ``early_too_soon``: a broken partition that hands it back before that read."""
     c = 0
     for it, n_keys in enumerate(items):
         qs = it % q_slots
         while not q_bar[qs].passes((it // q_slots) & 1):
             yield
+        if early_q and n_keys == 0:
+            q_empty[qs].arrive()
         for j in range(n_keys):
             slot = c % stages
             while not k_ready[slot].passes((c // stages) & 1):
                 yield
+            last = j == n_keys - 1
+            if early_too_soon and last:
+                q_empty[qs].arrive()
             assert q_data[qs] == it, f"Q slot {qs} overwritten before item {it} was done"
             assert kv_data[slot] == (it, j), f"K/V slot {slot} holds {kv_data[slot]}"
-            yield  # the products read the slots
+            yield  # Q K^T reads Q and K
             assert q_data[qs] == it, f"Q slot {qs} overwritten while item {it} read it"
+            if early_q and last and not early_too_soon:
+                q_empty[qs].arrive()
+            yield  # P V reads V
             assert kv_data[slot] == (it, j), f"K/V slot {slot} overwritten while read"
             empty[slot].arrive()
             c += 1
-        q_empty[qs].arrive()
+        if not (early_q or early_too_soon):
+            q_empty[qs].arrive()
         yield  # the epilogue
 
 
-def _run(items, q_slots, stages, seed, loader=_loader):
+def _run(items, q_slots, stages, seed, loader=_loader, compute=_compute):
     q_bar = [_Barrier(1) for _ in range(q_slots)]
     q_empty = [_Barrier(2) for _ in range(q_slots)]  # both compute partitions
     k_ready = [_Barrier(1) for _ in range(stages)]
     empty = [_Barrier(2) for _ in range(stages)]
     q_data, kv_data = [None] * q_slots, [None] * stages
     args = (items, q_slots, stages, q_bar, q_empty, k_ready, empty, q_data, kv_data)
-    actors = [loader(*args), _compute(*args), _compute(*args)]
+    actors = [loader(*args), compute(*args), compute(*args)]
     rng = random.Random(seed)
     steps = 0
     while actors:
@@ -101,15 +114,18 @@ def _run(items, q_slots, stages, seed, loader=_loader):
         assert steps < 200_000, "no partition can go on: the protocol deadlocks"
 
 
+@pytest.mark.parametrize("early_q", [False, True], ids=["after-walk", "early-q"])
 @pytest.mark.parametrize("q_slots", [1, 2])
 @pytest.mark.parametrize("stages", [2, 3])
-def test_q_and_kv_slots_are_never_overwritten_in_use(q_slots, stages):
-    """Items of 1 to 9 key tiles (short ones, as at 1k causal or with a window, where two Q
-    slots matter), over many interleavings."""
+def test_q_and_kv_slots_are_never_overwritten_in_use(q_slots, stages, early_q):
+    """Items of 0 to 9 key tiles (short ones, as at 1k causal or with a window, where two Q
+    slots and ``EARLY_Q`` matter; 0: rows that see no key), over many interleavings, with
+    the Q slot handed back after the walk and after the last ``Q K^T``."""
+    compute = functools.partial(_compute, early_q=early_q)
     for seed in range(40):
         rng = random.Random(seed)
-        items = [rng.randint(1, 9) for _ in range(rng.randint(1, 12))]
-        _run(items, q_slots, stages, seed)
+        items = [rng.randint(0, 9) for _ in range(rng.randint(1, 12))]
+        _run(items, q_slots, stages, seed, compute=compute)
 
 
 def test_a_loader_that_does_not_wait_is_caught():
@@ -118,3 +134,12 @@ def test_a_loader_that_does_not_wait_is_caught():
     with pytest.raises(AssertionError, match="overwritten"):
         for seed in range(40):
             _run([3, 1, 2, 4, 1, 2], 2, 2, seed, loader=functools.partial(_loader, wait_q=False))
+
+
+def test_a_q_slot_handed_back_too_soon_is_caught():
+    """The simulation sees ``EARLY_Q`` done wrong: handing the Q slot back before the last
+    ``Q K^T`` has read it lets the loader overwrite it."""
+    with pytest.raises(AssertionError, match="overwritten"):
+        for seed in range(40):
+            _run([1, 3, 1, 2, 1, 1], 1, 2, seed,
+                 compute=functools.partial(_compute, early_too_soon=True))

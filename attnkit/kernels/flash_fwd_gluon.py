@@ -81,6 +81,12 @@ OVERLAP_MIN_CAUSAL_SEQ, OVERLAP_MIN_CAUSAL_SEQ_D64 = 4096, 16384
 # instead of after it. Off: the plain walk with 2 slots gave wrong outputs on the H200 at
 # causal shapes (step 12; the overlapped walk with 2 slots matched), not yet explained.
 Q_SLOTS = 1
+# Whether the persistent kernel's compute partitions hand their Q slot back as soon as the
+# walk's last ``Q K^T`` is done (``EARLY_Q``), before that tile's softmax, ``P V`` and the
+# epilogue, so that the next tile's Q tile loads behind them; else after the epilogue's
+# start, as before. It serves the short walks (1k causal: about 4.5 key tiles per tile, a
+# window of 1024: about 9), where each tile waits one Q load. Off until timed on a GPU.
+EARLY_Q = False
 # Whether the walks keep the key tiles that need no mask apart from the others, which then
 # skip the masks' compares (``_unmasked_tiles``; SASS: 510 instructions per tile against 596
 # full, 748 causal, 906 with a window). Measured on an H200 (step 12, ms, plain walk, 2
@@ -90,19 +96,21 @@ SPLIT_MASKS = True
 
 
 def _tiling(block_m: int, block_n: int, stages: int, warpgroups: int, persistent: bool,
-            overlap: bool = False, q_slots: int = 1, split_masks: bool = False) -> str:
+            overlap: bool = False, q_slots: int = 1, split_masks: bool = False,
+            early_q: bool = False) -> str:
     """A launch's tiling as the benchmark reports it, e.g. ``128x128 s2 wg2 persistent``
     (``gluon_common.label``'s names)."""
     return (f"{block_m}x{block_n} s{stages} wg{warpgroups}" + (" persistent" if persistent else "")
             + (" overlapped" if overlap else "") + (f" q{q_slots}" if q_slots > 1 else "")
-            + (" split" if split_masks else ""))
+            + (" split" if split_masks else "") + (" early" if early_q else ""))
 
 
 # Launches so far in this process, and the tiling of the last one (``attnkit.bench.subject``
 # names the kernels that served a case).
 calls = 0
 tiling = _tiling(BLOCK_M, BLOCK_N, OVERLAP_STAGES if OVERLAP else STAGES, WARPGROUPS,
-                 PERSISTENT, PERSISTENT and OVERLAP, Q_SLOTS if PERSISTENT else 1, SPLIT_MASKS)
+                 PERSISTENT, PERSISTENT and OVERLAP, Q_SLOTS if PERSISTENT else 1, SPLIT_MASKS,
+                 PERSISTENT and EARLY_Q)
 
 
 @gluon.jit
@@ -303,17 +311,22 @@ def _attend_start(first, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, DV: gl.const
 
 @gluon.jit
 def _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, j, m_i,
-                 l_i, acc, rows, zero_s, first, offset, seqlen_k, qk_scale,
+                 l_i, acc, rows, zero_s, first, offset, seqlen_k, qk_scale, q_free, j_last,
                  p_layout: gl.constexpr, col_layout: gl.constexpr, BLOCK_N: gl.constexpr,
                  D1: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                 WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, MASK: gl.constexpr):
+                 WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, MASK: gl.constexpr,
+                 EARLY_Q: gl.constexpr):
     """Key tile ``j``, the ring's ``c``-th, of ``_attend``: its scores, the softmax step
-    (``MASK``: with ``masked_scores``), ``P V``, and the slot freed."""
+    (``MASK``: with ``masked_scores``), ``P V``, and the slot freed; with ``EARLY_Q`` the Q
+    slot handed back (``q_free``) once the scores of the walk's last tile ``j_last`` are
+    done, the last product that reads Q."""
     slot = c % STAGES
     phase = (c // STAGES) & 1
     mbarrier.wait(k_ready.index(slot), phase)
     s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, slot, zero_s, D1)
     s = warpgroup_mma_wait(0, deps=(s,))
+    if EARLY_Q:
+        mbarrier.arrive(q_free, pred=j == j_last)
     cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
     m_i, l_i, acc, p = _softmax_step(s, m_i, l_i, acc, cols, rows, j * BLOCK_N, first, offset,
                                      seqlen_k, qk_scale, p_layout, q_rows.dtype, IS_CAUSAL,
@@ -327,16 +340,17 @@ def _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, emp
 
 @gluon.jit
 def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
-            first, seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
-            D1: gl.constexpr, DV: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-            WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr, SPLIT_MASKS: gl.constexpr,
-            num_warps: gl.constexpr):
+            first, seqlen_q, seqlen_k, qk_scale, q_free, ROWS: gl.constexpr,
+            BLOCK_N: gl.constexpr, D1: gl.constexpr, DV: gl.constexpr, STAGES: gl.constexpr,
+            IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr, WIN_RIGHT: gl.constexpr,
+            SPLIT_MASKS: gl.constexpr, EARLY_Q: gl.constexpr, num_warps: gl.constexpr):
     """The ``ROWS`` queries from ``first`` (``q_rows`` in shared memory, and ``q1_rows``
     where the head dim has a second column tile of ``D1``) over the key tiles of ``[lo, hi)``,
     the ``c``-th of the ring first: ``(m, l, acc, c after them)``. With ``SPLIT_MASKS`` the
     tiles that need masks (``_unmasked_tiles``: the first ones and the last ones) run apart
     from the others, which skip the masks' compares; else every tile takes
-    ``masked_scores``."""
+    ``masked_scores``. With ``EARLY_Q`` it arrives on ``q_free`` once Q is no longer read:
+    after the last tile's scores, or at once where there is no key tile."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0,
                                                  parent=mma_layout(DV, num_warps), k_width=2)
     col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout(BLOCK_N, num_warps))
@@ -354,23 +368,27 @@ def _attend(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c
         for j in range(j_lo, j_hi):
             m_i, l_i, acc = _attend_tile(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready,
                                          v_ready, empty, c, j, m_i, l_i, acc, rows, zero_s,
-                                         first, offset, seqlen_k, qk_scale, p_layout,
-                                         col_layout, BLOCK_N, D1, STAGES, IS_CAUSAL, WIN_LEFT,
-                                         WIN_RIGHT, part != 1)
+                                         first, offset, seqlen_k, qk_scale, q_free, j3 - 1,
+                                         p_layout, col_layout, BLOCK_N, D1, STAGES, IS_CAUSAL,
+                                         WIN_LEFT, WIN_RIGHT, part != 1, EARLY_Q)
             c += 1
+    if EARLY_Q:  # no key tile: Q was never read
+        mbarrier.arrive(q_free, pred=j3 == j0)
     return m_i, l_i, acc, c
 
 
 @gluon.jit
 def _overlapped_step(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, t,
                      j0, m_i, l_i, acc, p_prev, rows, zero_s, first, offset, seqlen_k,
-                     qk_scale, o_layout: gl.constexpr, p_layout: gl.constexpr,
+                     qk_scale, q_free, n, o_layout: gl.constexpr, p_layout: gl.constexpr,
                      col_layout: gl.constexpr, BLOCK_N: gl.constexpr, D1: gl.constexpr,
                      STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
-                     WIN_RIGHT: gl.constexpr, MASK: gl.constexpr):
+                     WIN_RIGHT: gl.constexpr, MASK: gl.constexpr, EARLY_Q: gl.constexpr):
     """Step ``t >= 1`` of ``_attend_overlapped``: ``Q K_t^T`` issued beside
     ``P_{t-1} V_{t-1}``, ``P_t`` formed while that runs (``MASK``: its scores through
-    ``masked_scores``), then the accumulator rescaled: ``(m, l, acc, P_t)``."""
+    ``masked_scores``), then the accumulator rescaled: ``(m, l, acc, P_t)``. With
+    ``EARLY_Q`` the last step (``t == n - 1``) hands the Q slot back (``q_free``) once its
+    scores are done (wgmma groups retire in order: the products of Q are, ``P V`` may run)."""
     dtype: gl.constexpr = q_rows.dtype
     prev = (c + t - 1) % STAGES
     slot = (c + t) % STAGES
@@ -379,6 +397,8 @@ def _overlapped_step(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
     mbarrier.wait(v_ready.index(prev), ((c + t - 1) // STAGES) & 1)
     acc = warpgroup_mma(p_prev, v_bufs.index(prev), acc, is_async=True)  # += P V_{t-1}
     s = warpgroup_mma_wait(1, deps=(s,))  # the scores; P V_{t-1} may still run
+    if EARLY_Q:
+        mbarrier.arrive(q_free, pred=t == n - 1)
     cols = (j0 + t) * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
     m_new, l_i, alpha, p = _online_softmax(s, m_i, l_i, cols, rows, (j0 + t) * BLOCK_N, first,
                                            offset, seqlen_k, qk_scale, IS_CAUSAL, WIN_LEFT,
@@ -392,17 +412,18 @@ def _overlapped_step(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready,
 
 @gluon.jit
 def _attend_overlapped(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c,
-                       lo, hi, first, seqlen_q, seqlen_k, qk_scale, ROWS: gl.constexpr,
+                       lo, hi, first, seqlen_q, seqlen_k, qk_scale, q_free, ROWS: gl.constexpr,
                        BLOCK_N: gl.constexpr, D1: gl.constexpr, DV: gl.constexpr,
                        STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
                        WIN_RIGHT: gl.constexpr, SPLIT_MASKS: gl.constexpr,
-                       num_warps: gl.constexpr):
+                       EARLY_Q: gl.constexpr, num_warps: gl.constexpr):
     """``_attend`` with each tile's softmax overlapping the last tile's ``P V``: per key tile
     ``t`` it issues ``Q K_t^T`` and ``P_{t-1} V_{t-1}`` together, waits for the scores only,
     forms ``P_t`` while ``P_{t-1} V_{t-1}`` runs, then waits for it and rescales the
     accumulator (the order FlashAttention-3 calls intra-warpgroup pipelining). Live at once:
     the accumulator, ``P_{t-1}`` and the scores of ``t``. With ``SPLIT_MASKS`` the tiles
-    after the first that need no mask (``_unmasked_tiles``) skip ``masked_scores``."""
+    after the first that need no mask (``_unmasked_tiles``) skip ``masked_scores``. With
+    ``EARLY_Q`` it arrives on ``q_free`` once Q is no longer read (``_attend``)."""
     dtype: gl.constexpr = q_rows.dtype
     o_layout: gl.constexpr = mma_layout(DV, num_warps)  # [ROWS, DV] accumulator
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -416,6 +437,8 @@ def _attend_overlapped(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_read
         mbarrier.wait(k_ready.index(c % STAGES), (c // STAGES) & 1)
         s = _scores(q_rows, q1_rows, k_bufs, k1_bufs, c % STAGES, zero_s, D1)  # Q K_0^T
         s = warpgroup_mma_wait(0, deps=(s,))
+        if EARLY_Q:
+            mbarrier.arrive(q_free, pred=n == 1)
         cols = j0 * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
         s = masked_scores(s, cols, rows, j0 * BLOCK_N, first, offset, seqlen_k, qk_scale,
                           IS_CAUSAL, WIN_LEFT, WIN_RIGHT)
@@ -438,14 +461,16 @@ def _attend_overlapped(q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_read
             m_i, l_i, acc, p_prev = _overlapped_step(
                 q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, t, j0,
                 m_i, l_i, acc, p_prev, rows, zero_s, first, offset, seqlen_k, qk_scale,
-                o_layout, p_layout, col_layout, BLOCK_N, D1, STAGES, IS_CAUSAL, WIN_LEFT,
-                WIN_RIGHT, part != 1)
+                q_free, n, o_layout, p_layout, col_layout, BLOCK_N, D1, STAGES, IS_CAUSAL,
+                WIN_LEFT, WIN_RIGHT, part != 1, EARLY_Q)
     if n > 0:  # the last tile's P V
         last = (c + n - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((c + n - 1) // STAGES) & 1)
         acc = warpgroup_mma(p_prev, v_bufs.index(last), acc, is_async=True)
         acc, p_prev = warpgroup_mma_wait(0, deps=(acc, p_prev))
         mbarrier.arrive(empty.index(last))
+    if EARLY_Q:  # no key tile: Q was never read
+        mbarrier.arrive(q_free, pred=n <= 0)
     return m_i, l_i, acc, c + n
 
 
@@ -481,8 +506,8 @@ def _compute(q_smem, q1_smem, q_bar, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, 
     m_i, l_i, acc, _ = _attend(q_smem.slice(WG * ROWS, ROWS), q1_smem.slice(WG * ROWS, ROWS),
                                k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty,
                                gl.to_tensor(0), lo, hi, first, seqlen_q, seqlen_k, qk_scale,
-                               ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT,
-                               SPLIT_MASKS, num_warps)
+                               q_bar, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL, WIN_LEFT,
+                               WIN_RIGHT, SPLIT_MASKS, False, num_warps)
     _store(m_i, l_i, acc, out_ptr, lse_ptr, stride_os, first, seqlen_q, ROWS, DV)
 
 
@@ -665,11 +690,12 @@ def _compute_persistent(q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs
                         STAGES: gl.constexpr,
                         IS_CAUSAL: gl.constexpr, WIN_LEFT: gl.constexpr,
                         WIN_RIGHT: gl.constexpr, PAIR: gl.constexpr, OVERLAP: gl.constexpr,
-                        Q_SLOTS: gl.constexpr, SPLIT_MASKS: gl.constexpr, WG: gl.constexpr,
-                        num_warps: gl.constexpr):
+                        Q_SLOTS: gl.constexpr, SPLIT_MASKS: gl.constexpr,
+                        EARLY_Q: gl.constexpr, WG: gl.constexpr, num_warps: gl.constexpr):
     """A compute partition of the persistent kernel: ``_compute`` for each tile of the
     program (``_attend_overlapped`` with ``OVERLAP``), its Q tile in slot ``it % Q_SLOTS``,
-    handing the slot back (``q_empty``) before its epilogue."""
+    handing the slot back (``q_empty``) before its epilogue, or with ``EARLY_Q`` once the
+    walk's last ``Q K^T`` is done (inside the walk)."""
     c = gl.to_tensor(0)
     for it in range(_program_tiles(n_tiles, PAIR)):
         b, h, start_m, lo, hi = _tile_of(it, n_m, seq_q, seq_k, HQ, BLOCK_M, BLOCK_N,
@@ -682,14 +708,15 @@ def _compute_persistent(q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs
         if OVERLAP:
             m_i, l_i, acc, c = _attend_overlapped(
                 q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
-                first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                WIN_LEFT, WIN_RIGHT, SPLIT_MASKS, num_warps)
+                first, seq_q, seq_k, qk_scale, q_empty.index(qs), ROWS, BLOCK_N, D1, DV,
+                STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, SPLIT_MASKS, EARLY_Q, num_warps)
         else:
             m_i, l_i, acc, c = _attend(
                 q_rows, q1_rows, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, c, lo, hi,
-                first, seq_q, seq_k, qk_scale, ROWS, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                WIN_LEFT, WIN_RIGHT, SPLIT_MASKS, num_warps)
-        mbarrier.arrive(q_empty.index(qs))  # every product of this tile that reads Q is done
+                first, seq_q, seq_k, qk_scale, q_empty.index(qs), ROWS, BLOCK_N, D1, DV,
+                STAGES, IS_CAUSAL, WIN_LEFT, WIN_RIGHT, SPLIT_MASKS, EARLY_Q, num_warps)
+        if not EARLY_Q:
+            mbarrier.arrive(q_empty.index(qs))  # every product of this tile that reads Q is done
         b64 = b.to(gl.int64)
         _store(m_i, l_i, acc, out_ptr + b64 * stride_ob + h * stride_oh,
                lse_ptr + b64 * stride_lb + h.to(gl.int64) * stride_lh, stride_os, first,
@@ -707,11 +734,13 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                                 STAGES: gl.constexpr, PAIR: gl.constexpr,
                                 OVERLAP: gl.constexpr, Q_SLOTS: gl.constexpr,
-                                SPLIT_MASKS: gl.constexpr, num_warps: gl.constexpr):
+                                SPLIT_MASKS: gl.constexpr, EARLY_Q: gl.constexpr,
+                                num_warps: gl.constexpr):
     """``gluon_fwd_kernel`` as a persistent kernel: a grid of at most one program per SM,
     each taking units ``pid, pid + programs, ...`` of ``PAIR`` tiles of
     ``(query tiles) x batch x heads`` in ``_tile_of``'s order, two compute partitions, the
-    Q tiles in ``Q_SLOTS`` slots (2: the next tile's Q loads while this one runs).
+    Q tiles in ``Q_SLOTS`` slots (2: the next tile's Q loads while this one runs), each
+    handed back after the tile's walk or, with ``EARLY_Q``, after its last ``Q K^T``.
 
     q, k, v are read as ``[batch * seq, heads * head dim]`` matrices (rows ``stride_*s``
     apart; q and k of head dim ``D``, in column tiles as ``_qk_tiles`` has it; v and out of
@@ -747,14 +776,14 @@ def gluon_fwd_persistent_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
                                k_ready, v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os,
                                stride_oh, stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m,
                                n_tiles, HQ, ROWS, BLOCK_M, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, SPLIT_MASKS, 0,
-                               num_warps)),
+                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, SPLIT_MASKS,
+                               EARLY_Q, 0, num_warps)),
         (_compute_persistent, (q_smem, q1_smem, q_bar, q_empty, k_bufs, k1_bufs, v_bufs,
                                k_ready, v_ready, empty, out_ptr, lse_ptr, stride_ob, stride_os,
                                stride_oh, stride_lb, stride_lh, seq_q, seq_k, qk_scale, n_m,
                                n_tiles, HQ, ROWS, BLOCK_M, BLOCK_N, D1, DV, STAGES, IS_CAUSAL,
-                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, SPLIT_MASKS, 1,
-                               num_warps)),
+                               WIN_LEFT, WIN_RIGHT, PAIR, OVERLAP, Q_SLOTS, SPLIT_MASKS,
+                               EARLY_Q, 1, num_warps)),
         (_loader_persistent, (q_desc, q1_desc, k_desc, k1_desc, v_desc, q_smem, q1_smem, q_bar,
                               q_empty, k_bufs, k1_bufs, v_bufs, k_ready, v_ready, empty, seq_q,
                               seq_k, n_m, n_tiles, HQ, GROUP, D, D1, DV, BLOCK_M, BLOCK_N,
@@ -864,7 +893,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
               block_n: int = BLOCK_N, stages: int | None = None,
               warpgroups: int = WARPGROUPS, persistent: bool = PERSISTENT,
               overlap: bool | None = None, q_slots: int = Q_SLOTS,
-              split_masks: bool | None = None, programs: int | None = None) -> None:
+              split_masks: bool | None = None, programs: int | None = None,
+              early_q: bool = EARLY_Q) -> None:
     """Write the attention output into ``out`` and its LSE into ``lse`` (CUDA, sm90).
 
     Args:
@@ -894,6 +924,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             split walk has not yet run on a GPU).
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
+        early_q: the persistent kernel hands each Q slot back after the walk's last
+            ``Q K^T`` instead of after the walk (``EARLY_Q``).
 
     The caller checks ``flash_fwd._gluon_fwd`` first; nothing is checked here.
 
@@ -918,8 +950,9 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     stages = stages or STAGES
     q_slots = q_slots_that_fit(q_slots, block_m=block_m, block_n=block_n, d=d,
                                dv=v.shape[-1], stages=stages) if persistent else 1
+    early_q = early_q and persistent
     tiling = _tiling(block_m, block_n, stages, 2 if persistent else warpgroups, persistent,
-                     persistent and overlap, q_slots, split_masks)
+                     persistent and overlap, q_slots, split_masks, early_q)
     if persistent:
         grid, pair = persistent_grid(cdiv(sq, block_m) * b * hq,
                                      programs or sm_count(q.device))
@@ -929,7 +962,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             HQ=hq, GROUP=hq // hk, D=d, D1=column_split(d), DV=v.shape[-1], IS_CAUSAL=causal,
             WIN_LEFT=left, WIN_RIGHT=right, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
             PAIR=pair, OVERLAP=overlap, Q_SLOTS=q_slots, SPLIT_MASKS=split_masks,
-            num_warps=4, maxnreg=MAXNREG))
+            EARLY_Q=early_q, num_warps=4, maxnreg=MAXNREG))
         return
     grid = (cdiv(sq, block_m), b * hq)
     fast_launch.run(gluon_fwd_kernel, grid, (

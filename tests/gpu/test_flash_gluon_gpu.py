@@ -105,7 +105,10 @@ TILINGS = {"n128-s2-wg1": (128, 2, 1, False, False), "n128-s2-wg2": (128, 2, 2, 
            "n128-s2-split": (128, 2, 2, True, False, 1, True),
            "n128-s2-q2-split": (128, 2, 2, True, False, 2, True),
            "n128-s2-wg2-split": (128, 2, 2, False, False, 1, True),
-           "n128-s3-overlapped-split": (128, 3, 2, True, True, 1, True)}
+           "n128-s3-overlapped-split": (128, 3, 2, True, True, 1, True),
+           # the Q slot handed back after the walk's last Q K^T (``EARLY_Q``, off)
+           "n128-s2-split-early": (128, 2, 2, True, False, 1, True, True),
+           "n128-s3-overlapped-split-early": (128, 3, 2, True, True, 1, True, True)}
 
 
 WINDOW_CASES = {  # the persistent kernel: whole key tiles, or one batch; else the one-tile
@@ -241,10 +244,12 @@ def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monk
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
-    block_n, stages, warpgroups, persistent, overlap, q_slots, split = (*tiling, 1, False)[:7]
+    block_n, stages, warpgroups, persistent, overlap, q_slots, split, early = (
+        *tiling, *(1, False, False)[len(tiling) - 5:])  # [q_slots, split, early] defaults
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
         flash_fwd_gluon.gluon_fwd, block_n=block_n, stages=stages, warpgroups=warpgroups,
-        persistent=persistent, overlap=overlap, q_slots=q_slots, split_masks=split))
+        persistent=persistent, overlap=overlap, q_slots=q_slots, split_masks=split,
+        early_q=early))
     check({**CASES, **GQA_CASES, **FLAT_CASES, **WINDOW_CASES}[case], dtype=BF16,
           device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"]
@@ -253,16 +258,22 @@ def test_every_forward_tiling_matches_the_oracle(case, tiling, gluon_calls, monk
 WALKS = {"one-program": (Case((1, 600, 600, 3, 3, 128, 128), causal=True), 1),
          "short-last-unit": (Case((1, 600, 600, 3, 3, 128, 128), causal=True), 7),
          "units-of-two": (Case((2, 700, 512, 4, 2, 128, 128), causal=True), 7),
-         "units-of-one": (Case((2, 700, 512, 4, 4, 128, 128)), 40)}
+         "units-of-one": (Case((2, 700, 512, 4, 4, 128, 128)), 40),
+         # query tiles 0 and 1 see no key at all (seq_q - seq_k = 256): walks of no key tile
+         "no-key-tiles": (Case((1, 456, 200, 2, 2, 128, 128), causal=True), 3)}
 
 
-@pytest.mark.parametrize("q_slots", [1, pytest.param(2, marks=Q2_PLAIN)], ids=["q1", "q2"])
+@pytest.mark.parametrize("q_slots,early_q", [(1, False), pytest.param(2, False, marks=Q2_PLAIN),
+                                             (1, True)], ids=["q1", "q2", "q1-early"])
 @pytest.mark.parametrize("case,programs", WALKS.values(), ids=WALKS.keys())
-def test_persistent_walk_covers_every_tile(case, programs, q_slots, gluon_calls, monkeypatch):
+def test_persistent_walk_covers_every_tile(case, programs, q_slots, early_q, gluon_calls,
+                                           monkeypatch):
     """The persistent forward on few SMs (``programs``), so that each walks many tiles:
     units of two tiles (``persistent_grid``), a short last unit (15 tiles over 7 programs),
-    odd tiles per head (600 rows: 5), one program for all, against the float64 oracle; with
-    one Q slot and with two (``q_slots``: each program's tiles take them in turn)."""
+    odd tiles per head (600 rows: 5), one program for all, tiles with no key tile to walk,
+    against the float64 oracle; with
+    one Q slot and with two (``q_slots``: each program's tiles take them in turn), and with
+    the slot handed back after each walk's last ``Q K^T`` (``early_q``)."""
     import functools
 
     from attnkit.kernels import flash_fwd_gluon
@@ -270,7 +281,8 @@ def test_persistent_walk_covers_every_tile(case, programs, q_slots, gluon_calls,
     assert flash_fwd_gluon.takes_persistent(torch.empty(b, sq, hq, d), *(
         torch.empty(b, sk, hk, d),) * 2)
     monkeypatch.setattr(flash_fwd_gluon, "gluon_fwd", functools.partial(
-        flash_fwd_gluon.gluon_fwd, persistent=True, programs=programs, q_slots=q_slots))
+        flash_fwd_gluon.gluon_fwd, persistent=True, programs=programs, q_slots=q_slots,
+        early_q=early_q))
     check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"]
 
