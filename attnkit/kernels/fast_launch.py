@@ -10,8 +10,8 @@ flushes the L2 between calls.
 
 ``run(fn, grid, args, kwargs)`` keeps, per kernel, the compiled kernel of each call key: the
 current device, every keyword argument (constexprs and launch options), where the tensors
-sit, every other argument's type and value, and each tensor's dtype and address modulo 16. That key is at
-least as fine as Triton's specialisation (equal values specialise alike), so a kept kernel is
+sit, every other argument's type and value, and each tensor's dtype and address modulo 16.
+That key is at least as fine as Triton's specialisation (equal values specialise alike), so a kept kernel is
 the one Triton's own lookup would return. A hit launches it directly (``compiled[grid]``,
 which still honours Triton's launch hooks); a miss goes through ``fn.run`` and keeps what it
 returns. Not covered: a Triton option changed by environment variable mid-process

@@ -515,13 +515,13 @@ def _gluon_dkdv(q, k, v, do, *, plain: bool, seq: int, causal: bool = False,
     ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 under
     ``GLUON_WINDOWS``, ``GLUON_DKDV_MLA`` and ``GLUON_D64`` (64: from ``GLUON_D64_MIN_SEQ``,
     ``causal`` from ``GLUON_D64_MIN_CAUSAL_SEQ``), or with ``ATTNKIT_FLASH_GLUON=1``.
-    Besides: ``flash_common.gluon_fits`` (head dim 128, 192/128 or 64, 16-bit, aligned, sm90, a measured
-    Triton, dO included); the dK/dV kernel allowed descriptors (``flash_common.tma_kernels``
+    Besides: ``flash_common.gluon_fits`` (head dim 128, 192/128 or 64, 16-bit, aligned, sm90,
+    a measured Triton, dO included); the dK/dV kernel allowed descriptors (``flash_common.tma_kernels``
     has ``dkdv``); and where it measured faster (``flash_bwd_gluon``): MHA with ``seq`` (the
     longer of the query and key lengths) at least 1024. ``ATTNKIT_FLASH_GLUON=1`` drops that
     rule, GQA/MQA included where q's and dO's heads are adjacent (``stride(2)`` equal to the
-    head dim: the kernel reads a group's queries as one matrix); at GQA 32:8 4k it measured even with the Triton kernel (H200, step 10 of
-    benchmarks/NOTES-flash.md: the kernel 4% slower full, 3% faster causal; the whole
+    head dim: the kernel reads a group's queries as one matrix); at GQA 32:8 4k it measured
+    even with the Triton kernel (H200, step 10 of benchmarks/NOTES-flash.md: the kernel 4% slower full, 3% faster causal; the whole
     backward 2-3% faster), so ``auto`` leaves GQA on the Triton kernel. ``0`` turns it off
     (``flash_common.gluon_setting``).
 
@@ -562,8 +562,8 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
     """Whether the two-launch backward's dQ runs in ``flash_dq_gluon`` instead of
     ``_bwd_dq_kernel``: ``GLUON_DQ`` set, ``plain`` (dense, no key padding, mask, softcap or
     dropout), ``flash_common.gluon_fits`` (head dim 128, MLA's 192 with v's 128 under
-    ``GLUON_DQ_MLA``, 64 under ``GLUON_DQ_D64``; 16-bit, aligned, sm90, a measured Triton, dO included), and
-    ``ATTNKIT_FLASH_GLUON`` not ``0``.
+    ``GLUON_DQ_MLA``, 64 under ``GLUON_DQ_D64``; 16-bit, aligned, sm90, a measured Triton,
+    dO included), and ``ATTNKIT_FLASH_GLUON`` not ``0``.
 
     Under ``auto``, where it measured faster (H200, step 11 of benchmarks/NOTES-flash.md,
     ``results/gluon-dq-h200-2026-12-01-step11.json`` and ``-step11-mla.json``, the dQ kernel

@@ -84,8 +84,8 @@ def block_n_for(causal: bool, head_dim: int = 128) -> int:
     kernel), 128 keys without a causal mask (4k 1306 against 1356 with 64, 16k 4807 against
     5043) and with one, on the split walk (``SPLIT_MASKS``: 16k causal 2267 against 2327 with
     64, 4k causal 745 against 754; on the plain walk 64 was faster, 2474 against 2543). MLA's
-    head dim (192) takes 64 (``BLOCK_N_MLA``): its two dQ accumulators (128 + 64 columns) leave no room for
-    128-key scores. Head dim 64 follows 128 (step 13, split walk: 128 keys 904 against 965 us
+    head dim (192) takes 64 (``BLOCK_N_MLA``): its two dQ accumulators (128 + 64 columns)
+    leave no room for 128-key scores. Head dim 64 follows 128 (step 13, split walk: 128 keys 904 against 965 us
     at 4k causal).
 
     Example:
@@ -291,8 +291,8 @@ def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
     Args:
         q, dq: ``[b, seq_q, hq, d]``; k: ``[b, seq_k, hk, d]``; do: ``[b, seq_q, hq, dv]``;
             v: ``[b, seq_k, hk, dv]`` (``(d, dv)`` ``(128, 128)``, ``(64, 64)`` or MLA's
-            ``(192, 128)``; ``hq`` a multiple of ``hk``); all bf16 or all fp16, last dim contiguous, 16-byte aligned
-            (``flash_common.tma_aligned``).
+            ``(192, 128)``; ``hq`` a multiple of ``hk``); all bf16 or all fp16, last dim
+            contiguous, 16-byte aligned (``flash_common.tma_aligned``).
         lse2, delta: float32 ``[b, hq, seq_q]`` (unit stride along the sequence): the base-2
             LSE with ``+inf`` on rows that saw no key, and ``sum(out * dO, -1)``, as
             ``flash_bwd._bwd_preprocess`` writes them.

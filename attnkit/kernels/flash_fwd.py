@@ -244,8 +244,8 @@ def _gluon_fwd(q, k, v, *, plain: bool, seq: int, window: tuple[int, int] = (-1,
     ``window``, MLA's head dims (192 for q and k, 128 for v) and head dim 64 under
     ``GLUON_WINDOWS``, ``GLUON_MLA`` and ``GLUON_D64`` (64: from ``GLUON_D64_MIN_SEQ``, with
     ``causal`` from ``GLUON_D64_MIN_CAUSAL_SEQ``). Besides ``flash_common.gluon_fits``
-    (head dims 128, 192/128 or 64, 16-bit, aligned, sm90, a measured Triton), ``seq`` (the longer of the query and key lengths)
-    decides, as measured on an H200 (step 11 of benchmarks/NOTES-flash.md,
+    (head dims 128, 192/128 or 64, 16-bit, aligned, sm90, a measured Triton), ``seq`` (the
+    longer of the query and key lengths) decides, as measured on an H200 (step 11 of benchmarks/NOTES-flash.md,
     ``results/gluon-fwd-h200-2026-12-01-step11.json``, ms against ``_flash_fwd_kernel``):
 
     - where the persistent kernel takes the inputs, from ``GLUON_MIN_SEQ`` (1k): 1k full

@@ -900,8 +900,8 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     Args:
         q: ``[b, seq_q, hq, d]``; k: ``[b, seq_k, hk, d]``; v: ``[b, seq_k, hk, dv]``;
             out: ``[b, seq_q, hq, dv]`` (``hq`` a multiple of ``hk``; ``(d, dv)`` ``(128,
-            128)``, ``(64, 64)`` or MLA's ``(192, 128)``); all bf16 or all fp16, last dim contiguous,
-            16-byte aligned (``flash_common.tma_aligned``).
+            128)``, ``(64, 64)`` or MLA's ``(192, 128)``); all bf16 or all fp16, last dim
+            contiguous, 16-byte aligned (``flash_common.tma_aligned``).
         lse: float32 ``[b, hq, seq_q]`` with unit stride along the sequence.
         causal: bottom-right causal attention.
         scale: the softmax scale.
@@ -921,7 +921,7 @@ def gluon_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
             (``q_slots_that_fit``).
         split_masks: the key tiles that need no mask in a walk of their own
             (``_unmasked_tiles``; by default ``SPLIT_MASKS``, but not at MLA's 192, whose
-            split walk has not yet run on a GPU).
+            split walk passed its GPU tests but has not been timed).
         programs: the SMs the persistent kernel spreads over (``persistent_grid``;
             default: all of the device's).
         early_q: the persistent kernel hands each Q slot back after the walk's last

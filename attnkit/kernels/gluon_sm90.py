@@ -4,8 +4,8 @@
 Their partitions: a TMA loader of one warp (rounded up to a warpgroup by the compiler) with
 the fewest registers a warp may have, and compute warpgroups that take what it leaves
 (``setmaxnreg``: 240 each beside a 24-register loader within a 168-register launch of three
-warpgroups); the wgmma accumulator layout; and the window constexprs a launcher passes. Importing this module needs a Triton with
-Gluon; ``flash_common.gluon_fits`` says when the kernels may run.
+warpgroups); the wgmma accumulator layout; and the window constexprs a launcher passes.
+Importing this module needs a Triton with Gluon; ``flash_common.gluon_fits`` says when the kernels may run.
 """
 
 from __future__ import annotations

@@ -124,8 +124,8 @@ WINDOW_CASES = {  # the persistent kernel: whole key tiles, or one batch; else t
 
 @pytest.mark.parametrize("case", WINDOW_CASES.values(), ids=WINDOW_CASES.keys())
 def test_window_matches_the_oracle(case, gluon_calls):
-    """Sliding windows in the Gluon forward and dK/dV kernel (forced on: ``GLUON_WINDOWS``
-    of ``flash_fwd`` and ``flash_bwd`` are off until measured), left, right and both, with
+    """Sliding windows in the Gluon forward and dK/dV kernel (forced on at any length:
+    ``ATTNKIT_FLASH_GLUON=1``; ``auto`` sends them from 1k tokens), left, right and both, with
     and without causal, rows that see no key, GQA."""
     check(case, dtype=BF16, device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"] and gluon_calls["dkdv"], gluon_calls
@@ -160,8 +160,8 @@ def test_mla_forward_matches_the_oracle(case, overlap, gluon_calls, monkeypatch)
 @pytest.mark.parametrize("case", MLA_CASES.values(), ids=MLA_CASES.keys())
 def test_mla_backward_kernels_match_the_oracle(case, dtype, stages, kernel, gluon_calls,
                                                monkeypatch):
-    """MLA's head dims in the Gluon dQ and dK/dV kernels (forced on: ``flash_bwd``'s
-    ``GLUON_DKDV_MLA`` is off until measured): Q and K as 128 + 64 column tiles, dQ and dK
+    """MLA's head dims in the Gluon dQ and dK/dV kernels (forced on at any length; ``auto``
+    sends MLA to them from 1k/4k tokens): Q and K as 128 + 64 column tiles, dQ and dK
     as two accumulators each, with rows that see no key, GQA and a window, in both slot
     counts the probes time (``kernel``'s slots; the other kernel as it ships)."""
     import functools
@@ -186,8 +186,9 @@ D64_CASES = {  # head dim 64 in all three kernels
 @pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", D64_CASES.values(), ids=D64_CASES.keys())
 def test_d64_matches_the_oracle(case, dtype, gluon_calls):
-    """Head dim 64 in the Gluon forward, dK/dV and dQ kernels (forced on: ``GLUON_D64`` of
-    ``flash_fwd`` and ``flash_bwd`` is off until measured), persistent and one-tile, with
+    """Head dim 64 in the Gluon forward, dK/dV and dQ kernels (forced on at any length;
+    ``auto`` sends d 64 to the forward and dK/dV kernels from 4k-16k tokens and keeps its dQ
+    on Triton's kernel, ``GLUON_DQ_D64``), persistent and one-tile, with
     rows that see no key, GQA and a window."""
     check(case, dtype=dtype, device="cuda", deterministic=True, dq_mode="kernel")
     assert gluon_calls["fwd"] and gluon_calls["dkdv"] and gluon_calls["dq"], gluon_calls
@@ -196,7 +197,8 @@ def test_d64_matches_the_oracle(case, dtype, gluon_calls):
 SPLIT_CASES = ["113x203-causal", "203x113-causal", "333x129-full", "1000x1000-causal",
                "gqa-113x203-causal", "1000x1000-causal-left255", "gqa-333x500-window-64-32",
                "129x300-right-only", "203x113-window-50-10",
-               # MLA's two column tiles (off by default until these pass) and head dim 64
+               # MLA's two column tiles (passed in run 13; off by default until timed) and
+               # head dim 64
                "mla-300x256-causal", "mla-1000x1000-left255", "d64-300x256-causal",
                "d64-1000x1000-left255"]
 
@@ -204,8 +206,9 @@ SPLIT_CASES = ["113x203-causal", "203x113-causal", "333x129-full", "1000x1000-ca
 @pytest.mark.parametrize("case", SPLIT_CASES)
 def test_split_walks_match_the_oracle(case, gluon_calls, monkeypatch):
     """The walks that keep the tiles needing masks apart (``SPLIT_MASKS`` of the forward,
-    dQ and dK/dV kernels, off until measured) in all three Gluon kernels at once: causal,
-    windows on either side, rows that see no key, GQA, against the float64 oracle."""
+    dQ and dK/dV kernels, on by default but at MLA's 192) in all three Gluon kernels at
+    once: causal, windows on either side, rows that see no key, GQA, against the float64
+    oracle."""
     import functools
 
     from attnkit.kernels import flash_bwd_gluon, flash_dq_gluon, flash_fwd_gluon
