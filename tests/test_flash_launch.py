@@ -388,8 +388,9 @@ def test_persistent_walk_balances_causal_tiles(n_m, heads):
 
 def test_gluon_dq_choice(monkeypatch):
     """The Gluon dQ kernel serves plain dense inputs (GQA and MLA's 192/128 included) where
-    ``flash_common.gluon_fits`` holds: from 4k tokens, causal or not, never with a window
-    (``flash_bwd.GLUON_DQ_MIN_SEQ``); ``ATTNKIT_FLASH_GLUON=1`` drops those rules, ``0`` and
+    ``flash_common.gluon_fits`` holds: from 4k tokens, causal or not, with a window only
+    under ``GLUON_DQ_WINDOWS`` (``flash_bwd.GLUON_DQ_MIN_SEQ``); ``ATTNKIT_FLASH_GLUON=1``
+    drops those rules, ``0`` and
     ``GLUON_DQ`` unset turn it off, ``GLUON_DQ_MLA`` unset leaves MLA out."""
     from attnkit.kernels import flash_bwd, flash_common
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
@@ -408,6 +409,9 @@ def test_gluon_dq_choice(monkeypatch):
     assert choice(q, kv, kv, q) and choice(q, q, q, q) and not choice(q, kv, kv, q, seq=4095)
     assert choice(q, kv, kv, q, causal=True) and not choice(q, kv, kv, q, seq=4095, causal=True)
     assert not choice(q, kv, kv, q, seq=16384, window=(1023, -1))
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ_WINDOWS", True)
+    assert choice(q, kv, kv, q, seq=16384, window=(1023, -1))
+    monkeypatch.setattr(flash_bwd, "GLUON_DQ_WINDOWS", False)
     assert not choice(q, kv, kv, q, plain=False)
     assert not choice(q.half(), kv, kv, q)
     d64 = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)

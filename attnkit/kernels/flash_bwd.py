@@ -555,6 +555,9 @@ GLUON_DQ_MLA = True
 # ``results/gluon-dq-h200-2026-12-01-step12.json``, kernel us: 1k full 586 against 356, 4k
 # causal 1041 against 743, 16k full 6491 against 5271), so ``auto`` leaves it to Triton.
 GLUON_DQ_D64 = False
+# Sliding windows in the Gluon dQ kernel: slower before the split walk (step 11: 478 against
+# 439 us at window 1024, 16k); with it (``flash_dq_gluon.SPLIT_MASKS``) not yet timed.
+GLUON_DQ_WINDOWS = False
 
 
 def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
@@ -574,7 +577,8 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
     full 4807 against 5366, 16k causal 2474 against 2654, GQA 32:8 4k full 2912 against
     3153, MLA 4k full 1796 against 2601 (6.33 against 7.16), MLA 4k causal 1032 against 1455
     (3.34 against 3.76); slower at 1k causal (305 against 279) and with a window of 1024 at
-    16k (478 against 439). ``ATTNKIT_FLASH_GLUON=1`` drops these rules.
+    16k (478 against 439, before the split walk: ``GLUON_DQ_WINDOWS``).
+    ``ATTNKIT_FLASH_GLUON=1`` drops these rules.
 
     Raises:
         ValueError: for a bad ``ATTNKIT_FLASH_GLUON``.
@@ -588,7 +592,8 @@ def _gluon_dq(q, k, v, do, *, plain: bool, seq: int, causal: bool,
         return True
     windowed = window[0] >= 0 or window[1] >= 0
     d = q.shape[-1]
-    return (not windowed and (GLUON_DQ_MLA or d != 192) and (GLUON_DQ_D64 or d != 64)
+    return ((GLUON_DQ_WINDOWS or not windowed) and (GLUON_DQ_MLA or d != 192)
+            and (GLUON_DQ_D64 or d != 64)
             and seq >= GLUON_DQ_MIN_SEQ)
 
 
