@@ -50,6 +50,7 @@ from attnkit.kernels.flash_fwd_gluon import (
     _unmasked_tiles,
     kv_ring_barriers,
     masked_scores,
+    query_tile_of_program,
 )
 from attnkit.kernels.gluon_sm90 import (
     COMPUTE_REGS,
@@ -239,14 +240,7 @@ def gluon_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     ``qk_scale = scale * log2(e)``; a window ``(WIN_LEFT, WIN_RIGHT)`` as ``_key_tiles`` has
     it.
     """
-    pid_m = gl.program_id(0)
-    if IS_CAUSAL:  # the last query tiles see the most keys: start them first
-        pid_m = gl.num_programs(0) - 1 - pid_m
-    pid_bh = gl.program_id(1)
-    b = (pid_bh // HQ).to(gl.int64)
-    h = pid_bh % HQ
-    hk = h // GROUP
-    start_m = pid_m * BLOCK_M
+    b, h, hk, start_m = query_tile_of_program(HQ, GROUP, BLOCK_M, IS_CAUSAL)
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs = _qk_tiles(
         q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + hk * stride_kh, seq_q, D,

@@ -136,6 +136,22 @@ def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.c
 
 
 @gluon.jit
+def query_tile_of_program(HQ: gl.constexpr, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
+                          IS_CAUSAL: gl.constexpr):
+    """``(batch as int64, query head, its K/V head, first query)`` of this program of a
+    ``(query tiles, batch * HQ)`` grid, causal grids in reverse along the queries (the last
+    query tiles see the most keys: they start first). The one-tile forward and the dQ kernel
+    share it."""
+    pid_m = gl.program_id(0)
+    if IS_CAUSAL:
+        pid_m = gl.num_programs(0) - 1 - pid_m
+    pid_bh = gl.program_id(1)
+    b = (pid_bh // HQ).to(gl.int64)
+    h = pid_bh % HQ
+    return b, h, h // GROUP, pid_m * BLOCK_M
+
+
+@gluon.jit
 def kv_ring_barriers(STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
     """``(k_ready, v_ready, empty)``: the mbarriers of a ring of ``STAGES`` K/V slots, a slot
     free again once each of ``CONSUMERS`` compute partitions has arrived on ``empty`` (the
@@ -573,14 +589,7 @@ def gluon_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     unit stride in the head dim and 16-byte aligned rows; lse: float32 ``[b, HQ, sq]``;
     ``qk_scale = scale * log2(e)``.
     """
-    pid_m = gl.program_id(0)
-    if IS_CAUSAL:  # the last query tiles see the most keys: start them first
-        pid_m = gl.num_programs(0) - 1 - pid_m
-    pid_bh = gl.program_id(1)
-    b = (pid_bh // HQ).to(gl.int64)
-    h = pid_bh % HQ
-    hk = h // GROUP
-    start_m = pid_m * BLOCK_M
+    b, h, hk, start_m = query_tile_of_program(HQ, GROUP, BLOCK_M, IS_CAUSAL)
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DV], dtype)
     q_desc, q1_desc, k_desc, k1_desc, q_smem, q1_smem, k_bufs, k1_bufs = _qk_tiles(
